@@ -1,0 +1,285 @@
+"""The workspace: one DuckLake store (SQLite catalog + Parquet files) that many processes share.
+
+    python -c "import workbench; print(workbench.connect().sql('show tables'))"
+
+A plain ``.duckdb`` file admits one writing process, so a second notebook kernel fails with a lock
+error. A DuckLake catalog in SQLite with Parquet data files takes concurrent writers; a commit that
+loses a race is retried (``transaction``). Extensions load from the ``duckdb-extension-*`` wheels,
+never from the network.
+
+Layout of a workspace folder (default ``./workspace`` or ``$WORKBENCH_HOME``)::
+
+    wb.sqlite        DuckLake catalog (tables, snapshots); its stem names the catalog ``wb``
+    data/            Parquet files of every table
+    runs/            executed notebooks of ``workbench run`` (one folder per run id)
+    models/          saved models and tokenizers (one folder per run id)
+    sample/          the generated sample data set (``workbench demo-data``)
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, TypeVar
+
+import duckdb
+
+ALIAS = "wb"  # catalog name of the workspace inside every connection
+T = TypeVar("T")
+
+
+class WorkspaceError(RuntimeError):
+    """A workspace operation failed with a cause the user can act on."""
+
+
+def home(path: str | os.PathLike | None = None) -> Path:
+    """The workspace folder: ``path``, else ``$WORKBENCH_HOME``, else ``./workspace``."""
+    p = Path(path or os.environ.get("WORKBENCH_HOME") or "workspace").expanduser().absolute()
+    return p
+
+
+# --------------------------------------------------------------------------- extensions (offline)
+
+def _wheel_extension(module: str, file_name: str) -> str:
+    mod = __import__(module)
+    hits = glob.glob(os.path.join(os.path.dirname(mod.__file__), "extensions", "*", file_name))
+    if not hits:
+        raise WorkspaceError(f"{module} ships no {file_name}; reinstall it to match duckdb {duckdb.__version__}")
+    return hits[0]
+
+
+def extension_directory() -> str:
+    """A per-user DuckDB extension folder filled from the ``duckdb-extension-*`` wheels (no network).
+
+    The workspace is opened as DuckDB's *default* database (``duckdb.connect('ducklake:...')``) so
+    that every cursor of a connection sees it: jupysql runs each magic on a new cursor, and ``USE``
+    does not carry over to cursors. Opening a DuckLake path autoloads the ducklake and sqlite
+    extensions, so they must be installed in an extension folder first; ``INSTALL '<file>'`` copies
+    the wheel's file. The folder is built aside and renamed into place, so concurrent first runs
+    never see a half-written extension.
+    """
+    base = Path(os.environ.get("WORKBENCH_EXTENSION_DIR")
+                or Path(tempfile.gettempdir()) / f"workbench-ext-{os.getuid()}")
+    target = base / duckdb.__version__
+    if (target / ".complete").exists():
+        return str(target)
+    base.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=base))
+    con = duckdb.connect(config={"extension_directory": str(staging),
+                                 "autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    try:
+        con.execute(f"INSTALL '{_wheel_extension('duckdb_extension_sqlite', 'sqlite.duckdb_extension')}'")
+        con.execute(f"INSTALL '{_wheel_extension('duckdb_extension_ducklake', 'ducklake.duckdb_extension')}'")
+    finally:
+        con.close()
+    (staging / ".complete").touch()
+    try:
+        os.rename(staging, target)
+    except OSError:  # another process won the race: its copy is complete, use it
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(target)
+
+
+def _config(threads: int | None = None) -> dict:
+    cfg = {"extension_directory": extension_directory(),
+           "autoinstall_known_extensions": False,  # never reach for the network
+           "autoload_known_extensions": True}
+    if threads:
+        cfg["threads"] = threads
+    return cfg
+
+
+# --------------------------------------------------------------------------- connections
+
+def catalog_path(path: str | os.PathLike | None = None) -> Path:
+    """The SQLite file of the workspace's DuckLake catalog (its stem names the catalog: ``wb``)."""
+    return home(path) / f"{ALIAS}.sqlite"
+
+
+def _ensure_created(root: Path) -> None:
+    """Create the DuckLake catalog with its data folder on first use (DuckLake stores the path)."""
+    if catalog_path(root).exists():
+        return
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(config=_config())
+    try:
+        retry(lambda: con.execute(
+            f"ATTACH IF NOT EXISTS 'ducklake:sqlite:{catalog_path(root)}' AS {ALIAS} (DATA_PATH '{root / 'data'}/')"),
+            what="creating the workspace")
+    finally:
+        con.close()
+
+
+def connect(path: str | os.PathLike | None = None, *, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection whose default database is the workspace (catalog ``wb``).
+
+    Every notebook and CLI command uses this; ``%sql conn --alias wb`` makes jupysql use it too.
+    Safe to call from several processes at once.
+    """
+    root = home(path)
+    _ensure_created(root)
+    return retry(lambda: duckdb.connect(f"ducklake:sqlite:{catalog_path(root)}", config=_config(threads)),
+                 what="opening the workspace")
+
+
+def sqlalchemy_engine(con: duckdb.DuckDBPyConnection | None = None, path: str | os.PathLike | None = None):
+    """A SQLAlchemy engine (duckdb-engine) on the same workspace, sharing ``con``'s database.
+
+    jupysql's ``%sqlcmd tables/columns/profile`` and ``%sqlplot`` work only on SQLAlchemy
+    connections; ``%sql engine --alias wbsa`` gives them one. Each pooled connection is a cursor of
+    ``con`` (one DuckDB instance per process: DuckDB refuses a second instance of the same catalog
+    with other settings).
+    """
+    import sqlalchemy
+    from duckdb_engine import ConnectionWrapper
+
+    con = con or connect(path)
+    return sqlalchemy.create_engine("duckdb:///:memory:", creator=lambda: ConnectionWrapper(con.cursor()))
+
+
+# --------------------------------------------------------------------------- retries on commit races
+
+_RETRYABLE = re.compile(r"conflict|database is locked|Failed to commit|could not (?:set|obtain) lock|busy",
+                        re.IGNORECASE)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for errors that a concurrent writer caused and that a retry resolves."""
+    return isinstance(exc, duckdb.Error) and bool(_RETRYABLE.search(str(exc)))
+
+
+def retry(fn: Callable[[], T], *, attempts: int = 60, what: str = "workspace write") -> T:
+    """Run ``fn``; when a concurrent commit won the race, back off (jittered) and run it again."""
+    delay = 0.01
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except duckdb.Error as exc:
+            if not is_retryable(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 1.6, 1.0)
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _txn(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+        con.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        raise
+
+
+def transaction(con: duckdb.DuckDBPyConnection, body: Callable[[duckdb.DuckDBPyConnection], T],
+                *, what: str = "workspace write") -> T:
+    """Run ``body(con)`` in one transaction: all of it lands, or none (retried on commit races)."""
+
+    def once() -> T:
+        with _txn(con):
+            return body(con)
+
+    return retry(once, what=what)
+
+
+# --------------------------------------------------------------------------- SQL files
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+_PARAM = re.compile(r"{{\s*([A-Za-z_][A-Za-z0-9_]*)\s*}}")
+
+
+def sql_path(name: str | os.PathLike) -> Path:
+    """A SQL file by path, or by name inside the project's ``sql/`` folder (``'02_int_messages'``)."""
+    p = Path(name)
+    if p.exists():
+        return p
+    cand = SQL_DIR / (p.name if p.suffix == ".sql" else p.name + ".sql")
+    if cand.exists():
+        return cand
+    raise WorkspaceError(f"SQL file not found: {name} (looked in {SQL_DIR})")
+
+
+def sql_literal(value: Any) -> str:
+    """A Python value as a SQL literal (for ``{{param}}`` substitution)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(sql_literal(v) for v in value) + "]"
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def render_sql(text: str, params: Mapping[str, Any] | None = None, *, source: str = "<sql>") -> str:
+    """Substitute ``{{name}}`` with SQL literals; an unknown or missing parameter is an error."""
+    params = dict(params or {})
+    missing = sorted({m.group(1) for m in _PARAM.finditer(text)} - set(params))
+    if missing:
+        raise WorkspaceError(f"{source}: missing parameter(s) {', '.join(missing)}")
+    return _PARAM.sub(lambda m: sql_literal(params[m.group(1)]), text)
+
+
+def sql_file_params(name: str | os.PathLike) -> list[str]:
+    """The ``{{params}}`` a SQL file takes, in order of first use."""
+    seen: dict[str, None] = {}
+    for m in _PARAM.finditer(sql_path(name).read_text()):
+        seen.setdefault(m.group(1))
+    return list(seen)
+
+
+def run_sql_file(con: duckdb.DuckDBPyConnection, name: str | os.PathLike,
+                 params: Mapping[str, Any] | None = None) -> None:
+    """Run one SQL file (all its statements) in one transaction, retried on commit races."""
+    path = sql_path(name)
+    text = render_sql(path.read_text(), params, source=str(path))
+    try:
+        transaction(con, lambda c: c.execute(text), what=path.name)
+    except duckdb.Error as exc:
+        raise WorkspaceError(f"{path.name}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- small helpers
+
+def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(con.execute(
+        "select count(*) from duckdb_tables() where database_name = ? and table_name = ?",
+        [ALIAS, name]).fetchone()[0] or con.execute(
+        "select count(*) from duckdb_views() where database_name = ? and view_name = ?",
+        [ALIAS, name]).fetchone()[0])
+
+
+def snapshot_id(con: duckdb.DuckDBPyConnection) -> int:
+    """The workspace's current DuckLake snapshot id: record it to know exactly which data a run saw.
+
+    ``select * from t at (version => N)`` reads a table as it was at that snapshot.
+    """
+    return int(con.execute(f"select id from {ALIAS}.current_snapshot()").fetchone()[0])
+
+
+def write_table(con: duckdb.DuckDBPyConnection, name: str, data: Any, *, mode: str = "replace") -> int:
+    """Write a pandas/Arrow/Polars frame to a workspace table (``replace`` or ``append``); returns rows."""
+    if mode not in ("replace", "append"):
+        raise ValueError(f"mode must be 'replace' or 'append', not {mode!r}")
+    view = f"_wb_write_{os.getpid()}_{random.randrange(1 << 30)}"
+    con.register(view, data)
+    try:
+        def body(c):
+            if mode == "replace" or not table_exists(c, name):
+                c.execute(f'create or replace table "{name}" as select * from "{view}"')
+            else:
+                c.execute(f'insert into "{name}" by name select * from "{view}"')
+        transaction(con, body, what=f"writing {name}")
+        return int(con.execute(f'select count(*) from "{view}"').fetchone()[0])
+    finally:
+        con.unregister(view)
