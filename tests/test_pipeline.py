@@ -51,3 +51,14 @@ def test_spine_notebooks_run_headless_and_write_their_tables(workspace):
     before = con.execute("select example_id, split from splits order by 1").fetchall()
     pipeline.run({}, only=["06"], workspace=workspace)
     assert con.execute("select example_id, split from splits order by 1").fetchall() == before
+
+
+def test_every_notebook_parameter_is_documented():
+    from pathlib import Path
+
+    doc = (Path(pipeline.NOTEBOOK_DIR).parent / "docs" / "pipeline.md").read_text()
+    for s in pipeline.steps():
+        assert f"### {s.name}" in doc, f"docs/pipeline.md has no section for {s.name}"
+        section = doc.split(f"### {s.name}", 1)[1].split("\n### ", 1)[0]
+        for name in s.parameters:
+            assert f"`{name}`" in section, f"{s.name}: parameter {name} is not documented in docs/pipeline.md"
