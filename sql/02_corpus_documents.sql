@@ -13,7 +13,11 @@ normalized as (
         source_file,
         trim(doc_id) as doc_id,
         trim(published_at) as published_at_raw,
-        try_cast(trim(published_at) as timestamp) as published_at,
+        -- ISO 8601 local time only (YYYY-MM-DD[ HH:MM[:SS[.ffffff]]]), the formats on which DuckDB and Spark agree
+        case
+            when regexp_matches(trim(published_at), '^[0-9]{4}-[0-9]{2}-[0-9]{2}([ T]([01][0-9]|2[0-3]):[0-9]{2}(:[0-9]{2}([.][0-9]{1,6})?)?)?$')
+                then try_cast(trim(published_at) as timestamp)
+        end as published_at,
         trim(coalesce(topic, '')) as topic,
         trim(regexp_replace(nfc_normalize(coalesce(title, '')), '\s+', ' ', 'g')) as title,
         trim(regexp_replace(nfc_normalize(coalesce(body, '')), '\s+', ' ', 'g')) as text

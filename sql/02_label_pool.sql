@@ -13,7 +13,11 @@ normalized as (
         source_file,
         trim(message_id) as message_id,
         trim(customer_id) as customer_id,
-        try_cast(trim(created_at) as timestamp) as created_at,
+        -- ISO 8601 local time only (YYYY-MM-DD[ HH:MM[:SS[.ffffff]]]), the formats on which DuckDB and Spark agree
+        case
+            when regexp_matches(trim(created_at), '^[0-9]{4}-[0-9]{2}-[0-9]{2}([ T]([01][0-9]|2[0-3]):[0-9]{2}(:[0-9]{2}([.][0-9]{1,6})?)?)?$')
+                then try_cast(trim(created_at) as timestamp)
+        end as created_at,
         lower(trim(channel)) as channel,
         lower(trim(region)) as region,
         trim(age_band) as age_band,

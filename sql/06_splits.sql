@@ -82,7 +82,7 @@ fractions as (
             + (strpos('0123456789abcdef', substr(h, 6, 1)) - 1) * 256
             + (strpos('0123456789abcdef', substr(h, 7, 1)) - 1) * 16
             + (strpos('0123456789abcdef', substr(h, 8, 1)) - 1)
-        ) / 4294967296.0 as u
+        ) / cast(4294967296 as double) as u  -- double on both engines (Spark: decimal)
     from hashed
 ),
 

@@ -6,7 +6,8 @@
 Ingest never aborts on a malformed row and never drops one silently: each lands in
 ``ingest_rejects`` with its file, line and reason. Every parsed row gets a stable ``source_row_id``
 (``'<file name>:<line>'``). Cleaning, dedup and splits are the SQL files in ``sql/`` (one per table),
-run with ``run_sql_file``, so the same SQL runs from a ``%%sql`` cell, headless, and on Spark.
+run with ``run_sql_file``, so the same SQL runs from a ``%%sql`` cell, headless, and on Spark
+(``engine="spark"``: ``workbench.spark``, docs/spark.md).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import duckdb
 from .workspace import WorkspaceError, run_sql_file, sql_literal, table_exists, transaction
 
 FORMATS = ("csv", "jsonl", "parquet")
+ENGINES = ("duckdb", "spark")  # engine="spark": the same SQL and ingest rules on Spark (workbench.spark)
 REJECTS_DDL = """
 create table if not exists ingest_rejects (
     source_row_id varchar,   -- '<file name>:<line>'
@@ -35,6 +37,20 @@ create table if not exists ingest_rejects (
 
 class IngestError(WorkspaceError):
     """A file could not be ingested at all (missing, unreadable, unknown format)."""
+
+
+def _check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r}: use one of {ENGINES}")
+    return engine
+
+
+def _run_sql(con: duckdb.DuckDBPyConnection, name: str, params: dict, engine: str) -> None:
+    if engine == "spark":
+        from .spark import run_sql_file_spark
+        run_sql_file_spark(con, name, params)
+    else:
+        run_sql_file(con, name, params)
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -115,6 +131,11 @@ def _csv_header(path: Path, delim: str) -> list[str]:
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as f:
         row = next(csv.reader(f, delimiter=delim), None)
+    return _header_names(row, path)
+
+
+def _header_names(row: list[str] | None, path: Path) -> list[str]:
+    """Column names from a CSV header row (shared with the Spark ingest)."""
     if not row or not any(c.strip() for c in row):
         raise IngestError(f"{path}: line 1: no header row (CSV files need one)")
     names: list[str] = []
@@ -186,12 +207,14 @@ READERS = {"csv": _csv, "jsonl": _jsonl, "parquet": _parquet}
 # ---------------------------------------------------------------------------------------- ingest
 
 def ingest(con: duckdb.DuckDBPyConnection, files: Sequence[str | os.PathLike] | str, *, table: str,
-           fmt: str = "auto", mode: str = "replace") -> dict[str, Any]:
+           fmt: str = "auto", mode: str = "replace", engine: str = "duckdb") -> dict[str, Any]:
     """Load files into ``table`` (+ ``ingest_rejects``) in one transaction; returns a per-file report.
 
     ``mode='replace'`` rebuilds the table (and its rejects) from these files; ``'append'`` adds them,
     refusing a file whose rows are already in the table (same ``source_row_id``).
+    ``engine='spark'`` parses the files on Spark (same rows, rejects and ids; ``workbench.spark``).
     """
+    _check_engine(engine)
     if isinstance(files, (str, os.PathLike)):
         files = [files]
     if not files:
@@ -211,6 +234,9 @@ def ingest(con: duckdb.DuckDBPyConnection, files: Sequence[str | os.PathLike] | 
     for p, f in zip(paths, fmts):
         if f not in FORMATS:
             raise IngestError(f"{p}: unknown format {f!r} (use one of {FORMATS})")
+    if engine == "spark":
+        from .spark import ingest_spark
+        return ingest_spark(con, paths, fmts, table=table, mode=mode)
 
     # Parse every file first (temp tables, outside the workspace), then write all in one transaction.
     parts, report = [], {}
@@ -270,10 +296,12 @@ SAMPLE_FILES = {  # table -> sample files that feed it
 }
 
 
-def ingest_sample(con: duckdb.DuckDBPyConnection, sample_dir: str | os.PathLike) -> dict[str, Any]:
+def ingest_sample(con: duckdb.DuckDBPyConnection, sample_dir: str | os.PathLike,
+                  engine: str = "duckdb") -> dict[str, Any]:
     """Ingest every file of a sample data folder into its staging table."""
     d = Path(sample_dir)
-    return {table: ingest(con, [d / f for f in files], table=table) for table, files in SAMPLE_FILES.items()}
+    return {table: ingest(con, [d / f for f in files], table=table, engine=engine)
+            for table, files in SAMPLE_FILES.items()}
 
 
 CLEAN_SQL = ["02_int_messages", "02_examples", "02_corpus_documents", "02_label_pool", "02_row_fate"]
@@ -282,20 +310,23 @@ SPLIT_DEFAULTS = {"train_fraction": 0.8, "validation_fraction": 0.1, "split_seed
                   "group_key": "", "stratify": True}
 
 
-def clean(con: duckdb.DuckDBPyConnection, **params: Any) -> None:
+def clean(con: duckdb.DuckDBPyConnection, engine: str = "duckdb", **params: Any) -> None:
     """Run the cleaning SQL files (normalize, filter with reasons, dedup, row accounting)."""
+    _check_engine(engine)
     p = {**CLEAN_DEFAULTS, **params}
     for name in CLEAN_SQL:
-        run_sql_file(con, name, p)
+        _run_sql(con, name, p, engine)
 
 
 SPLIT_GROUP_KEYS = ("", "customer_id", "message_id", "channel", "region", "age_band")
 
 
-def split(con: duckdb.DuckDBPyConnection, *, reset: bool = False, **params: Any) -> dict[str, int]:
+def split(con: duckdb.DuckDBPyConnection, *, reset: bool = False, engine: str = "duckdb",
+          **params: Any) -> dict[str, int]:
     """Assign new examples to train/validation/test (old assignments never move); returns counts.
 
     ``reset=True`` forgets earlier assignments first (everything is split again)."""
+    _check_engine(engine)
     unknown = set(params) - set(SPLIT_DEFAULTS)
     if unknown:
         raise ValueError(f"unknown split parameter(s) {sorted(unknown)}; known: {sorted(SPLIT_DEFAULTS)}")
@@ -309,8 +340,8 @@ def split(con: duckdb.DuckDBPyConnection, *, reset: bool = False, **params: Any)
         raise ValueError(f"split fractions train={tf}, validation={vf}: need 0 < train, train + validation <= 1")
     con.execute("""create table if not exists splits (
         example_id varchar, split varchar, seed bigint, batch_id bigint, assigned_at timestamp)""")
-    run_sql_file(con, "06_splits", p)
-    run_sql_file(con, "06_split_leakage", {})
+    _run_sql(con, "06_splits", p, engine)
+    _run_sql(con, "06_split_leakage", {}, engine)
     return dict(con.execute("select split, count(*) from splits group by split order by split").fetchall())
 
 
@@ -356,13 +387,13 @@ def check_row_fate(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, int]]:
 
 
 def build_spine(con: duckdb.DuckDBPyConnection, raw_dir: str | os.PathLike | None = None, *,
-                rows: int = 600, seed: int = 7, **params: Any) -> None:
+                rows: int = 600, seed: int = 7, engine: str = "duckdb", **params: Any) -> None:
     """Generate (if needed) and ingest the sample data, clean it and split it: the spine in one call.
 
     ``params`` may set the cleaning (``min_chars``, ``max_chars``) and split parameters."""
-    ingest_sample(con, sample_dir(raw_dir, rows=rows, seed=seed))
-    clean(con, **{k: v for k, v in params.items() if k in CLEAN_DEFAULTS})
-    split(con, **{k: v for k, v in params.items() if k in SPLIT_DEFAULTS})
+    ingest_sample(con, sample_dir(raw_dir, rows=rows, seed=seed), engine=engine)
+    clean(con, engine=engine, **{k: v for k, v in params.items() if k in CLEAN_DEFAULTS})
+    split(con, engine=engine, **{k: v for k, v in params.items() if k in SPLIT_DEFAULTS})
 
 
 def leakage(con: duckdb.DuckDBPyConnection) -> int:

@@ -1,0 +1,689 @@
+"""The data preparation on Apache Spark: the same ``sql/`` files, transpiled with SQLGlot.
+
+    workbench run -p engine spark --only 01 --only 02 --only 06       # local Spark (local[*])
+    SPARK_REMOTE=sc://localhost:15002 workbench run -p engine spark   # through a Spark Connect server
+    python -c "import workbench, workbench.data as d; d.build_spine(workbench.connect(), engine='spark')"
+
+The workspace stays DuckDB's (the DuckLake catalog). For a SQL file, Spark reads each workspace table
+the file reads straight from the table's Parquet data files, runs each statement (DuckDB SQL transpiled
+to Spark SQL, with the fixes below), writes each table it creates as a Parquet dataset
+``<workspace>/spark/<table>/``, and then registers those tables in the workspace in one transaction, so
+later steps, ``%%sql`` cells and notebooks read them unchanged. Ingest on Spark (``ingest_spark``) parses
+CSV / JSONL / Parquet with Spark functions and gives the same rows, rejects and ``source_row_id`` as
+DuckDB's ingest (single-line CSV records; see docs/spark.md for the limits).
+
+SQLGlot transpiles these silently, yet Spark's results would differ; the transpiler here fixes them
+(each one measured, see docs/spark.md): RE2 vs java.util.regex (``\\b``, ``\\s``, ``$``, ``.``, ``\\1`` in
+replacements); ``lower()`` (Spark: full case mapping, İ→i̇ and final Σ→ς); ``trim()`` (DuckDB strips every
+Unicode space separator, Spark only U+0020); ``nfc_normalize()`` (no Spark builtin: a session function
+over the ICU normalizer that ships with Spark); ``regexp_full_match``. ``regexp_replace`` without the
+``'g'`` flag is refused (Spark replaces every match).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .workspace import (ALIAS, WorkspaceError, render_sql, sql_literal, sql_path, table_exists,
+                        transaction)
+
+
+@dataclass
+class SparkConfig:
+    """Where Spark runs and how a session is set up (``session()`` arguments override these)."""
+    master: str = ""             # local[*], local[2], spark://host:7077, yarn; "": $WORKBENCH_SPARK_MASTER or local[*]
+    remote: str = ""             # Spark Connect URL sc://host:15002; "": $SPARK_REMOTE; when set, master is unused
+    shuffle_partitions: int = 8  # partitions after a shuffle: 2-4x the cores (Spark's 200 is slow on a laptop)
+    driver_memory: str = "2g"    # JVM heap of a local/classic driver (local mode: the executors too)
+    app_name: str = "workbench"
+    extra_conf: dict[str, str] = field(default_factory=dict)  # any other spark.* settings
+
+
+# Session settings the results depend on (runtime SQL settings: they also apply through Spark Connect).
+RUNTIME_CONF = {
+    "spark.sql.session.timeZone": "UTC",                 # DuckDB TIMESTAMP has no zone: read/write wall time
+    "spark.sql.timestampType": "TIMESTAMP_NTZ",          # ... and TIMESTAMP_NTZ is Spark's zone-less timestamp
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",  # not INT96: DuckDB reads micros exactly
+    "spark.sql.variant.allowDuplicateKeys": "true",      # DuckDB's JSON accepts {"a": 1, "a": 2}
+}
+# nfc_normalize: ICU (a Spark dependency) through reflect, as a SQL function so it needs no Python on the
+# server. ICU's Normalizer.compose(s, false) is NFC; reflect throws on null, hence the case.
+FUNCTIONS = [
+    "create or replace temporary function nfc_normalize(s string) returns string return "
+    "case when s is null then null else reflect('com.ibm.icu.text.Normalizer', 'compose', s, false) end",
+]
+# DuckDB's trim() strips every Unicode space separator (category Zs); Spark's strips U+0020 only.
+ZS_SPACES = ("\u0020\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+             "\u202f\u205f\u3000")
+INVALID_ENCODING = ("invalid encoding: Invalid unicode (byte sequence mismatch) detected. "
+                    "This file is not utf-8 encoded.")  # DuckDB's wording, so rejects read the same
+SPARK_DIR = "spark"  # <workspace>/spark/<table>/: the Parquet datasets Spark writes
+
+_STATE: dict[str, Any] = {"session": None, "key": None}
+
+
+class SparkError(WorkspaceError):
+    """Spark cannot run this (no Java, no Connect client, an unsupported SQL construct): says why."""
+
+
+# ---------------------------------------------------------------------------------------- sessions
+
+def session(master: str | None = None, remote: str | None = None, *, config: SparkConfig | None = None):
+    """The Spark session the ``engine="spark"`` functions use; started on first call, then reused.
+
+    ``remote`` (``sc://host:port``, else ``$SPARK_REMOTE``) connects to a Spark Connect server;
+    otherwise ``master`` (else ``$WORKBENCH_SPARK_MASTER``, else ``local[*]``) starts a classic session
+    (local, or a cluster master such as ``spark://host:7077``). Asking for another master or remote
+    stops the current session first.
+    """
+    cfg = config or SparkConfig()
+    remote = remote or cfg.remote or ("" if master else os.environ.get("SPARK_REMOTE", ""))
+    master = master or cfg.master or os.environ.get("WORKBENCH_SPARK_MASTER", "") or "local[*]"
+    key = ("remote", remote) if remote else ("master", master)
+    current = _STATE["session"]
+    if current is not None and _STATE["key"] == key and _alive(current):
+        return current
+    stop()
+    if remote:
+        spark = _connect(remote)
+    else:
+        spark = _classic(master, cfg)
+    for k, v in {**RUNTIME_CONF, "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions)}.items():
+        spark.conf.set(k, v)
+    for k, v in cfg.extra_conf.items():
+        spark.conf.set(k, v)
+    for stmt in FUNCTIONS:
+        spark.sql(stmt)
+    _STATE.update(session=spark, key=key)
+    return spark
+
+
+def _connect(remote: str):
+    if not re.match(r"^sc://[^/]+", remote):
+        raise SparkError(f"spark_remote {remote!r}: a Spark Connect URL looks like sc://host:15002")
+    try:
+        from pyspark.sql.connect.utils import check_dependencies
+        check_dependencies("workbench.spark")
+    except Exception as exc:  # ImportError, or pyspark's own error naming the missing package
+        raise SparkError(f"Spark Connect needs the client packages: pip install 'pyspark[connect]' ({exc})") from exc
+    from pyspark.sql import SparkSession
+    return SparkSession.builder.remote(remote).getOrCreate()
+
+
+def _classic(master: str, cfg: SparkConfig):
+    if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
+        raise SparkError("a local or cluster Spark session needs Java 17+ here (apt-get install "
+                         "openjdk-17-jre-headless), or use a Spark Connect server: spark_remote=sc://host:15002")
+    from pyspark.sql import SparkSession
+    saved = os.environ.pop("SPARK_REMOTE", None)  # pyspark would turn the builder into a Connect client
+    try:
+        builder = (SparkSession.builder.master(master).appName(cfg.app_name)
+                   .config("spark.driver.memory", cfg.driver_memory)
+                   .config("spark.ui.enabled", "false")
+                   .config("spark.ui.showConsoleProgress", "false"))
+        spark = builder.getOrCreate()
+    finally:
+        if saved is not None:
+            os.environ["SPARK_REMOTE"] = saved
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def _alive(spark) -> bool:
+    try:
+        if getattr(spark, "is_stopped", False):  # Connect client
+            return False
+        jsc = getattr(getattr(spark, "sparkContext", None), "_jsc", 1) if not _is_connect(spark) else 1
+        return jsc is not None
+    except Exception:
+        return False
+
+
+def _is_connect(spark) -> bool:
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def stop() -> None:
+    """Stop the session ``session()`` started (a Connect server keeps running; only the client stops)."""
+    spark = _STATE["session"]
+    _STATE.update(session=None, key=None)
+    if spark is not None:
+        try:
+            spark.stop()
+        except Exception:
+            pass
+
+
+# ---------------------------------------------------------------------------------------- transpiling
+
+WORD = "[0-9A-Za-z_]"  # RE2's \w (ASCII); Java 17's \b also treats non-ASCII letters as word characters
+_RE2_TO_JAVA = {
+    "b": f"(?:(?<={WORD})(?!{WORD})|(?<!{WORD})(?={WORD}))",
+    "B": f"(?:(?<={WORD})(?={WORD})|(?<!{WORD})(?!{WORD}))",
+    "s": "[\\t\\n\\f\\r ]",   # RE2's \s has no \v (Java's has)
+    "S": "[^\\t\\n\\f\\r ]",
+    "z": "\\z", "A": "\\A",
+}
+
+
+def java_regex(pattern: str) -> str:
+    """An RE2 pattern (DuckDB) as a java.util.regex pattern (Spark) that matches the same strings.
+
+    Translated: ``\\b \\B \\s \\S`` (ASCII, as in RE2), ``$`` (RE2: end of text; Java: also before a
+    final newline), ``.`` (Java also stops at ``\\r``, U+0085, U+2028/9), ``[`` inside a class (Java:
+    nested class), ``(?P<name>``. Refused: POSIX classes ``[[:alpha:]]``, ``\\C``, ``\\S`` in a class.
+    """
+    flags = re.match(r"^\(\?([a-zA-Z]+)\)", pattern)
+    multiline = bool(flags and "m" in flags.group(1))
+    dotall = bool(flags and "s" in flags.group(1))
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            n = pattern[i + 1]
+            if n == "C" or (in_class and n == "S"):
+                raise SparkError(f"regex {pattern!r}: \\{n} has no java.util.regex equivalent here")
+            if in_class and n == "s":
+                out.append("\\t\\n\\f\\r ")
+            elif not in_class and n in _RE2_TO_JAVA:
+                out.append(_RE2_TO_JAVA[n])
+            else:
+                out.append(c + n)
+            i += 2
+            continue
+        if in_class:
+            if c == "[":
+                if pattern.startswith("[:", i):
+                    raise SparkError(f"regex {pattern!r}: POSIX classes like [[:alpha:]] differ on Spark; "
+                                     "write the characters out ([A-Za-z])")
+                out.append("\\[")
+            elif c == "&" and pattern.startswith("&&", i):
+                out.append("&\\&")
+                i += 1
+            else:
+                out.append(c)
+                if c == "]" and not _class_start(out):
+                    in_class = False
+            i += 1
+            continue
+        if c == "[":
+            in_class = True
+            out.append(c)
+            # a ']' right after '[' or '[^' is a literal in both engines
+            j = i + 1
+            if pattern.startswith("^", j):
+                out.append("^")
+                j += 1
+            if pattern.startswith("]", j):
+                out.append("\\]")
+                j += 1
+            out.append("\x00")  # marks the start of the class body (removed below)
+            i = j
+            continue
+        if c == "$" and not multiline:
+            out.append("\\z")
+        elif c == "." and not dotall:
+            out.append("[^\\n]")
+        elif c == "(" and pattern.startswith("(?P<", i):
+            out.append("(?<")
+            i += 3
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out).replace("\x00", "")
+
+
+def _class_start(out: list[str]) -> bool:
+    """True when the ']' just appended closes nothing (it directly follows the class start marker)."""
+    return len(out) >= 2 and out[-2] == "\x00"
+
+
+def java_replacement(replacement: str) -> str:
+    """An RE2 rewrite string (``\\1`` groups) as a Java replacement (``$1``; ``$`` is literal)."""
+    out, i = [], 0
+    while i < len(replacement):
+        c = replacement[i]
+        if c == "\\" and i + 1 < len(replacement):
+            n = replacement[i + 1]
+            out.append("$" + n if n.isdigit() else "\\\\" if n == "\\" else n)
+            i += 2
+            continue
+        out.append("\\$" if c == "$" else c)
+        i += 1
+    return "".join(out)
+
+
+def _regex_classes():
+    from sqlglot import exp
+
+    names = ("RegexpReplace", "RegexpLike", "RegexpILike", "RegexpExtract", "RegexpExtractAll",
+             "RegexpSplit", "RegexpFullMatch", "RegexpCount", "RegexpInstr")
+    return tuple(getattr(exp, n) for n in names if hasattr(exp, n))
+
+
+def to_spark_sql(node, *, source: str = "<sql>") -> str:
+    """One DuckDB SQL expression/query (a SQLGlot tree) as Spark SQL, with the dialect fixes applied."""
+    from sqlglot import exp
+
+    tree = node.copy()
+    regex_nodes = _regex_classes()
+    # deepest nodes first, so a fixed node's children are already fixed
+    for n in reversed(list(tree.dfs())):
+        if isinstance(n, exp.Lower):
+            # Spark lower-cases with full case mapping (İ→i̇, final Σ→ς); DuckDB maps code points simply
+            inner = exp.Anonymous(this="replace", expressions=[
+                exp.Anonymous(this="replace", expressions=[n.this, exp.Literal.string("İ"), exp.Literal.string("i")]),
+                exp.Literal.string("Σ"), exp.Literal.string("σ")])
+            n.replace(exp.Lower(this=inner))
+        elif isinstance(n, exp.Trim) and n.args.get("expression") is None:
+            n.set("expression", exp.Literal.string(ZS_SPACES))
+        elif isinstance(n, regex_nodes):
+            _fix_regex(n, source)
+    return tree.sql(dialect="spark")
+
+
+def _fix_regex(n, source: str) -> None:
+    from sqlglot import exp
+
+    pattern = n.args.get("expression")
+    if not (isinstance(pattern, exp.Literal) and pattern.is_string):
+        raise SparkError(f"{source}: {n.key}: the pattern must be a string literal to run on Spark")
+    flags = ""
+    if isinstance(n, exp.RegexpReplace):
+        mods = n.args.get("modifiers")
+        mods = mods.name if isinstance(mods, exp.Literal) else ""
+        if "g" not in mods:
+            raise SparkError(f"{source}: regexp_replace(..., {pattern.name!r}, ...) without the 'g' flag replaces "
+                             "the first match on DuckDB but every match on Spark; add 'g' (or rewrite)")
+        unknown = set(mods) - set("gic")
+        if unknown:
+            raise SparkError(f"{source}: regexp_replace flags {''.join(sorted(unknown))!r} are not portable")
+        flags = "(?iu)" if "i" in mods else ""
+        n.set("modifiers", None)
+        repl = n.args.get("replacement")
+        if isinstance(repl, exp.Literal) and repl.is_string:
+            n.set("replacement", exp.Literal.string(java_replacement(repl.name)))
+        elif repl is not None:
+            raise SparkError(f"{source}: regexp_replace: the replacement must be a string literal to run on Spark")
+    elif isinstance(n, exp.RegexpILike):
+        flags = "(?iu)"
+    java = flags + java_regex(pattern.name)
+    if type(n).__name__ == "RegexpFullMatch":  # no Spark function: an anchored rlike
+        n.replace(exp.RegexpLike(this=n.this, expression=exp.Literal.string(f"\\A(?:{java})\\z")))
+        return
+    n.set("expression", exp.Literal.string(java))
+
+
+# ---------------------------------------------------------------------------------------- workspace tables
+
+def workspace_root(con) -> Path:
+    """The workspace folder of a ``workbench.connect()`` connection (where its ``wb.sqlite`` lies)."""
+    path = con.execute("select path from duckdb_databases() where database_name = ?", [ALIAS]).fetchone()
+    if not path or not path[0]:
+        raise SparkError("this connection has no workspace (catalog 'wb'): use workbench.connect()")
+    return Path(path[0].split(":", 1)[-1]).parent
+
+
+def spark_dir(con) -> Path:
+    """``<workspace>/spark``: the Parquet datasets Spark writes, one folder per table."""
+    return workspace_root(con) / SPARK_DIR
+
+
+def read_workspace_table(spark, con, table: str):
+    """A workspace table as a Spark DataFrame, read from the table's own Parquet files when they hold
+    all of it (no deletes, no inlined rows, no renamed columns), else from a snapshot exported to
+    ``<workspace>/spark/_export/<table>.parquet``."""
+    if not table_exists(con, table):
+        raise SparkError(f"table {table!r} is not in the workspace (run the step that writes it first)")
+    columns = [r[0] for r in con.execute(f'describe "{table}"').fetchall()]
+    files = _table_files(con, table)
+    if files:
+        df = spark.read.parquet(*files)
+        if sorted(df.columns) == sorted(columns):
+            return df.select(*[f"`{c}`" for c in columns])
+    path = spark_dir(con) / "_export" / f"{table}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con.execute(f'copy (select * from "{table}") to {sql_literal(str(path))} (format parquet)')
+    return spark.read.parquet(str(path))
+
+
+def _table_files(con, table: str) -> list[str]:
+    """The Parquet files holding every row of ``table``, or [] when some rows live elsewhere."""
+    try:
+        rows = con.execute("select data_file, delete_file, data_file_encryption_key "
+                           "from ducklake_list_files(?, ?)", [ALIAS, table]).fetchall()
+    except Exception:  # a view, or not a DuckLake table
+        return []
+    if not rows or any(r[1] is not None or r[2] is not None for r in rows):
+        return []
+    files = [r[0] for r in rows]
+    in_files = con.execute("select sum(num_rows) from parquet_file_metadata(?)", [files]).fetchone()[0]
+    total = con.execute(f'select count(*) from "{table}"').fetchone()[0]
+    return files if in_files == total else []  # small inserts are inlined in the catalog, not in files
+
+
+def _normalized(df):
+    """Output types as DuckDB would give them: 32-bit and smaller integers → BIGINT, TIMESTAMP → NTZ."""
+    from pyspark.sql import types as T
+
+    cols = []
+    for f in df.schema.fields:
+        c = df[f"`{f.name}`"]
+        if isinstance(f.dataType, (T.IntegerType, T.ShortType, T.ByteType)):
+            c = c.cast("bigint")
+        elif isinstance(f.dataType, T.TimestampType):
+            c = c.cast("timestamp_ntz")
+        cols.append(c.alias(f.name))
+    return df.select(*cols)
+
+
+def write_dataset(df, path: Path | str) -> str:
+    """Write a DataFrame as a Parquet dataset folder (replacing it); returns its path."""
+    _normalized(df).write.mode("overwrite").parquet(str(path))
+    return str(path)
+
+
+def register(con, datasets: Mapping[str, Path | str], *, what: str = "registering Spark output") -> None:
+    """Make Parquet dataset folders workspace tables (``create or replace``), all in one transaction."""
+    def body(c):
+        for table, path in datasets.items():
+            c.execute(f'create or replace table "{table}" as select * from read_parquet('
+                      f'{sql_literal(str(Path(path) / "*.parquet"))})')
+    transaction(con, body, what=what)
+
+
+# ---------------------------------------------------------------------------------------- SQL files
+
+def run_sql_file_spark(con, name: str | os.PathLike, params: Mapping[str, Any] | None = None, *,
+                       spark=None) -> list[str]:
+    """Run one SQL file on Spark; its tables land in ``<workspace>/spark/<table>/`` and in the
+    workspace (one transaction). Returns the tables written.
+
+    Statements: ``create [or replace] table T as <query>`` and ``insert into T [(cols)] <query>``.
+    """
+    import sqlglot
+    from sqlglot import exp
+
+    spark = spark or session()
+    path = sql_path(name)
+    text = render_sql(path.read_text(), params, source=str(path))
+    try:
+        statements = [s for s in sqlglot.parse(text, read="duckdb") if s is not None]
+    except sqlglot.errors.ParseError as exc:
+        raise SparkError(f"{path.name}: SQLGlot cannot parse it: {exc}") from exc
+    out = spark_dir(con)
+    views: dict[str, str] = {}  # table -> where its view reads from in this run
+    written: dict[str, str] = {}
+    for k, stmt in enumerate(statements, 1):
+        where = f"{path.name} statement {k}"
+        if isinstance(stmt, exp.Create) and stmt.kind == "TABLE" and isinstance(stmt.expression, exp.Query):
+            target, query, columns = _table_name(stmt.this), stmt.expression, None
+        elif isinstance(stmt, exp.Insert) and isinstance(stmt.expression, exp.Query):
+            target = _table_name(stmt.this)
+            columns = [c.name for c in stmt.this.expressions] if isinstance(stmt.this, exp.Schema) else []
+            query = stmt.expression.copy()
+            if stmt.args.get("with"):  # SQLGlot hangs 'insert into ... with ...' CTEs on the insert
+                query.set("with", stmt.args["with"].copy())
+        else:
+            raise SparkError(f"{where}: only 'create table ... as <query>' and 'insert into ... <query>' "
+                             f"run on Spark, not {stmt.key.upper()}")
+        ctes = {c.alias_or_name for c in query.find_all(exp.CTE)}
+        inputs = {t.name for t in query.find_all(exp.Table) if t.name not in ctes}
+        if columns is not None:
+            inputs.add(target)
+        for table in sorted(inputs):
+            if table not in views:
+                read_workspace_table(spark, con, table).createOrReplaceTempView(table)
+                views[table] = "workspace"
+        try:
+            df = spark.sql(to_spark_sql(query, source=where))
+            if columns is not None:  # insert: the table's old rows, then the new ones in its types
+                df = _appended(spark.table(target), df, columns, where)
+            dest = out / target
+            if views.get(target) == str(dest):  # reads what it overwrites: materialize first
+                df = df.localCheckpoint()
+            write_dataset(df, dest)
+        except SparkError:
+            raise
+        except Exception as exc:
+            raise SparkError(f"{where} ({target}): Spark failed: {_short(exc)}") from exc
+        spark.read.parquet(str(dest)).createOrReplaceTempView(target)
+        views[target] = written[target] = str(dest)
+    register(con, written, what=path.name)
+    return list(written)
+
+
+def _table_name(node) -> str:
+    from sqlglot import exp
+
+    table = node.this if isinstance(node, exp.Schema) else node
+    return table.name
+
+
+def _appended(old, new, columns: list[str], where: str):
+    """``old`` with the rows of ``new`` appended (``columns``: the insert's column list, [] = all)."""
+    from pyspark.sql import functions as F
+
+    names = columns or old.columns
+    if len(new.columns) != len(names):
+        raise SparkError(f"{where}: insert of {len(new.columns)} columns into {len(names)} columns")
+    unknown = set(names) - set(old.columns)
+    if unknown:
+        raise SparkError(f"{where}: insert into unknown column(s) {sorted(unknown)}")
+    new = new.toDF(*names)
+    cast = [(new[f"`{c}`"] if c in names else F.lit(None)).cast(t).alias(c) for c, t in old.dtypes]
+    return old.unionByName(new.select(*cast))
+
+
+def _short(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()
+    return msg[0][:500] if msg else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------- ingest
+
+def ingest_spark(con, paths: Sequence[Path], fmts: Sequence[str], *, table: str, mode: str = "replace",
+                 spark=None) -> dict[str, Any]:
+    """Parse files on Spark into ``table`` and ``ingest_rejects``: the rows, rejects (file, line,
+    reason) and ``source_row_id`` of ``workbench.data.ingest`` (which validates the arguments and
+    calls this for ``engine='spark'``). Parsed rows go to ``<workspace>/spark/<table>/``, rejects to
+    ``<workspace>/spark/ingest_rejects/<table>/``; then both are registered in one transaction.
+    """
+    from pyspark.sql import functions as F
+
+    from .data import REJECTS_DDL, IngestError
+
+    spark = spark or session()
+    out = spark_dir(con)
+    run = uuid.uuid4().hex[:12]
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
+    rows_all = rejects_all = None
+    report: dict[str, Any] = {}
+    try:
+        for i, (p, f) in enumerate(zip(paths, fmts)):
+            staging = out / "_staging" / run / str(i)
+            try:
+                rows, rejects = READERS_SPARK[f](spark, p, staging)
+            except (IngestError, SparkError):
+                raise
+            except Exception as exc:
+                raise IngestError(f"{p}: cannot read as {f} on Spark: {_short(exc)}") from exc
+            rows = rows.select(F.concat(F.lit(p.name + ":"), F.col("source_line").cast("string")).alias("source_row_id"),
+                               F.lit(str(p)).alias("source_file"), "*")
+            rejects = rejects.select(
+                F.concat(F.lit(p.name + ":"), F.col("source_line").cast("string")).alias("source_row_id"),
+                F.lit(table).alias("table_name"), F.lit(str(p)).alias("source_file"), "source_line", "reason",
+                "raw_line", F.lit(now).cast("timestamp_ntz").alias("ingested_at"))
+            report[str(p)] = {"format": f, "rows": rows.count(), "rejected": rejects.count()}
+            rows_all = rows if rows_all is None else rows_all.unionByName(rows, allowMissingColumns=True)
+            rejects_all = rejects if rejects_all is None else rejects_all.unionByName(rejects)
+        rows_path = write_dataset(rows_all, out / table)
+        rejects_path = write_dataset(rejects_all, out / "ingest_rejects" / table)
+    finally:
+        shutil.rmtree(out / "_staging" / run, ignore_errors=True)
+
+    rows_glob = sql_literal(str(Path(rows_path) / "*.parquet"))
+    rejects_glob = sql_literal(str(Path(rejects_path) / "*.parquet"))
+
+    def write(c) -> None:
+        c.execute(REJECTS_DDL)
+        if mode == "replace" or not table_exists(c, table):
+            c.execute(f'create or replace table "{table}" as select * from read_parquet({rows_glob})')
+            c.execute("delete from ingest_rejects where table_name = ?", [table])
+        else:
+            dup = c.execute(f'select count(*) from "{table}" t join read_parquet({rows_glob}) n '
+                            "using (source_row_id)").fetchone()[0]
+            if dup:
+                raise IngestError(f"{table}: {dup} rows of these files were ingested before (same "
+                                  "source_row_id); use mode='replace' to reload")
+            c.execute(f'insert into "{table}" by name select * from read_parquet({rows_glob})')
+        c.execute(f"insert into ingest_rejects by name select * from read_parquet({rejects_glob})")
+
+    transaction(con, write, what=f"ingesting into {table} (Spark)")
+    return report
+
+
+def numbered_lines(spark, path: Path | str):
+    """A text file as ``(line, value)``: 1-based physical line numbers, in parallel.
+
+    Spark reads a file in blocks (splits); each block is read in order by one task, so within a block
+    ``monotonically_increasing_id()`` counts lines. A line's number is the lines of the earlier blocks
+    plus its offset in its block (the per-block counts are tiny: one row per block).
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    raw = spark.read.text(str(path)).select(
+        F.col("_metadata.file_block_start").alias("block"), F.monotonically_increasing_id().alias("mid"), "value")
+    blocks = raw.groupBy("block").agg(F.min("mid").alias("first_mid"), F.count(F.lit(1)).alias("n"))
+    before = F.coalesce(F.sum("n").over(Window.orderBy("block").rowsBetween(Window.unboundedPreceding, -1)), F.lit(0))
+    blocks = blocks.select("block", "first_mid", before.alias("before"))
+    return raw.join(F.broadcast(blocks), "block").select(
+        (F.col("before") + F.col("mid") - F.col("first_mid") + 1).alias("line"), "value")
+
+
+def _staged(spark, df, staging: Path):
+    """Write ``df`` once and read it back: later steps reuse it without parsing the file again."""
+    df.write.mode("overwrite").parquet(str(staging))
+    return spark.read.parquet(str(staging))
+
+
+def _raw_line():
+    from pyspark.sql import functions as F
+
+    return F.substring(F.make_valid_utf8("value"), 1, 2000)
+
+
+def _csv_spark(spark, path: Path, staging: Path):
+    """CSV parsed line by line with regexes that follow DuckDB's strict reader.
+
+    A field is unquoted (no delimiter; it may hold a quote after its first character) or quoted
+    (``""`` escapes a quote; spaces around the quotes are dropped). A line whose fields do not tile it
+    is an ``unquoted value`` reject; the column count and the encoding are checked like DuckDB's, with
+    its reason texts. Blank lines are skipped. Limit: one record per line (a quoted field holding a
+    newline, which DuckDB reads, is rejected here).
+    """
+    import csv
+
+    from pyspark.sql import functions as F
+
+    from .data import IngestError, _header_names
+
+    delim = "\t" if path.name.lower().endswith((".tsv", ".tsv.gz")) else ","
+    d = "\\t" if delim == "\t" else ","
+    # line 1: the first line of the file's first block
+    first = spark.read.text(str(path)).where("_metadata.file_block_start = 0").limit(1).collect()
+    header = next(csv.reader([first[0][0]], delimiter=delim), None) if first else None
+    names = _header_names(header, path)
+    if any(ord(ch) < 32 for n in names for ch in n):
+        raise IngestError(f"{path}: line 1: a column name holds a control character")
+    n_cols = len(names)
+    quoted = '"[^"]*+(?:""[^"]*+)*+"'
+    token = f'{d}( *{quoted}(?: *{quoted})* *|(?! *")[^{d}]*+)'
+    body = numbered_lines(spark, path).where("line > 1 and value <> ''")
+    text = F.make_valid_utf8("value")  # invalid bytes become U+FFFD (the line is rejected, but counted)
+    tokens = F.regexp_extract_all(F.concat(F.lit(delim), text), F.lit(token), 1)
+    tiled = F.array_join(tokens, delim) == text
+    found = F.when(tiled, F.size(tokens)).otherwise(F.size(F.split(text, d, -1)))
+    counts = f"Expected Number of Columns: {n_cols} Found: "
+    reasons = F.array_compact(F.array(
+        F.when(~F.is_valid_utf8("value"), F.lit(INVALID_ENCODING)),
+        F.when(found < n_cols, F.concat(F.lit("missing columns: " + counts), found.cast("string"))),
+        F.when(found > n_cols, F.concat(F.lit("too many columns: " + counts), found.cast("string"))),
+        F.when(~tiled, F.lit("unquoted value: Value with unterminated quote found.")),
+    ))
+    parsed = _staged(spark, body.select(
+        F.col("line").alias("source_line"),
+        F.when(F.size(reasons) > 0, F.array_join(reasons, "; ")).alias("reason"),
+        "value", tokens.alias("tokens")), staging)
+
+    def field(i: int):
+        tok = F.get("tokens", i)
+        unquoted = F.regexp_replace(F.trim(tok), F.lit(f'"([^"]*+(?:""[^"]*+)*+)"'), F.lit("$1"))
+        value = F.when(tok.rlike('^ *"'), F.replace(unquoted, F.lit('""'), F.lit('"'))).otherwise(tok)
+        return F.nullif(value, F.lit(""))
+
+    rows = parsed.where("reason is null").select(
+        "source_line", *[field(i).alias(name) for i, name in enumerate(names)])
+    rejects = parsed.where("reason is not null").select("source_line", "reason", _raw_line().alias("raw_line"))
+    return rows, rejects
+
+
+def _jsonl_spark(spark, path: Path, staging: Path):
+    """JSONL read as numbered lines, then parsed with Spark's JSON functions.
+
+    Like DuckDB's ingest: blank lines are no rows; a line that is not valid UTF-8, not valid JSON, or
+    not a JSON object is a reject; the columns are the union of the objects' keys, first seen first;
+    values as ``json_extract_string`` gives them (strings unescaped, other values as JSON text).
+    """
+    from pyspark.sql import functions as F
+
+    from .data import IngestError
+
+    lines = numbered_lines(spark, path).where(F.trim("value", F.lit(ZS_SPACES)) != "")
+    v = F.try_parse_json("value")
+    kind = F.schema_of_variant(v)
+    # Spark's parser takes trailing text after a value ({"a": 1} x); DuckDB's does not
+    trailing = ~F.col("value").rlike("[}\\]][ \\t\\n\\r]*\\z")
+    duck_type = (F.when(kind.startswith("ARRAY"), "ARRAY").when(kind == "STRING", "VARCHAR")
+                 .when(kind == "BOOLEAN", "BOOLEAN").when(kind == "VOID", "NULL")
+                 .when(kind.rlike("^(BIGINT|INT|SMALLINT|TINYINT|DECIMAL\\([0-9]+,0\\))$"),
+                       F.when(F.trim("value").startswith("-"), "BIGINT").otherwise("UBIGINT"))
+                 .otherwise("DOUBLE"))
+    reason = (F.when(~F.is_valid_utf8("value"), F.lit(INVALID_ENCODING))
+              .when(v.isNull() | ((kind.startswith("OBJECT") | kind.startswith("ARRAY")) & trailing),
+                    F.lit("malformed JSON"))
+              .when(~kind.startswith("OBJECT"), F.concat(F.lit("not a JSON object: "), duck_type)))
+    parsed = _staged(spark, lines.select(F.col("line").alias("source_line"), reason.alias("reason"), "value"),
+                     staging)
+    valid = parsed.where("reason is null")
+    first_seen = (valid.select("source_line", F.posexplode(F.json_object_keys("value")).alias("pos", "key"))
+                  .groupBy("key").agg(F.min(F.struct("source_line", "pos")).alias("first")).orderBy("first"))
+    keys = [r["key"] for r in first_seen.select("key").collect()]
+    for k in keys:
+        if "'" in k or "]" in k or any(ord(ch) < 32 for ch in k):
+            raise IngestError(f"{path}: key {k!r}: quotes, brackets and control characters in JSON keys "
+                              "are not supported by the Spark ingest")
+    rows = valid.select("source_line", *[F.get_json_object("value", f"$['{k}']").alias(k) for k in keys])
+    rejects = parsed.where("reason is not null").select("source_line", "reason", _raw_line().alias("raw_line"))
+    return rows, rejects
+
+
+def _parquet_spark(spark, path: Path, staging: Path):
+    """Parquet: every column as a string, ``source_line`` = row number in the file (1-based)."""
+    from pyspark.sql import functions as F
+
+    df = spark.read.parquet(str(path))
+    cols = [F.col(f"`{c}`").cast("string").alias(c) for c in df.columns]
+    rows = df.select((F.col("_metadata.row_index") + 1).alias("source_line"), *cols)
+    rejects = spark.createDataFrame([], "source_line bigint, reason string, raw_line string")
+    return rows, rejects
+
+
+READERS_SPARK = {"csv": _csv_spark, "jsonl": _jsonl_spark, "parquet": _parquet_spark}
