@@ -13,7 +13,8 @@ CSV / JSONL / Parquet with Spark functions and gives the same rows, rejects and 
 DuckDB's ingest (single-line CSV records; see docs/spark.md for the limits).
 
 SQLGlot transpiles these silently, yet Spark's results would differ; the transpiler here fixes them
-(each one measured, see docs/spark.md): RE2 vs java.util.regex (``\\b``, ``\\s``, ``$``, ``.``, ``\\1`` in
+(each one measured, see docs/spark.md): ``strpos()``/``length()`` return INT on Spark, BIGINT on
+DuckDB (so arithmetic on them overflows on Spark); RE2 vs java.util.regex (``\\b``, ``\\s``, ``$``, ``.``, ``\\1`` in
 replacements); ``lower()`` (Spark: full case mapping, İ→i̇ and final Σ→ς); ``trim()`` (DuckDB strips every
 Unicode space separator, Spark only U+0020); ``nfc_normalize()`` (no Spark builtin: a session function
 over the ICU normalizer that ships with Spark); ``regexp_full_match``. ``regexp_replace`` without the
@@ -25,6 +26,7 @@ import datetime as dt
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,14 +81,16 @@ def session(master: str | None = None, remote: str | None = None, *, config: Spa
 
     ``remote`` (``sc://host:port``, else ``$SPARK_REMOTE``) connects to a Spark Connect server;
     otherwise ``master`` (else ``$WORKBENCH_SPARK_MASTER``, else ``local[*]``) starts a classic session
-    (local, or a cluster master such as ``spark://host:7077``). Asking for another master or remote
-    stops the current session first.
+    (local, or a cluster master such as ``spark://host:7077``). Without arguments it returns the running
+    session, if any; asking for another master or remote stops the running one first.
     """
+    current = _STATE["session"]
+    if current is not None and not (master or remote or config) and _alive(current):
+        return current
     cfg = config or SparkConfig()
     remote = remote or cfg.remote or ("" if master else os.environ.get("SPARK_REMOTE", ""))
     master = master or cfg.master or os.environ.get("WORKBENCH_SPARK_MASTER", "") or "local[*]"
     key = ("remote", remote) if remote else ("master", master)
-    current = _STATE["session"]
     if current is not None and _STATE["key"] == key and _alive(current):
         return current
     stop()
@@ -109,7 +113,7 @@ def _connect(remote: str):
         raise SparkError(f"spark_remote {remote!r}: a Spark Connect URL looks like sc://host:15002")
     try:
         from pyspark.sql.connect.utils import check_dependencies
-        check_dependencies("workbench.spark")
+        check_dependencies()
     except Exception as exc:  # ImportError, or pyspark's own error naming the missing package
         raise SparkError(f"Spark Connect needs the client packages: pip install 'pyspark[connect]' ({exc})") from exc
     from pyspark.sql import SparkSession
@@ -121,12 +125,15 @@ def _classic(master: str, cfg: SparkConfig):
         raise SparkError("a local or cluster Spark session needs Java 17+ here (apt-get install "
                          "openjdk-17-jre-headless), or use a Spark Connect server: spark_remote=sc://host:15002")
     from pyspark.sql import SparkSession
-    saved = os.environ.pop("SPARK_REMOTE", None)  # pyspark would turn the builder into a Connect client
+    # pyspark would turn the builder into a Connect client; and its functions follow this mode flag
+    os.environ.pop("SPARK_CONNECT_MODE_ENABLED", None)
+    saved = os.environ.pop("SPARK_REMOTE", None)
     try:
         builder = (SparkSession.builder.master(master).appName(cfg.app_name)
                    .config("spark.driver.memory", cfg.driver_memory)
                    .config("spark.ui.enabled", "false")
-                   .config("spark.ui.showConsoleProgress", "false"))
+                   .config("spark.ui.showConsoleProgress", "false")
+                   .config("spark.sql.warehouse.dir", str(Path(tempfile.gettempdir()) / "workbench-spark-warehouse")))
         spark = builder.getOrCreate()
     finally:
         if saved is not None:
@@ -158,6 +165,8 @@ def stop() -> None:
             spark.stop()
         except Exception:
             pass
+        if _is_connect(spark):  # pyspark.sql.functions build Connect columns while this is set
+            os.environ.pop("SPARK_CONNECT_MODE_ENABLED", None)
 
 
 # ---------------------------------------------------------------------------------------- transpiling
@@ -283,6 +292,9 @@ def to_spark_sql(node, *, source: str = "<sql>") -> str:
             n.replace(exp.Lower(this=inner))
         elif isinstance(n, exp.Trim) and n.args.get("expression") is None:
             n.set("expression", exp.Literal.string(ZS_SPACES))
+        elif isinstance(n, (exp.StrPosition, exp.Length)) and not isinstance(n.parent, exp.Cast):
+            # DuckDB returns BIGINT, Spark INT: (strpos(..) - 1) * 268435456 overflows on Spark (ANSI)
+            n.replace(exp.Cast(this=n.copy(), to=exp.DataType.build("bigint")))
         elif isinstance(n, regex_nodes):
             _fix_regex(n, source)
     return tree.sql(dialect="spark")
@@ -667,9 +679,9 @@ def _jsonl_spark(spark, path: Path, staging: Path):
                   .groupBy("key").agg(F.min(F.struct("source_line", "pos")).alias("first")).orderBy("first"))
     keys = [r["key"] for r in first_seen.select("key").collect()]
     for k in keys:
-        if "'" in k or "]" in k or any(ord(ch) < 32 for ch in k):
-            raise IngestError(f"{path}: key {k!r}: quotes, brackets and control characters in JSON keys "
-                              "are not supported by the Spark ingest")
+        if "'" in k or not k:  # Spark's JSON path $['...'] cannot name them
+            raise IngestError(f"{path}: JSON key {k!r}: an empty key or a key with a single quote cannot be "
+                              "read by the Spark ingest (use engine='duckdb', or rename the key)")
     rows = valid.select("source_line", *[F.get_json_object("value", f"$['{k}']").alias(k) for k in keys])
     rejects = parsed.where("reason is not null").select("source_line", "reason", _raw_line().alias("raw_line"))
     return rows, rejects
