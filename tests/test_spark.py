@@ -1,8 +1,8 @@
 """The Spark engine gives DuckDB's results row for row: ingest, cleaning, dedup, splits, row_fate.
 
 One local Spark session (``local[2]``) serves the whole module; the 100,000-row comparison runs once.
-The Spark Connect test starts a real Connect server on 127.0.0.1 (pyspark's sbin script) and runs the
-preparation through it. Skipped only where Java is missing.
+The Spark Connect test starts a real Connect server on 127.0.0.1 (pyspark's sbin script) and runs
+notebooks 01, 02 and 06 through it with ``-p engine spark``. Skipped only where Java is missing.
 """
 from __future__ import annotations
 
@@ -256,26 +256,6 @@ def test_100k_messy_rows_same_results_row_for_row(both_engines):
     assert con.execute("select count(*) from b.examples where text like '%<CARD>%'").fetchone()[0] > 0
 
 
-# ---------------------------------------------------------------------------------------- notebooks
-
-@needs_java
-@pytest.mark.slow
-def test_notebooks_run_on_spark_with_engine_parameter(workspace, tmp_path):
-    out = pipeline.run({"engine": "spark", "spark_master": "local[2]", "sample_rows": "400", "split_seed": "3"},
-                       only=["01", "02", "06"], workspace=workspace)
-    assert len(list(out.glob("*.ipynb"))) == 3
-    duck = workbench.connect(tmp_path / "duck")
-    data.build_spine(duck, data.sample_dir(rows=400, seed=7), split_seed=3)
-    duck.close()
-    con = attach_both(tmp_path / "duck", workspace)
-    for table in ("stg_messages", "examples", "label_pool", "corpus_documents"):
-        n, only_a, only_b = differences(con, table)
-        assert n > 0 and only_a == only_b == 0, table
-    n, only_a, only_b = differences(con, "splits", "example_id, split, seed")
-    assert n > 300 and only_a == only_b == 0
-    assert (workspace / "spark" / "examples").is_dir()
-
-
 # ---------------------------------------------------------------------------------------- Spark Connect
 
 def _free_port() -> int:
@@ -321,23 +301,23 @@ def connect_server(tmp_path_factory):
 
 @needs_java
 @pytest.mark.slow
-def test_spark_connect_runs_the_same_preparation(connect_server, tmp_path):
-    sample = tmp_path / "sample"
-    write_sample(sample, rows=3000, seed=5)
+def test_pipeline_runs_on_spark_connect_with_duckdbs_results(connect_server, workspace, tmp_path):
+    """``workbench run -p engine spark -p spark_remote sc://...``: notebooks 01, 02, 06 through a real
+    Connect server (each kernel is a Connect client: no JVM of its own), compared with DuckDB."""
     remote = wbspark.session(remote=connect_server)
-    assert type(remote).__module__.startswith("pyspark.sql.connect"), type(remote)  # really through Connect
+    assert type(remote).__module__.startswith("pyspark.sql.connect"), type(remote)  # really a Connect client
     assert remote.sql("select nfc_normalize('Cafe\u0301') as s").collect()[0]["s"] == "Caf\u00e9"
-    spk = workbench.connect(tmp_path / "connect")
-    data.build_spine(spk, sample, engine="spark")
-    spk.close()
     wbspark.stop()
+    out = pipeline.run({"engine": "spark", "spark_remote": connect_server, "sample_rows": "3000", "split_seed": "3"},
+                       only=["01", "02", "06"], workspace=workspace)
+    assert len(list(out.glob("*.ipynb"))) == 3
     duck = workbench.connect(tmp_path / "duck")
-    data.build_spine(duck, sample)
+    data.build_spine(duck, data.sample_dir(rows=3000, seed=7), split_seed=3)
     duck.close()
-    con = attach_both(tmp_path / "duck", tmp_path / "connect")
+    con = attach_both(tmp_path / "duck", workspace)
     for table in ("stg_messages", "int_messages", "examples", "label_pool", "corpus_documents"):
         n, only_a, only_b = differences(con, table)
         assert n > 0 and only_a == only_b == 0, table
     n, only_a, only_b = differences(con, "splits", "example_id, split, seed, batch_id")
     assert n > 2000 and only_a == only_b == 0
-    assert (tmp_path / "connect" / "spark" / "examples").is_dir()
+    assert (workspace / "spark" / "examples").is_dir()  # written by the Connect server, registered here

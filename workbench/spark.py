@@ -13,12 +13,12 @@ CSV / JSONL / Parquet with Spark functions and gives the same rows, rejects and 
 DuckDB's ingest (single-line CSV records; see docs/spark.md for the limits).
 
 SQLGlot transpiles these silently, yet Spark's results would differ; the transpiler here fixes them
-(each one measured, see docs/spark.md): ``strpos()``/``length()`` return INT on Spark, BIGINT on
-DuckDB (so arithmetic on them overflows on Spark); RE2 vs java.util.regex (``\\b``, ``\\s``, ``$``, ``.``, ``\\1`` in
-replacements); ``lower()`` (Spark: full case mapping, İ→i̇ and final Σ→ς); ``trim()`` (DuckDB strips every
-Unicode space separator, Spark only U+0020); ``nfc_normalize()`` (no Spark builtin: a session function
-over the ICU normalizer that ships with Spark); ``regexp_full_match``. ``regexp_replace`` without the
-``'g'`` flag is refused (Spark replaces every match).
+(each one measured, see docs/spark.md): RE2 vs java.util.regex (``\\b``, ``\\s``, ``$``, ``.``, and
+``\\1`` in replacements); ``lower()`` (Spark: full case mapping, İ→i̇ and final Σ→ς); ``trim()``
+(DuckDB strips every Unicode space separator, Spark only U+0020); ``strpos()``/``length()`` (INT on
+Spark, BIGINT on DuckDB: arithmetic on them overflows on Spark); ``nfc_normalize()`` (no Spark
+builtin: a session function over the ICU normalizer that ships with Spark); ``regexp_full_match``.
+``regexp_replace`` without the ``'g'`` flag is refused (Spark replaces every match).
 """
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ import os
 import re
 import shutil
 import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -90,6 +89,8 @@ def session(master: str | None = None, remote: str | None = None, *, config: Spa
     cfg = config or SparkConfig()
     remote = remote or cfg.remote or ("" if master else os.environ.get("SPARK_REMOTE", ""))
     master = master or cfg.master or os.environ.get("WORKBENCH_SPARK_MASTER", "") or "local[*]"
+    if remote and not re.match(r"^sc://[^/]+", remote):
+        raise SparkError(f"spark_remote {remote!r}: a Spark Connect URL looks like sc://host:15002")
     key = ("remote", remote) if remote else ("master", master)
     if current is not None and _STATE["key"] == key and _alive(current):
         return current
@@ -109,8 +110,6 @@ def session(master: str | None = None, remote: str | None = None, *, config: Spa
 
 
 def _connect(remote: str):
-    if not re.match(r"^sc://[^/]+", remote):
-        raise SparkError(f"spark_remote {remote!r}: a Spark Connect URL looks like sc://host:15002")
     try:
         from pyspark.sql.connect.utils import check_dependencies
         check_dependencies()
@@ -144,10 +143,9 @@ def _classic(master: str, cfg: SparkConfig):
 
 def _alive(spark) -> bool:
     try:
-        if getattr(spark, "is_stopped", False):  # Connect client
-            return False
-        jsc = getattr(getattr(spark, "sparkContext", None), "_jsc", 1) if not _is_connect(spark) else 1
-        return jsc is not None
+        if _is_connect(spark):
+            return not spark.is_stopped
+        return spark.sparkContext._jsc is not None
     except Exception:
         return False
 
@@ -446,7 +444,11 @@ def run_sql_file_spark(con, name: str | os.PathLike, params: Mapping[str, Any] |
             raise SparkError(f"{where}: only 'create table ... as <query>' and 'insert into ... <query>' "
                              f"run on Spark, not {stmt.key.upper()}")
         ctes = {c.alias_or_name for c in query.find_all(exp.CTE)}
-        inputs = {t.name for t in query.find_all(exp.Table) if t.name not in ctes}
+        tables = list(query.find_all(exp.Table))
+        for t in tables:
+            if not isinstance(t.this, exp.Identifier):  # read_parquet(...), range(...): DuckDB's
+                raise SparkError(f"{where}: the table function {t.this.sql()} runs on DuckDB only")
+        inputs = {t.name for t in tables if t.name not in ctes}
         if columns is not None:
             inputs.add(target)
         for table in sorted(inputs):
@@ -513,15 +515,13 @@ def ingest_spark(con, paths: Sequence[Path], fmts: Sequence[str], *, table: str,
 
     spark = spark or session()
     out = spark_dir(con)
-    run = uuid.uuid4().hex[:12]
+    cached: list = []  # parsed files, kept (memory, then disk) until both outputs are written
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
     rows_all = rejects_all = None
-    report: dict[str, Any] = {}
     try:
         for i, (p, f) in enumerate(zip(paths, fmts)):
-            staging = out / "_staging" / run / str(i)
             try:
-                rows, rejects = READERS_SPARK[f](spark, p, staging)
+                rows, rejects = READERS_SPARK[f](spark, p, cached)
             except (IngestError, SparkError):
                 raise
             except Exception as exc:
@@ -532,13 +532,13 @@ def ingest_spark(con, paths: Sequence[Path], fmts: Sequence[str], *, table: str,
                 F.concat(F.lit(p.name + ":"), F.col("source_line").cast("string")).alias("source_row_id"),
                 F.lit(table).alias("table_name"), F.lit(str(p)).alias("source_file"), "source_line", "reason",
                 "raw_line", F.lit(now).cast("timestamp_ntz").alias("ingested_at"))
-            report[str(p)] = {"format": f, "rows": rows.count(), "rejected": rejects.count()}
             rows_all = rows if rows_all is None else rows_all.unionByName(rows, allowMissingColumns=True)
             rejects_all = rejects if rejects_all is None else rejects_all.unionByName(rejects)
         rows_path = write_dataset(rows_all, out / table)
         rejects_path = write_dataset(rejects_all, out / "ingest_rejects" / table)
     finally:
-        shutil.rmtree(out / "_staging" / run, ignore_errors=True)
+        for df in cached:
+            df.unpersist()
 
     rows_glob = sql_literal(str(Path(rows_path) / "*.parquet"))
     rejects_glob = sql_literal(str(Path(rejects_path) / "*.parquet"))
@@ -558,7 +558,10 @@ def ingest_spark(con, paths: Sequence[Path], fmts: Sequence[str], *, table: str,
         c.execute(f"insert into ingest_rejects by name select * from read_parquet({rejects_glob})")
 
     transaction(con, write, what=f"ingesting into {table} (Spark)")
-    return report
+    counts = dict(con.execute(f"select source_file, count(*) from read_parquet({rows_glob}) group by 1").fetchall())
+    rejected = dict(con.execute(f"select source_file, count(*) from read_parquet({rejects_glob}) group by 1").fetchall())
+    return {str(p): {"format": f, "rows": counts.get(str(p), 0), "rejected": rejected.get(str(p), 0)}
+            for p, f in zip(paths, fmts)}
 
 
 def numbered_lines(spark, path: Path | str):
@@ -580,10 +583,13 @@ def numbered_lines(spark, path: Path | str):
         (F.col("before") + F.col("mid") - F.col("first_mid") + 1).alias("line"), "value")
 
 
-def _staged(spark, df, staging: Path):
-    """Write ``df`` once and read it back: later steps reuse it without parsing the file again."""
-    df.write.mode("overwrite").parquet(str(staging))
-    return spark.read.parquet(str(staging))
+def _cached(df, keep: list):
+    """``df`` persisted: rows and rejects both come from one parse of the file (and one numbering)."""
+    from pyspark import StorageLevel
+
+    df = df.persist(StorageLevel.MEMORY_AND_DISK)
+    keep.append(df)
+    return df
 
 
 def _raw_line():
@@ -592,7 +598,7 @@ def _raw_line():
     return F.substring(F.make_valid_utf8("value"), 1, 2000)
 
 
-def _csv_spark(spark, path: Path, staging: Path):
+def _csv_spark(spark, path: Path, keep: list):
     """CSV parsed line by line with regexes that follow DuckDB's strict reader.
 
     A field is unquoted (no delimiter; it may hold a quote after its first character) or quoted
@@ -630,10 +636,10 @@ def _csv_spark(spark, path: Path, staging: Path):
         F.when(found > n_cols, F.concat(F.lit("too many columns: " + counts), found.cast("string"))),
         F.when(~tiled, F.lit("unquoted value: Value with unterminated quote found.")),
     ))
-    parsed = _staged(spark, body.select(
+    parsed = _cached(body.select(
         F.col("line").alias("source_line"),
         F.when(F.size(reasons) > 0, F.array_join(reasons, "; ")).alias("reason"),
-        "value", tokens.alias("tokens")), staging)
+        "value", tokens.alias("tokens")), keep)
 
     def field(i: int):
         tok = F.get("tokens", i)
@@ -647,7 +653,7 @@ def _csv_spark(spark, path: Path, staging: Path):
     return rows, rejects
 
 
-def _jsonl_spark(spark, path: Path, staging: Path):
+def _jsonl_spark(spark, path: Path, keep: list):
     """JSONL read as numbered lines, then parsed with Spark's JSON functions.
 
     Like DuckDB's ingest: blank lines are no rows; a line that is not valid UTF-8, not valid JSON, or
@@ -672,8 +678,7 @@ def _jsonl_spark(spark, path: Path, staging: Path):
               .when(v.isNull() | ((kind.startswith("OBJECT") | kind.startswith("ARRAY")) & trailing),
                     F.lit("malformed JSON"))
               .when(~kind.startswith("OBJECT"), F.concat(F.lit("not a JSON object: "), duck_type)))
-    parsed = _staged(spark, lines.select(F.col("line").alias("source_line"), reason.alias("reason"), "value"),
-                     staging)
+    parsed = _cached(lines.select(F.col("line").alias("source_line"), reason.alias("reason"), "value"), keep)
     valid = parsed.where("reason is null")
     first_seen = (valid.select("source_line", F.posexplode(F.json_object_keys("value")).alias("pos", "key"))
                   .groupBy("key").agg(F.min(F.struct("source_line", "pos")).alias("first")).orderBy("first"))
@@ -687,7 +692,7 @@ def _jsonl_spark(spark, path: Path, staging: Path):
     return rows, rejects
 
 
-def _parquet_spark(spark, path: Path, staging: Path):
+def _parquet_spark(spark, path: Path, keep: list):
     """Parquet: every column as a string, ``source_line`` = row number in the file (1-based)."""
     from pyspark.sql import functions as F
 
