@@ -41,7 +41,8 @@ def child(engine: str, data_dir: Path, master: str) -> None:
         stages = [
             ("ingest", lambda: data.ingest(con, [data_dir / "messages.csv", data_dir / "messages_app.jsonl"],
                                            table="stg_messages", engine=engine)),
-            ("clean + dedup", lambda: [run(con, name, data.CLEAN_DEFAULTS) for name in ("02_int_messages", "02_examples")]),
+            ("clean + dedup", lambda: [run(con, name, data.CLEAN_DEFAULTS)
+                                       for name in ("02_int_messages", "02_examples")]),
             ("split", lambda: data.split(con, engine=engine)),
         ]
         for name, fn in stages:
@@ -85,16 +86,18 @@ def main() -> None:
                  for e in ("duckdb", "spark")]
         print(f"{stage:16s} {cells[0]:>10s} {cells[1]:>16s}")
     totals = {e: sum(v for k, v in r["timings"].items() if k != "session start") for e, r in results.items()}
-    print(f"{'total (no start)':16s} " + " ".join(f"{totals.get(e, 0):>{w}.1f} s" for e, w in (("duckdb", 8), ("spark", 14))))
+    print(f"{'total (no start)':16s} "
+          + " ".join(f"{totals.get(e, 0):>{w}.1f} s" for e, w in (("duckdb", 8), ("spark", 14))))
     if len(results) == 2:
-        same = results["duckdb"]["kept"] == results["spark"]["kept"] and results["duckdb"]["check"] == results["spark"]["check"]
+        d, s = results["duckdb"], results["spark"]
+        same = d["kept"] == s["kept"] and d["check"] == s["check"]
         print(f"same examples and splits on both engines: {same} ({results['duckdb']['kept']:,} examples)")
         print(f"spark / duckdb: {totals['spark'] / totals['duckdb']:.2f}x")
     import duckdb
     import pyspark
 
-    print(f"rows: {args.rows:,}; cpu cores: {os.cpu_count()}; duckdb {duckdb.__version__}; pyspark {pyspark.__version__}; "
-          f"python {sys.version.split()[0]}")
+    print(f"rows: {args.rows:,}; cpu cores: {os.cpu_count()}; duckdb {duckdb.__version__}; "
+          f"pyspark {pyspark.__version__}; python {sys.version.split()[0]}")
 
 
 if __name__ == "__main__":
