@@ -87,6 +87,32 @@ def _cmd_ingest(args) -> int:
     return 0
 
 
+def _cmd_flow(args) -> int:
+    from .flows import compile_sql, load_flow, run_flow, spark_sql, validate
+    from .workspace import connect
+
+    flow = load_flow(args.file)
+    con = connect(args.workspace)
+    if args.action == "validate":
+        plan = validate(flow, con)
+        print(f"{flow.where}: ok ({len(plan)} steps)")
+    elif args.action == "compile":
+        sql = compile_sql(flow, con, output=args.output or "")
+        sql = spark_sql(sql) if args.spark else sql
+        if args.out:
+            from pathlib import Path
+
+            Path(args.out).write_text(sql)
+            print(f"wrote {args.out}")
+        else:
+            print(sql, end="")
+    else:
+        res = run_flow(con, flow, output=args.output)
+        _print_frame(res.stats(), "table")
+        print(f"run {res.run_id}: wrote {res.output} ({res.steps[-1].rows_out} rows)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description=__doc__.split("\n\n")[0])
     p.add_argument("--workspace", help="workspace folder (default: $WORKBENCH_HOME or ./workspace)")
@@ -117,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--format", choices=["auto", "csv", "jsonl", "parquet"], default="auto")
     i.add_argument("--mode", choices=["replace", "append"], default="replace")
     i.set_defaults(func=_cmd_ingest)
+
+    fl = sub.add_parser("flow", help="data flows (flows/*.yaml): validate, compile to SQL, run")
+    fl.add_argument("action", choices=["run", "compile", "validate"])
+    fl.add_argument("file", help="flow file, or a name in flows/")
+    fl.add_argument("--output", help="output table (default: the flow's output, or flow_<name>)")
+    fl.add_argument("--out", help="compile: write the SQL to this file (e.g. sql/11_flow_x.sql)")
+    fl.add_argument("--spark", action="store_true", help="compile: print Spark SQL (SQLGlot)")
+    fl.set_defaults(func=_cmd_flow)
 
     return p
 
