@@ -113,6 +113,18 @@ def _cmd_flow(args) -> int:
     return 0
 
 
+def _cmd_quality(args) -> int:
+    from .quality import QualityConfig, quality_report, summary
+    from .workspace import connect
+
+    cfg = QualityConfig(text_column=args.text_column, label_column=args.label_column, key_column=args.key_column,
+                        split_column=args.split_column, near_dup=not args.no_near_dup)
+    report = quality_report(connect(args.workspace), args.table, cfg)
+    _print_frame(report[["check_name", "column_name", "value", "detail"]] if args.all else summary(report), args.format)
+    print(f"report {report['report_id'].iloc[0]}: {len(report)} rows in quality_report", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description=__doc__.split("\n\n")[0])
     p.add_argument("--workspace", help="workspace folder (default: $WORKBENCH_HOME or ./workspace)")
@@ -151,6 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--out", help="compile: write the SQL to this file (e.g. sql/11_flow_x.sql)")
     fl.add_argument("--spark", action="store_true", help="compile: print Spark SQL (SQLGlot)")
     fl.set_defaults(func=_cmd_flow)
+
+    q = sub.add_parser("quality", help="data quality report on a workspace table (written to quality_report)")
+    q.add_argument("table")
+    q.add_argument("--text-column", help="default: text")
+    q.add_argument("--label-column", help="default: intent or label")
+    q.add_argument("--key-column", help="default: example_id, source_row_id, item_id or id")
+    q.add_argument("--split-column", help="default: split, else the splits table joined on the key")
+    q.add_argument("--no-near-dup", action="store_true", help="skip the near-duplicate check (the slowest)")
+    q.add_argument("--all", action="store_true", help="print every row (histograms, per-label counts)")
+    q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    q.set_defaults(func=_cmd_quality)
 
     return p
 

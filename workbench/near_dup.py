@@ -32,20 +32,24 @@ def minhash_coefficients(n: int, seed: int) -> list[tuple[int, int]]:
 def near_dup_ctes(prev: str, name: str, cols: list[str], *, column: str, threshold: float = 0.8,
                   ngram: int = 5, unit: str = "chars", bands: int = 16, rows_per_band: int = 4, seed: int = 42,
                   order_by: list[str] | None = None, lowercase: bool = True, neighbours: int = 4,
-                  verify: str = "exact", output: str = "rows") -> list[tuple[str, str]]:
+                  verify: str = "exact", output: str = "rows", normalize: bool = True) -> list[tuple[str, str]]:
     """CTEs ending in ``name``: the rows of ``prev`` that are not near-duplicates of an earlier row.
 
-    ``output="pairs"`` ends instead in ``name`` = verified pairs ``(_tid, _other, _similarity)`` plus
-    ``name__rows`` (every row with ``_pos`` and ``_tid``) for reports.
+    ``output="pairs"`` ends instead in ``name`` = verified pairs ``(_tid, _other, _similarity)``, for
+    reports that join them with ``name__rows`` (every row, ``_text`` and ``_pos``) and ``name__texts``.
+    ``normalize=False`` takes ``column`` as already normalized. ``neighbours=0`` compares each text
+    with its buckets' first members only (a hash aggregate instead of a window sort: the cheapest
+    plan for millions of rows).
     """
     n, k = f"{name}__", bands * rows_per_band
     order = ", ".join([qi(c) for c in (order_by or [])] + [qi(c) for c in cols if c not in (order_by or [])])
-    text = normalize_expr(column, lowercase=lowercase)
+    text = normalize_expr(column, lowercase=lowercase) if normalize else qi(column)
     ctes = [
         (f"{n}rows", f"select\n    {', '.join(qi(c) for c in cols)},\n    {text} as _text,\n"
                      f"    row_number() over (order by {order}) as _pos\nfrom {prev}"),
         (f"{n}texts", f"select _text, min(_pos) as _tid\nfrom {n}rows\nwhere _text is not null\ngroup by _text"),
     ]
+    coef = minhash_coefficients(k, seed)
     if unit == "chars":
         grams = (f"select t._tid, md5(substr(t._text, g.i, {ngram})) as _h\n    from {n}texts as t,\n"
                  f"        unnest(generate_series(1, greatest(length(t._text) - {ngram - 1}, 1))) as g(i)")
@@ -54,26 +58,33 @@ def near_dup_ctes(prev: str, name: str, cols: list[str], *, column: str, thresho
                  f"    from (select _tid, string_split(_text, ' ') as _words from {n}texts) as t,\n"
                  f"        unnest(generate_series(1, greatest(len(t._words) - {ngram - 1}, 1))) as g(i)")
     # One shingle = the first 8 hex digits of its md5 as an integer (distinct per text).
-    ctes.append((f"{n}shingles", f"select distinct\n    _tid,\n    {hex8_int('_h')} as _x\nfrom (\n    {grams}\n) as grams"))
-    mins = ",\n    ".join(f"min((_x * {a} + {b}) % {MERSENNE}) as m{j}"
-                          for j, (a, b) in enumerate(minhash_coefficients(k, seed)))
+    ctes.append((f"{n}shingles",
+                 f"select distinct\n    _tid,\n    {hex8_int('_h')} as _x\nfrom (\n    {grams}\n) as grams"))
+    mins = ",\n    ".join(f"min((_x * {a} + {b}) % {MERSENNE}) as m{j}" for j, (a, b) in enumerate(coef))
     ctes.append((f"{n}signatures", f"select\n    _tid,\n    {mins}\nfrom {n}shingles\ngroup by _tid"))
     band_sql = "\nunion all\n".join(
         f"select _tid, {b} as band, "
         + " || ':' || ".join(f"cast(m{b * rows_per_band + r} as varchar)" for r in range(rows_per_band))
         + f" as sig from {n}signatures" for b in range(bands))
-    ctes += [
-        (f"{n}bands", band_sql),
-        (f"{n}buckets", f"select\n    _tid, band, sig,\n    row_number() over (partition by band, sig order by _tid) as _rk\n"
-                        f"from {n}bands"),
-        # Compare with the bucket's first member (offset 0) and the `neighbours` members just before.
-        (f"{n}candidates",
-         f"select distinct\n    r._tid,\n    o._tid as _other\nfrom {n}buckets as r\n"
-         f"cross join (values {', '.join(f'({i})' for i in range(neighbours + 1))}) as d(_offset)\n"
-         f"inner join {n}buckets as o\n    on o.band = r.band\n    and o.sig = r.sig\n"
-         f"    and o._rk = case when d._offset = 0 then 1 else r._rk - d._offset end\n"
-         f"where r._rk > 1"),
-    ]
+    ctes.append((f"{n}bands", band_sql))
+    if neighbours == 0:
+        ctes += [
+            (f"{n}buckets", f"select band, sig, min(_tid) as _first\nfrom {n}bands\ngroup by band, sig\nhaving count(*) > 1"),
+            (f"{n}candidates", f"select distinct\n    b._tid,\n    k._first as _other\nfrom {n}bands as b\n"
+                               f"inner join {n}buckets as k on k.band = b.band and k.sig = b.sig\nwhere k._first < b._tid"),
+        ]
+    else:
+        ctes += [
+            (f"{n}buckets", f"select\n    _tid, band, sig,\n    row_number() over (partition by band, sig order by _tid) as _rk\n"
+                            f"from {n}bands"),
+            # Compare with the bucket's first member (offset 0) and the `neighbours` members just before.
+            (f"{n}candidates",
+             f"select distinct\n    r._tid,\n    o._tid as _other\nfrom {n}buckets as r\n"
+             f"cross join (values {', '.join(f'({i})' for i in range(neighbours + 1))}) as d(_offset)\n"
+             f"inner join {n}buckets as o\n    on o.band = r.band\n    and o.sig = r.sig\n"
+             f"    and o._rk = case when d._offset = 0 then 1 else r._rk - d._offset end\n"
+             f"where r._rk > 1"),
+        ]
     if verify == "exact":
         ctes += [
             (f"{n}sizes", f"select _tid, count(*) as _size\nfrom {n}shingles\ngroup by _tid"),
