@@ -92,20 +92,21 @@ SAMPLE_ROWS: dict[str, list[dict]] = {
             "Sorry about the crash. Please update to the latest version; that fixes the settings page."),
         _ex(6, "account_access", "I can't log in, the reset link never arrives. Call me on <PHONE>.",
             "I have sent a new reset link and verified your email address; please check your spam folder.",
-            "phone"),
+            "phone_transcript"),
         _ex(7, "cancellation", "Cancel my plan at the end of this billing period please.",
             "Done: your plan ends at the close of this billing period and you will not be charged again."),
     ],
     "corpus_documents": [
-        {"doc_id": "kb-001", "published_at": dt.datetime(2023, 11, 2), "topic": "billing", "title": "Why was I charged twice?",
-         "text": "A duplicate charge usually means a payment was retried. The extra charge is reversed "
-                 "automatically within five business days."},
-        {"doc_id": "kb-002", "published_at": dt.datetime(2023, 11, 2), "topic": "shipping", "title": "Tracking a delayed parcel",
-         "text": "Parcels can wait at a depot for up to three days. Tracking updates once the parcel is "
-                 "scanned again."},
-        {"doc_id": "kb-003", "published_at": dt.datetime(2023, 11, 2), "topic": "account_access", "title": "Resetting your password",
-         "text": "Request a reset link from the sign-in page. Links expire after one hour; check the spam "
-                 "folder if it does not arrive."},
+        {"doc_id": "KB00001", "published_at": dt.datetime(2025, 11, 2), "topic": "invoices",
+         "title": "Invoices for your router", "text": "This article explains invoices for the router. Most "
+         "questions about invoices are answered in a few steps. Customers usually see the change within 3 "
+         "business days."},
+        {"doc_id": "KB00002", "published_at": dt.datetime(2025, 11, 9), "topic": "tracking",
+         "title": "Tracking for your laptop", "text": "Deliveries with UPS can be tracked from the order page. "
+         "Contact support if tracking does not work after these steps."},
+        {"doc_id": "KB00003", "published_at": dt.datetime(2025, 11, 16), "topic": "password reset",
+         "title": "Password reset for your smart speaker", "text": "First, open the account page and select "
+         "password reset. For security, we never ask for your full password."},
     ],
 }
 SAMPLE_ROWS["label_pool"] = [{k: v for k, v in r.items() if k in CONTRACT["label_pool"]} | {"item_id": r["message_id"]}
