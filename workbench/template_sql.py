@@ -488,3 +488,33 @@ def apply_templates(con: duckdb.DuckDBPyConnection, tasks: Sequence[str] | str =
     return pd.DataFrame([{"task": task, "template_id": t.id, "rows": counts.get(t.id, 0),
                           **{f"{p}_by": parts[p].method for p in PARTS}}
                          for task, items in plans.items() for t, parts in items])
+
+
+def check_sft_examples(con: duckdb.DuckDBPyConnection, tasks: Sequence[str] | str, *, choice: str = "random",
+                       table: str = SFT_TABLE, templates: Sequence[Template] | None = None):
+    """Data tests of the written examples, one row per check (``ok`` False = broken); for notebooks and tests."""
+    import pandas as pd
+
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+    lib = list(templates) if templates is not None else load_library()
+    in_tasks = f"task in ({', '.join(lit(t) for t in tasks)})"
+    q = lambda sql: con.execute(sql).fetchone()[0]  # noqa: E731
+    per_row_max = 1 if choice != "all" else max(len(choose_templates(lib, t, choice)) for t in tasks)
+    checks = [
+        ("tasks without examples", len(set(tasks) - {r[0] for r in con.execute(
+            f"select distinct task from {ident(table)} where {in_tasks}").fetchall()}), 0),
+        ("duplicate example_id", q(f"select count(*) - count(distinct example_id) from {ident(table)}"), 0),
+        (f"source rows with more than {per_row_max} example(s) in a task", q(
+            f"select count(*) from (select task, source_row_id from {ident(table)} where {in_tasks} "
+            f"group by all having count(*) > {per_row_max})"), 0),
+        ("empty prompt or completion", q(
+            f"select count(*) from {ident(table)} where {in_tasks} and (trim(prompt, {lit(WS_CHARS)}) = '' "
+            f"or trim(completion, {lit(WS_CHARS)}) = '')"), 0),
+        ("completion not among choices", q(
+            f"select count(*) from {ident(table)} where {in_tasks} and choices is not null "
+            "and not list_contains(choices, completion)"), 0),
+        ("template_id not in the library", q(
+            f"select count(*) from {ident(table)} where {in_tasks} and template_id not in "
+            f"({', '.join(lit(t.id) for t in lib)})"), 0),
+    ]
+    return pd.DataFrame([{"check": c, "value": int(v), "ok": int(v) == want} for c, v, want in checks])

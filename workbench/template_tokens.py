@@ -237,8 +237,13 @@ def audit_one(input_ids: Sequence[int], labels: Sequence[int], facts: Mapping[st
 class MaskAudit:
     """Result of ``mask_audit``: a table per example, the tokens for display, and pass/fail."""
     table: Any                                       # pandas DataFrame, one row per audited example
-    examples: list[dict] = field(default_factory=list)  # input_ids, labels, tokens, example_id
+    examples: list[dict] = field(default_factory=list, repr=False)  # input_ids, labels, tokens, example_id
     tokenizer_name: str = ""
+
+    def __repr__(self) -> str:
+        state = "ok" if self.ok else f"FAILED {self.counts()}"
+        return (f"MaskAudit({len(self.table)} examples, {int(self.table['n_trained'].sum())} trained tokens, "
+                f"{self.tokenizer_name}: {state})")
 
     @property
     def ok(self) -> bool:
