@@ -22,6 +22,7 @@ a template id renders that one.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -60,17 +61,25 @@ def stable_hash(text: str) -> int:
     return int(hashlib.md5(text.encode()).hexdigest()[:8], 16)
 
 
-def stable_hash_sql(expr: str) -> str:
-    """``stable_hash`` in portable SQL (DuckDB and Spark): hex digits summed, no ``hash()``, no casts of hex."""
-    h = f"md5({expr})"
-    return "(" + " + ".join(f"(strpos('0123456789abcdef', substr({h}, {k}, 1)) - 1) * {16 ** (8 - k)}"
+def hex8_sql(hex_expr: str) -> str:
+    """The first 8 hex digits of a hex string as an integer, in portable SQL (no ``'0x..'::bigint``)."""
+    return "(" + " + ".join(f"(strpos('0123456789abcdef', substr({hex_expr}, {k}, 1)) - 1) * {16 ** (8 - k)}"
                             for k in range(1, 9)) + ")"
+
+
+def stable_hash_sql(expr: str) -> str:
+    """``stable_hash`` in portable SQL (DuckDB and Spark): md5, hex digits summed, never ``hash()``."""
+    return hex8_sql(f"md5({expr})")
+
+
+def bucket_key_sql(key_sql: str, seed: int | str, task: str) -> str:
+    """The string hashed to choose a row's template: ``'<seed>:<task>:<key>'``."""
+    return f"{lit(f'{seed}:{task}:')} || cast({key_sql} as varchar)"
 
 
 def stable_bucket_sql(key_sql: str, seed: int | str, task: str, n: int) -> str:
     """Which of ``n`` templates a row gets: ``stable_hash(f'{seed}:{task}:{key}') % n`` in SQL."""
-    prefix = lit(f"{seed}:{task}:")
-    return f"({stable_hash_sql(prefix + f' || cast({key_sql} as varchar)')} % {int(n)})"
+    return f"({stable_hash_sql(bucket_key_sql(key_sql, seed, task))} % {int(n)})"
 
 
 # --------------------------------------------------------------------------- SQL helpers
@@ -322,6 +331,9 @@ def _udf(template: Template, part: str, names: Sequence[str]) -> Callable:
     def fn(*arrays: pa.Array) -> pa.Array:
         cols = {c: a.to_pylist() for c, a in zip(names, arrays)}
         return pa.array(render_batch(template, part, cols), pa.string())
+    # DuckDB reads the arity from the signature: one positional parameter per column
+    fn.__signature__ = inspect.Signature([inspect.Parameter(f"c{i}", inspect.Parameter.POSITIONAL_ONLY)
+                                          for i in range(len(names))])
     return fn
 
 
@@ -332,7 +344,7 @@ class PartPlan:
     template: Template
     part: str
     sql: str                   # the SQL expression used in the statement
-    method: str                # 'sql' | 'sql+python' (non-ASCII rows) | 'python' | 'none'
+    method: str                # 'sql' | 'sql+python' (non-ASCII rows) | 'python' | 'constant' | 'none'
     reason: str | None
     udf: tuple[str, Callable, list[str]] | None  # (function name, function, argument types)
 
@@ -342,7 +354,9 @@ def plan_part(template: Template, part: str, types: dict[str, str], *, compile_s
     cp = compile_part(template, part, types)
     if getattr(template, part) is None:
         return PartPlan(template, part, "cast(null as varchar)", "none", None, None)
-    names = sorted(set(template.columns) & set(types)) if cp.sql is None else list(cp.columns)
+    names = list(cp.columns)
+    if not names:   # reads no column: the same text on every row, rendered once
+        return PartPlan(template, part, lit(render_part(template, part, {})), "constant", None, None)
     call = f"{udf_name}({', '.join(ident(c) for c in names)})"
     udf = (udf_name, _udf(template, part, names), [types[c] for c in names])
     if cp.sql is not None and compile_sql:
@@ -384,8 +398,13 @@ def build_sql(plans: dict[str, list[tuple[Template, dict[str, PartPlan]]]], *, c
         src = f"select * from {ident(table)}"
         if limit:
             src += f" order by {stable_hash_sql(f'cast({ident(key)} as varchar)')}, {ident(key)} limit {int(limit)}"
-        pick = stable_bucket_sql(ident(key), seed, task, len(items)) if choice == "random" and len(items) > 1 else "0"
-        ctes.append(f"src_{ti} as (\n    select *, {pick} as wb_pick_ from ({src})\n)")
+        if choice == "random" and len(items) > 1:  # md5 once per row, then its first 8 hex digits
+            ctes.append(f"hashed_{ti} as (\n    select *, md5({bucket_key_sql(ident(key), seed, task)}) as wb_md5_"
+                        f" from ({src})\n)")
+            ctes.append(f"src_{ti} as (\n    select *, {hex8_sql('wb_md5_')} % {len(items)} as wb_pick_"
+                        f" from hashed_{ti}\n)")
+        else:
+            ctes.append(f"src_{ti} as (\n    select *, 0 as wb_pick_ from ({src})\n)")
         for i, (t, parts) in enumerate(items):
             conds = [f"{ident(c)} is not null" for c in sorted(set(t.columns) & set(types[task]))]
             if choice == "random":

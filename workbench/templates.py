@@ -399,8 +399,8 @@ def workspace_dataset(con, table: str, *, sample: int = 200, max_domain: int = 2
         if typ != "VARCHAR":
             continue
         vals = con.execute(f'select distinct "{c}" from "{table}" where "{c}" is not null limit {max_domain + 1}').fetchall()
-        if len(vals) <= max_domain:
-            domains[c] = tuple(sorted(v[0] for v in vals))
+        if len(vals) <= max_domain:  # plus the documented values: a label absent from this data is still producible
+            domains[c] = tuple(sorted({v[0] for v in vals} | set(DOMAINS.get((table, c), ()))))
     return Dataset(table, cols, rows, domains)
 
 
