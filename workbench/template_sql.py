@@ -389,48 +389,70 @@ def choose_templates(lib: Sequence[Template], task: str, choice: str) -> list[Te
     return picked
 
 
+_NON_SPACE = ("[^\\t-\\r\\x{1c}-\\x{20}\\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}"
+              "\\x{202f}\\x{205f}\\x{3000}]")  # RE2: a character Python's str.strip() keeps
+
+
 def build_sql(plans: dict[str, list[tuple[Template, dict[str, PartPlan]]]], *, choice: str, seed: int | str,
               sources: dict[str, str], types: dict[str, dict[str, str]], limit: int | None = None) -> str:
-    """The ``select`` producing the ``sft_examples`` rows of every task (one branch per template)."""
-    ctes, branches = [], []
+    """The ``select`` producing the ``sft_examples`` rows of every task.
+
+    One pass per task: each source row carries ``wb_pick_`` (its template: the stable hash for
+    'random', one row per template for 'all'), and every column is a ``case wb_pick_`` over the
+    task's templates, so DuckDB evaluates only the chosen template's expressions for a row.
+    """
+    ctes, selects = [], []
     for ti, (task, items) in enumerate(plans.items()):
-        table, key = sources[task], items[0][0].key
+        table, key, n = sources[task], items[0][0].key, len(items)
         src = f"select * from {ident(table)}"
         if limit:
-            src += f" order by {stable_hash_sql(f'cast({ident(key)} as varchar)')}, {ident(key)} limit {int(limit)}"
-        if choice == "random" and len(items) > 1:  # md5 once per row, then its first 8 hex digits
+            src += f" order by md5(cast({ident(key)} as varchar)), {ident(key)} limit {int(limit)}"
+        frm = f"src_{ti}"
+        if choice == "random" and n > 1:   # md5 once per row, then its first 8 hex digits
             ctes.append(f"hashed_{ti} as (\n    select *, md5({bucket_key_sql(ident(key), seed, task)}) as wb_md5_"
-                        f" from ({src})\n)")
-            ctes.append(f"src_{ti} as (\n    select *, {hex8_sql('wb_md5_')} % {len(items)} as wb_pick_"
-                        f" from hashed_{ti}\n)")
+                        f"\n    from ({src})\n)")
+            ctes.append(f"src_{ti} as (\n    select *, {hex8_sql('wb_md5_')} % {n} as wb_pick_\n    from hashed_{ti}\n)")
+        elif n > 1:                        # 'all': every row once per template
+            ctes.append(f"src_{ti} as (\n    {src}\n)")
+            frm += f" cross join range({n}) as wb_templates_(wb_pick_)"
         else:
             ctes.append(f"src_{ti} as (\n    select *, 0 as wb_pick_ from ({src})\n)")
-        for i, (t, parts) in enumerate(items):
+
+        def case(expr_of) -> str:
+            if n == 1:
+                return expr_of(*items[0])
+            whens = "\n".join(f"            when {i} then {expr_of(t, parts)}" for i, (t, parts) in enumerate(items))
+            return f"case wb_pick_\n{whens}\n        end"
+
+        def not_null(t: Template, _parts) -> str:
             conds = [f"{ident(c)} is not null" for c in sorted(set(t.columns) & set(types[task]))]
-            if choice == "random":
-                conds.insert(0, f"wb_pick_ = {i}")
-            choices = ("[" + ", ".join(lit(c) for c in t.answer_choices) + "]::varchar[]"
-                       if t.answer_choices is not None else "cast(null as varchar[])")
-            branches.append(
-                "    select\n"
-                f"        {lit(t.id + '|')} || cast({ident(t.key)} as varchar) as example_id,\n"
-                f"        cast({ident(t.key)} as varchar) as source_row_id,\n"
-                f"        {lit(table)} as source_table,\n"
-                f"        {lit(task)} as task,\n"
-                f"        {lit(t.id)} as template_id,\n"
-                f"        {parts['prompt'].sql} as prompt,\n"
-                f"        {parts['completion'].sql} as completion,\n"
-                f"        {choices} as choices,\n"
-                f"        {parts['system'].sql} as system\n"
-                f"    from src_{ti}\n"
-                f"    where {' and '.join(conds) if conds else 'true'}")
+            return "(" + " and ".join(conds) + ")" if conds else "true"
+
+        def choices(t: Template, _parts) -> str:
+            if t.answer_choices is None:
+                return "cast(null as varchar[])"
+            return "[" + ", ".join(lit(c) for c in t.answer_choices) + "]::varchar[]"
+
+        selects.append(
+            "    select\n"
+            f"        {case(lambda t, _: lit(t.id + '|'))} || cast({ident(key)} as varchar) as example_id,\n"
+            f"        cast({ident(key)} as varchar) as source_row_id,\n"
+            f"        {lit(table)} as source_table,\n"
+            f"        {lit(task)} as task,\n"
+            f"        {case(lambda t, _: lit(t.id))} as template_id,\n"
+            f"        {case(lambda t, p: p['prompt'].sql)} as prompt,\n"
+            f"        {case(lambda t, p: p['completion'].sql)} as completion,\n"
+            f"        {case(choices)} as choices,\n"
+            f"        {case(lambda t, p: p['system'].sql)} as system\n"
+            f"    from {frm}\n"
+            f"    where {case(not_null)}")
     user = "{'role': 'user', 'content': prompt}, {'role': 'assistant', 'content': completion}"
-    return ("with " + ",\n".join(ctes) + ",\nrendered as (\n" + "\n    union all\n".join(branches) + "\n)\n"
+    return ("with " + ",\n".join(ctes) + ",\nrendered as (\n" + "\n    union all\n".join(selects) + "\n)\n"
             "select\n    *,\n"
             f"    cast(case when system is null then to_json([{user}])\n"
             f"         else to_json([{{'role': 'system', 'content': system}}, {user}]) end as varchar) as messages\n"
             "from rendered\n"
-            f"where trim(completion, {lit(WS_CHARS)}) <> ''")
+            f"where regexp_matches(completion, {lit(_NON_SPACE)})")
 
 
 def apply_templates(con: duckdb.DuckDBPyConnection, tasks: Sequence[str] | str = ("intent_classification",), *,
