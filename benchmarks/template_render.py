@@ -78,6 +78,9 @@ def main() -> None:
             S.apply_templates(con, kw.pop("task", "intent_classification"), mode="replace", validate=False, **kw)
         return go
 
+    lib = T.list_templates("intent_classification")
+    results.append(timed("validate the 5 intent templates against the table", n, lambda: T.check_library(
+        lib, con=con, table="examples", task="intent_classification")))
     results.append(timed("sql (5 intent templates, random choice)", n, run(choice="random")))
     assert con.execute("select count(*) from sft_examples").fetchone()[0] == n
     results.append(timed("jinja-batched (same, compilation off)", n, run(choice="random", compile_sql=False)))
@@ -95,7 +98,6 @@ def main() -> None:
             wcon, "intent_classification", choice="random", mode="replace", validate=False)))
         wcon.close()
 
-    lib = T.list_templates("intent_classification")
     slice_rows = con.execute(f"select * from examples limit {args.loop_rows}").to_arrow_table().to_pylist()
 
     def loop():

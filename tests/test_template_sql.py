@@ -74,7 +74,8 @@ def test_stable_hash_sql_transpiles_to_spark():
     ("{{ intent | replace('_', ' ') | capitalize }}: {{ text | length }}", True),
     ("{% if intent == 'refund' %}R{% elif intent in ['billing', 'shipping'] %}B{% else %}O{% endif %}", True),
     ("{{ 'yes' if '<CARD>' in text and not (intent != 'billing') else 'no' }}", True),
-    ("{{ text ~ ' | ' ~ intent }} {{ answer_choices | join(', ') }} {% for c in answer_choices %}{{ c }};{% endfor %}", True),
+    ("{{ text ~ ' | ' ~ intent }} {{ answer_choices | join(', ') }} "
+     "{% for c in answer_choices %}{{ c }};{% endfor %}", True),
     ("{{ created_at }}", False),                               # TIMESTAMP prints differently in SQL
     ("{{ text | truncate(20) }}", False),
     ("{% set x = text %}{{ x }}", False),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import itertools
+import secrets
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -411,7 +412,8 @@ def build_sql(plans: dict[str, list[tuple[Template, dict[str, PartPlan]]]], *, c
         if choice == "random" and n > 1:   # md5 once per row, then its first 8 hex digits
             ctes.append(f"hashed_{ti} as (\n    select *, md5({bucket_key_sql(ident(key), seed, task)}) as wb_md5_"
                         f"\n    from ({src})\n)")
-            ctes.append(f"src_{ti} as (\n    select *, {hex8_sql('wb_md5_')} % {n} as wb_pick_\n    from hashed_{ti}\n)")
+            ctes.append(f"src_{ti} as (\n    select *, {hex8_sql('wb_md5_')} % {n} as wb_pick_"
+                        f"\n    from hashed_{ti}\n)")
         elif n > 1:                        # 'all': every row once per template
             ctes.append(f"src_{ti} as (\n    {src}\n)")
             frm += f" cross join range({n}) as wb_templates_(wb_pick_)"
@@ -484,6 +486,7 @@ def apply_templates(con: duckdb.DuckDBPyConnection, tasks: Sequence[str] | str =
     sources, types = {}, {}
     udfs: list[tuple[str, Callable, list[str]]] = []
     counter = itertools.count()
+    call_id = secrets.token_hex(3)   # UDF names unique per call: two calls on one connection never clash
     for task in tasks:
         chosen = choose_templates(lib, task, choice)
         tables = {t.table for t in chosen}
@@ -493,15 +496,17 @@ def apply_templates(con: duckdb.DuckDBPyConnection, tasks: Sequence[str] | str =
         types[task] = _source_types(con, sources[task])
         if validate:
             from .templates import workspace_dataset
-            ds = workspace_dataset(con, sources[task])
+            needed = {c for t in chosen for c in t.columns}   # their domains feed the answer-choice check
+            ds = workspace_dataset(con, sources[task], domain_columns=needed)
             probs = [p for t in chosen for p in check_template(t, ds)]
             if probs:
-                raise TemplateError(f"{len(probs)} template problem(s) against table {sources[task]!r}, nothing written:\n"
+                raise TemplateError(f"{len(probs)} template problem(s) against table {sources[task]!r}, "
+                                    "nothing written:\n"
                                     + "\n".join(f"  - {p}" for p in probs))
         items = []
         for t in chosen:
-            parts = {p: plan_part(t, p, types[task], compile_sql=compile_sql, udf_name=f"wb_render_{next(counter)}")
-                     for p in PARTS}
+            parts = {p: plan_part(t, p, types[task], compile_sql=compile_sql,
+                                  udf_name=f"wb_render_{call_id}_{next(counter)}") for p in PARTS}
             udfs += [pp.udf for pp in parts.values() if pp.udf is not None and pp.method != "sql"]
             items.append((t, parts))
         plans[task] = items

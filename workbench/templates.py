@@ -211,7 +211,8 @@ def parse_templates(doc: Mapping[str, Any], source_file: str = "<memory>") -> li
         raise TemplateError(f"{fname}: expected a mapping with a 'templates' list")
     unknown = set(doc) - _FILE_KEYS
     if unknown:
-        raise TemplateError(f"{fname}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_FILE_KEYS))}")
+        raise TemplateError(f"{fname}: unknown key(s) {', '.join(sorted(unknown))}; "
+                            f"allowed: {', '.join(sorted(_FILE_KEYS))}")
     items = doc.get("templates")
     if not isinstance(items, list) or not items:
         raise TemplateError(f"{fname}: 'templates' must be a non-empty list")
@@ -222,7 +223,8 @@ def parse_templates(doc: Mapping[str, Any], source_file: str = "<memory>") -> li
         where = f"{fname}: templates[{i}]" + (f" ({raw['id']})" if "id" in raw else "")
         unknown = set(raw) - _TEMPLATE_KEYS
         if unknown:
-            raise TemplateError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_TEMPLATE_KEYS))}")
+            raise TemplateError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
+                                f"allowed: {', '.join(sorted(_TEMPLATE_KEYS))}")
         t = {k: doc[k] for k in _FILE_KEYS - {"templates", "metadata"} if k in doc} | dict(raw)
         md = {**(doc.get("metadata") or {}), **(raw.get("metadata") or {})}
         if set(md) - _META_KEYS:
@@ -383,8 +385,10 @@ def contract_dataset(table: str) -> Dataset | None:
                    {c: v for (t, c), v in DOMAINS.items() if t == table})
 
 
-def workspace_dataset(con, table: str, *, sample: int = 200, max_domain: int = 200) -> Dataset:
-    """A workspace table's real columns, up to ``sample`` rows, and the domains of its low-cardinality columns."""
+def workspace_dataset(con, table: str, *, sample: int = 200, max_domain: int = 200,
+                      domain_columns: Iterable[str] | None = None) -> Dataset:
+    """A workspace table's real columns, up to ``sample`` rows, and the value domains of its
+    low-cardinality VARCHAR columns (only of ``domain_columns`` when given: each costs a scan)."""
     import duckdb
     try:
         cols = {r[0]: str(r[1]) for r in con.execute(f'describe "{table}"').fetchall()}
@@ -395,10 +399,12 @@ def workspace_dataset(con, table: str, *, sample: int = 200, max_domain: int = 2
     names = [d[0] for d in cur.description]
     rows = [dict(zip(names, r)) for r in cur.fetchall()]
     domains = {}
+    wanted = set(cols) if domain_columns is None else set(domain_columns)
     for c, typ in cols.items():
-        if typ != "VARCHAR":
+        if typ != "VARCHAR" or c not in wanted:
             continue
-        vals = con.execute(f'select distinct "{c}" from "{table}" where "{c}" is not null limit {max_domain + 1}').fetchall()
+        vals = con.execute(f'select distinct "{c}" from "{table}" where "{c}" is not null '
+                           f'limit {max_domain + 1}').fetchall()
         if len(vals) <= max_domain:  # plus the documented values: a label absent from this data is still producible
             domains[c] = tuple(sorted({v[0] for v in vals} | set(DOMAINS.get((table, c), ()))))
     return Dataset(table, cols, rows, domains)
