@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,8 @@ import pytest
 import workbench
 from workbench import bias, bias_report, runs
 from workbench.bias import BiasConfig
+
+REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -231,3 +234,36 @@ def test_notebook_04_finds_the_planted_bias_in_the_sample_data(con, workspace):
     assert tech["value"].iloc[0] < -0.1  # and more technical issues
     html = open(html_path).read()
     assert n_warnings >= 3 and "age_band=65+ is 4" in html and "its share of intent &#39;refund&#39; is" in html
+
+
+def notebook_10_cells() -> tuple[str, list[tuple[str, str]]]:
+    """The parameter lines and the cells of docs/bias.md's 'Cells for notebook 10' section."""
+    doc = (REPO / "docs" / "bias.md").read_text().split("## Cells for notebook 10", 1)[1]
+    blocks = re.findall(r"```(\w+)\n(.*?)```", doc, flags=re.S)
+    assert [kind for kind, _ in blocks] == ["python", "markdown", "python", "python", "sql"], blocks
+    return blocks[0][1], blocks[1:]
+
+
+@pytest.mark.slow
+def test_notebook_10_cells_from_the_docs_run_headless(con, workspace, tmp_path):
+    import nbformat
+    import papermill as pm
+
+    run_id, _ = _predictions(con, 200)
+    params, cells = notebook_10_cells()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(params + 'workspace = ""\nrun_id = ""\n', metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("%load_ext sql\nimport workbench\nconn = workbench.connect(workspace or None)\n"
+                                          "%sql conn --alias wb")]
+    for kind, src in cells:
+        nb.cells.append(nbformat.v4.new_markdown_cell(src) if kind == "markdown" else nbformat.v4.new_code_cell(src))
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "10_cells.ipynb"
+    nbformat.write(nb, path)
+    pm.execute_notebook(str(path), str(tmp_path / "out.ipynb"), kernel_name="python3", progress_bar=False,
+                        parameters={"workspace": str(workspace), "run_id": run_id, "bias_n_boot": 10})
+    report_id, kind = con.execute("select report_id, kind from bias_reports where run_id = ?", [run_id]).fetchone()
+    assert kind == "model"
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    sql_out = "".join(str(o.get("data", {}).get("text/plain", "")) for o in out.cells[-1].outputs)
+    assert "age_band=65+" in sql_out and "accuracy" in sql_out
