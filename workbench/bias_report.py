@@ -272,8 +272,8 @@ def labeling_findings(metrics: pd.DataFrame, cfg: BiasConfig) -> list[Finding]:
         ann, grp = r["facet"].split(bias.SEP, 1)
         mine = rate.get((r["facet"], r["label"]))
         out.append(Finding("labeling", r["facet"], "DPL", r["label"], float(v), "warning",
-                           f"{ann.split('=', 1)[1]} labels {_pct(mine)} of {grp} items '{r['label']}', other "
-                           f"annotators {_pct(mine + v)} ({_pts(v)} {'less' if v > 0 else 'more'})."))
+                           f"annotator {ann.split('=', 1)[1]} gives '{r['label']}' to {_pct(mine)} of {grp} items, "
+                           f"the other annotators to {_pct(mine + v)} ({_pts(v)} {'less' if v > 0 else 'more'})."))
     agree = metrics[metrics["metric"] == "agreement"].dropna(subset=["value"])
     overall = agree[agree["facet"] == "(all)"]["value"]
     if len(overall):
@@ -334,7 +334,8 @@ def plot_representation(rep: pd.DataFrame):
         ax.invert_yaxis()
         ax.set_title(col, loc="left", fontsize=10)
         ax.xaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}%")
-    axes[0].legend(loc="lower right", fontsize=8)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncols=2, fontsize=8)
     fig.suptitle("Representation: share of rows per group", fontsize=11)
     return fig
 
@@ -401,7 +402,7 @@ def plot_selection_rates(metrics: pd.DataFrame, column: str):
 
 def figure_png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     return buf.getvalue()
 
 
@@ -439,7 +440,8 @@ def render_html(report: BiasReport) -> str:
     tables = [(name, t.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="", border=0))
               for name, t in report.tables.items()]
     order = sorted(report.findings, key=lambda f: (f.severity != "warning", SCOPES.index(f.scope)))
-    params = ", ".join(f"{k}: {v}" for k, v in report.params.items() if v not in (None, "", [], {}))
+    params = ", ".join(f"{k}: {v}" for k, v in report.params.items()
+                       if k != "config" and v not in (None, "", [], {}))
     return jinja2.Environment(autoescape=True).from_string(_HTML).render(
         r=report, findings=order, figures=figures, tables=tables, params=params,
         created=f"{report.created_at:%Y-%m-%d %H:%M:%S}")
