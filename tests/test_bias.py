@@ -11,6 +11,7 @@ from workbench import bias
 from workbench.bias import BiasConfig
 
 LN = math.log
+pytestmark = pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true:UserWarning")
 
 
 def rows(spec: dict[str, dict[str, int]], group="g", label="y") -> pd.DataFrame:

@@ -120,12 +120,14 @@ def wilson(k: float, n: float, z: float) -> tuple[float | None, float | None]:
     return max(0.0, mid - half), min(1.0, mid + half)
 
 
-def _row(column, facet, metric, label, value, lo=None, hi=None, n_facet=None, n_rest=None) -> dict:
+def metric_row(column, facet, metric, label, value, lo=None, hi=None, n_facet=None, n_rest=None) -> dict:
+    """One long metric row (``METRIC_COLUMNS``); ``n_facet``/``n_rest`` are the sizes behind it."""
     return dict(column=column, facet=facet, metric=metric, label=label, value=value,
                 ci_low=lo, ci_high=hi, n_facet=n_facet, n_rest=n_rest)
 
 
-def _frame(rows: list[dict]) -> pd.DataFrame:
+def metric_frame(rows: list[dict]) -> pd.DataFrame:
+    """Long metric rows as a frame with float ``value, ci_low, ci_high`` (None becomes NaN)."""
     out = pd.DataFrame(rows, columns=METRIC_COLUMNS)
     for c in ("value", "ci_low", "ci_high"):
         out[c] = pd.to_numeric(out[c], errors="coerce").astype("float64")
@@ -310,17 +312,17 @@ def label_bias(df: pd.DataFrame, group_cols: str | Sequence[str], label_col: str
         d = by_label.loc[facet].to_numpy(dtype="float64")
         a = total_by_label.to_numpy(dtype="float64") - d
         n_d, n_a = int(d.sum()), int(a.sum())
-        rows.append(_row(colname, facet, "CI", None, class_imbalance(n_a, n_d), n_facet=n_d, n_rest=n_a))
+        rows.append(metric_row(colname, facet, "CI", None, class_imbalance(n_a, n_d), n_facet=n_d, n_rest=n_a))
         for metric, value in distribution_metrics(a, d, kl_epsilon=cfg.kl_epsilon).items():
-            rows.append(_row(colname, facet, metric, None, value, n_facet=n_d, n_rest=n_a))
+            rows.append(metric_row(colname, facet, metric, None, value, n_facet=n_d, n_rest=n_a))
         for i, lab in enumerate(labels):
             lo, hi = wilson(d[i], n_d, cfg.z)
-            rows.append(_row(colname, facet, "label_share", lab, d[i] / n_d if n_d else None, lo, hi, n_d, n_a))
+            rows.append(metric_row(colname, facet, "label_share", lab, d[i] / n_d if n_d else None, lo, hi, n_d, n_a))
             value, lo, hi = dpl(int(a[i]), n_a, int(d[i]), n_d, cfg.z)
-            rows.append(_row(colname, facet, "DPL", lab, value, lo, hi, n_d, n_a))
+            rows.append(metric_row(colname, facet, "DPL", lab, value, lo, hi, n_d, n_a))
             if per_label and len(labels) > 2:
                 ovr = distribution_metrics([a[i], n_a - a[i]], [d[i], n_d - d[i]], kl_epsilon=cfg.kl_epsilon)
-                rows += [_row(colname, facet, m, lab, v, n_facet=n_d, n_rest=n_a) for m, v in ovr.items()]
+                rows += [metric_row(colname, facet, m, lab, v, n_facet=n_d, n_rest=n_a) for m, v in ovr.items()]
         if strata_col:
             s = c.assign(_in=c["_facet"] == facet)
             for lab in labels:
@@ -329,8 +331,8 @@ def label_bias(df: pd.DataFrame, group_cols: str | Sequence[str], label_col: str
                     "pos_d": s["n"].where(pos & s["_in"], 0), "pos": s["n"].where(pos, 0),
                     "neg_d": s["n"].where(~pos & s["_in"], 0), "neg": s["n"].where(~pos, 0),
                     strata_col: s[strata_col]}).groupby(strata_col).sum()
-                rows.append(_row(colname, facet, "CDDL", lab, cddl(strata), n_facet=n_d, n_rest=n_a))
-    return _frame(rows)
+                rows.append(metric_row(colname, facet, "CDDL", lab, cddl(strata), n_facet=n_d, n_rest=n_a))
+    return metric_frame(rows)
 
 
 def labels_only_in_one_side(df: pd.DataFrame, group_col: str, label_col: str,
@@ -450,26 +452,26 @@ def labeling_bias(current: pd.DataFrame, items: pd.DataFrame, group_cols: Sequen
             units = [list(v) for v in part.groupby("item_id")["value"]
                      .apply(list) if len(v) >= 2]
             agreement, n_pairs = pairwise_agreement(units)
-            rows.append(_row(col, gname, "n_items", None, float(part["item_id"].nunique())))
-            rows.append(_row(col, gname, "agreement", None, agreement, n_facet=n_pairs))
-            rows.append(_row(col, gname, "krippendorff_alpha", None, krippendorff_alpha_nominal(units),
+            rows.append(metric_row(col, gname, "n_items", None, float(part["item_id"].nunique())))
+            rows.append(metric_row(col, gname, "agreement", None, agreement, n_facet=n_pairs))
+            rows.append(metric_row(col, gname, "krippendorff_alpha", None, krippendorff_alpha_nominal(units),
                              n_facet=len(units)))
             if final is not None and len(final):
                 f = part.merge(final[["item_id", "value"]].rename(columns={"value": "_final"}), on="item_id")
                 if len(f):
                     k = int((f["value"] == f["_final"].astype(str)).sum())
                     lo, hi = wilson(k, len(f), cfg.z)
-                    rows.append(_row(col, gname, "final_agreement", None, k / len(f), lo, hi, len(f)))
+                    rows.append(metric_row(col, gname, "final_agreement", None, k / len(f), lo, hi, len(f)))
             for ann, mine in part.groupby("annotator", sort=True):
                 others = part[part["annotator"] != ann]
                 fname = facet_name(["annotator", col], [ann, g])
                 for lab in labels:
                     k = int((mine["value"] == lab).sum())
                     lo, hi = wilson(k, len(mine), cfg.z)
-                    rows.append(_row(col, fname, "label_rate", lab, k / len(mine), lo, hi, len(mine), len(others)))
+                    rows.append(metric_row(col, fname, "label_rate", lab, k / len(mine), lo, hi, len(mine), len(others)))
                     value, lo, hi = dpl(int((others["value"] == lab).sum()), len(others), k, len(mine), cfg.z)
-                    rows.append(_row(col, fname, "DPL", lab, value, lo, hi, len(mine), len(others)))
-    return _frame(rows)
+                    rows.append(metric_row(col, fname, "DPL", lab, value, lo, hi, len(mine), len(others)))
+    return metric_frame(rows)
 
 
 # --------------------------------------------------------------------------- 4. model bias (Fairlearn)
@@ -578,12 +580,12 @@ def model_bias(df: pd.DataFrame, group_cols: Sequence[str], *, y_true: str = "la
         for name in [*fns, *rates]:
             metric, label = _split_metric(name)
             if k == 0:  # overall values once per report
-                rows.append(_row(None, "(all)", metric, label, overall[name], _at(lo_all, name), _at(hi_all, name),
+                rows.append(metric_row(None, "(all)", metric, label, overall[name], _at(lo_all, name), _at(hi_all, name),
                                  n_facet=len(df)))
             for g in by.index:
                 facet = facet_name(cols, g) if len(cols) > 1 else facet_name(cols[0], g)
                 n = int(sizes.get(g, 0))
-                rows.append(_row(colname, facet, metric, label, by.loc[g, name], _at(lo_by, (g, name)),
+                rows.append(metric_row(colname, facet, metric, label, by.loc[g, name], _at(lo_by, (g, name)),
                                  _at(hi_by, (g, name)), n, len(df) - n))
         worst: dict[str, float] = {}
         for cls in classes:
@@ -598,11 +600,11 @@ def model_bias(df: pd.DataFrame, group_cols: Sequence[str], *, y_true: str = "la
                 "equalized_odds_ratio": (equalized_odds_ratio(tb, pb, sensitive_features=key), None, None),
             }
             for metric, (v, lo, hi) in values.items():
-                rows.append(_row(colname, colname, metric, cls, v, lo, hi))
+                rows.append(metric_row(colname, colname, metric, cls, v, lo, hi))
                 if _isnum(v):
                     worst[metric] = (max if metric.endswith("difference") else min)(worst.get(metric, v), v)
-        rows += [_row(colname, colname, metric, None, v) for metric, v in worst.items()]
-    return _frame(rows), frames
+        rows += [metric_row(colname, colname, metric, None, v) for metric, v in worst.items()]
+    return metric_frame(rows), frames
 
 
 def _at(frame, key):

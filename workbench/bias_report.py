@@ -607,13 +607,13 @@ def _labeling(con, labels_table, items_table, final_table, group_cols, label_val
     m = bias.labeling_bias(current, items, have, final=final, config=cfg)
     units = [list(v) for v in current.groupby("item_id")["value"].apply(list) if len(v) >= 2]
     agreement, pairs = bias.pairwise_agreement(units)
-    overall = pd.DataFrame([bias._row(None, "(all)", "agreement", None, agreement, n_facet=pairs),
-                            bias._row(None, "(all)", "krippendorff_alpha", None,
+    overall = pd.DataFrame([bias.metric_row(None, "(all)", "agreement", None, agreement, n_facet=pairs),
+                            bias.metric_row(None, "(all)", "krippendorff_alpha", None,
                                       bias.krippendorff_alpha_nominal(units), n_facet=len(units)),
-                            bias._row(None, "(all)", "n_items", None, float(current["item_id"].nunique()))])
+                            bias.metric_row(None, "(all)", "n_items", None, float(current["item_id"].nunique()))])
     notes.append(f"labeling: {len(current)} current labels from {current['annotator'].nunique()} annotator(s) on "
                  f"{current['item_id'].nunique()} items ({len(units)} with 2+ labels).")
-    return bias._frame(overall.to_dict("records") + m.to_dict("records"))
+    return bias.metric_frame(overall.to_dict("records") + m.to_dict("records"))
 
 
 def model_bias_report(con: duckdb.DuckDBPyConnection, run_id: str, group_cols: Sequence[str] = ("age_band",), *,
