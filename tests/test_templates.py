@@ -241,8 +241,8 @@ def test_notebook_05_writes_sft_examples(workspace, tmp_path):
     n_examples = con.execute("select count(*) from examples").fetchone()[0]
     con.close()
     pm.execute_notebook(str(NOTEBOOK_DIR / "05_apply_templates.ipynb"), str(tmp_path / "05.ipynb"),
-                        parameters={"workspace": str(workspace), "tasks": ["intent_classification", "reply_generation"],
-                                    "audit_sample": 4},
+                        parameters={"workspace": str(workspace), "audit_sample": 4,
+                                    "template_tasks": ["intent_classification", "reply_generation"]},
                         cwd=str(NOTEBOOK_DIR), kernel_name="python3", progress_bar=False)
     con = workbench.connect(workspace)
     got = dict(con.execute("select task, count(*) from sft_examples group by all").fetchall())
