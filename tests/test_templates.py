@@ -56,11 +56,15 @@ def test_every_shipped_template_renders_on_sample_rows(template):
             assert all(c in out["prompt"] for c in template.answer_choices) == template.choices_in_prompt
 
 
-def test_shipped_templates_valid_against_spine_tables(con):
+def test_shipped_templates_valid_and_rendered_on_spine_tables(con):
     from workbench.data import build_spine
 
     build_spine(con, rows=120, seed=3)
     assert T.validate(con=con) == []
+    tasks = list(T.tasks())   # every shipped template rendered over the spine's rows, all five tasks
+    out = T.apply_templates(con, tasks, choice="all")
+    assert (out.rows > 0).all() and len(out) == len(T.load_library())
+    assert T.check_sft_examples(con, tasks, choice="all").ok.all()
 
 
 # --------------------------------------------------------------------------- validation rules
@@ -145,6 +149,9 @@ def test_validate_against_a_workspace_table_uses_its_real_columns(con):
     assert "reply not column(s) of table 'examples'" in msg
     assert "rg-write-reply" in msg and "ic-" not in msg   # intent templates fine, reply templates not
     assert problems(one(), con=con) == ""
+    # templates over a table the workspace does not have: a problem each, not a crash
+    msg = problems(*T.list_templates("article_title"), con=con)
+    assert msg.count("table 'corpus_documents' is unknown: not in the workspace") == 3
 
 
 # --------------------------------------------------------------------------- the sandbox

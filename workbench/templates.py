@@ -451,7 +451,8 @@ def check_template(t: Template, ds: Dataset | None) -> list[Problem]:
     if undeclared:
         probs.append(P(f"uses variable(s) {', '.join(undeclared)} not listed in columns {list(t.columns)}"))
     if ds is None:
-        probs.append(P(f"table {t.table!r} is unknown: no contract and no workspace table to check columns against"))
+        probs.append(P(f"table {t.table!r} is unknown: not in the workspace (or, without one, the documented "
+                       "contract), so its columns cannot be checked"))
         return probs
     not_cols = sorted((used - BUILTIN_VARIABLES) - set(ds.columns)) + sorted(set(t.columns) - used - set(ds.columns))
     if not_cols:
@@ -529,7 +530,10 @@ def validate(templates: Sequence[Template] | None = None, *, con=None, table: st
     for t in chosen:
         target = table or t.table
         if target not in cache:
-            cache[target] = workspace_dataset(con, target) if con is not None else contract_dataset(target)
+            try:
+                cache[target] = workspace_dataset(con, target) if con is not None else contract_dataset(target)
+            except TemplateError:   # not in the workspace: reported per template by check_template
+                cache[target] = None
         ds = cache[target]
         probs += check_template(_replace(t, table=target) if table else t, ds)
     return probs
