@@ -217,3 +217,13 @@ def test_writes_sft_examples_in_the_workspace(con):
     con.execute("update sft_examples set completion = 'nonsense' where template_id like 'ic-%'")
     checks = S.check_sft_examples(con, ["intent_classification"])
     assert not checks.set_index("check").loc["completion not among choices", "ok"]
+
+
+def test_plan_sql_runs_on_its_own_when_every_part_compiles():
+    con = duckdb.connect()
+    rows = examples_table(con, extra=[])
+    plan = S.plan_render(con, ["intent_classification", "reply_generation"], choice="all")
+    assert plan.udfs == [] and "case wb_pick_" in plan.sql and "cross join range(5)" in plan.sql
+    got = con.execute(plan.sql).fetchall()
+    assert len(got) == len(rows) * 9
+    assert set(plan.summary().prompt_by) == {"sql"}

@@ -457,6 +457,65 @@ def build_sql(plans: dict[str, list[tuple[Template, dict[str, PartPlan]]]], *, c
             f"where regexp_matches(completion, {lit(_NON_SPACE)})")
 
 
+@dataclass
+class RenderPlan:
+    """What ``apply_templates`` runs: the SQL, each template's part plans, the UDFs the SQL calls."""
+    tasks: list[str]
+    sql: str
+    plans: dict[str, list[tuple[Template, dict[str, PartPlan]]]]
+    udfs: list[tuple[str, Callable, list[str]]]
+
+    def summary(self, counts: dict[str, int] | None = None):
+        import pandas as pd
+        return pd.DataFrame([{"task": task, "template_id": t.id, **({"rows": counts.get(t.id, 0)} if counts else {}),
+                              **{f"{p}_by": parts[p].method for p in PARTS}}
+                             for task, items in self.plans.items() for t, parts in items])
+
+
+def plan_render(con: duckdb.DuckDBPyConnection, tasks: Sequence[str] | str = ("intent_classification",), *,
+                choice: str = "random", seed: int | str = 7, source: str | None = None, limit: int | None = None,
+                templates: Sequence[Template] | None = None, compile_sql: bool = True,
+                validate: bool = True) -> RenderPlan:
+    """Choose, validate and compile the templates of ``tasks``; build the ``select`` of ``sft_examples`` rows.
+
+    ``plan_render(con, 'intent_classification').sql`` is the SQL ``apply_templates`` runs (parts that do
+    not compile call Python UDFs, registered only while ``apply_templates`` runs).
+    """
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+    if not tasks:
+        raise ValueError("tasks is empty: name at least one task")
+    lib = list(templates) if templates is not None else load_library()
+    plans: dict[str, list[tuple[Template, dict[str, PartPlan]]]] = {}
+    sources, types = {}, {}
+    udfs: list[tuple[str, Callable, list[str]]] = []
+    counter = itertools.count()
+    call_id = secrets.token_hex(3)   # UDF names unique per plan: two runs on one connection never clash
+    for task in tasks:
+        chosen = choose_templates(lib, task, choice)
+        tables = {t.table for t in chosen}
+        if source is None and len(tables) > 1:
+            raise TemplateError(f"templates of task {task!r} read different tables {sorted(tables)}; pass source=")
+        sources[task] = source or chosen[0].table
+        types[task] = _source_types(con, sources[task])
+        if validate:
+            from .templates import workspace_dataset
+            needed = {c for t in chosen for c in t.columns}   # their domains feed the answer-choice check
+            ds = workspace_dataset(con, sources[task], domain_columns=needed)
+            probs = [p for t in chosen for p in check_template(t, ds)]
+            if probs:
+                raise TemplateError(f"{len(probs)} template problem(s) against table {sources[task]!r}, "
+                                    "nothing written:\n" + "\n".join(f"  - {p}" for p in probs))
+        items = []
+        for t in chosen:
+            parts = {p: plan_part(t, p, types[task], compile_sql=compile_sql,
+                                  udf_name=f"wb_render_{call_id}_{next(counter)}") for p in PARTS}
+            udfs += [pp.udf for pp in parts.values() if pp.udf is not None and pp.method != "sql"]
+            items.append((t, parts))
+        plans[task] = items
+    sql = build_sql(plans, choice=choice, seed=seed, sources=sources, types=types, limit=limit)
+    return RenderPlan(tasks, sql, plans, udfs)
+
+
 def apply_templates(con: duckdb.DuckDBPyConnection, tasks: Sequence[str] | str = ("intent_classification",), *,
                     choice: str = "random", seed: int | str = 7, source: str | None = None,
                     table: str = SFT_TABLE, mode: str = "replace_tasks", limit: int | None = None,
@@ -472,46 +531,14 @@ def apply_templates(con: duckdb.DuckDBPyConnection, tasks: Sequence[str] | str =
     Returns one row per template: task, template_id, rows written, and how each part was rendered.
     Validation against the live source runs first: nothing is written when a template is invalid.
     """
-    import pandas as pd
-
     from .workspace import transaction
 
-    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     if mode not in ("replace_tasks", "replace", "append"):
         raise ValueError(f"mode must be 'replace_tasks', 'replace' or 'append', not {mode!r}")
-    if not tasks:
-        raise ValueError("tasks is empty: name at least one task")
-    lib = list(templates) if templates is not None else load_library()
-    plans: dict[str, list[tuple[Template, dict[str, PartPlan]]]] = {}
-    sources, types = {}, {}
-    udfs: list[tuple[str, Callable, list[str]]] = []
-    counter = itertools.count()
-    call_id = secrets.token_hex(3)   # UDF names unique per call: two calls on one connection never clash
-    for task in tasks:
-        chosen = choose_templates(lib, task, choice)
-        tables = {t.table for t in chosen}
-        if source is None and len(tables) > 1:
-            raise TemplateError(f"templates of task {task!r} read different tables {sorted(tables)}; pass source=")
-        sources[task] = source or chosen[0].table
-        types[task] = _source_types(con, sources[task])
-        if validate:
-            from .templates import workspace_dataset
-            needed = {c for t in chosen for c in t.columns}   # their domains feed the answer-choice check
-            ds = workspace_dataset(con, sources[task], domain_columns=needed)
-            probs = [p for t in chosen for p in check_template(t, ds)]
-            if probs:
-                raise TemplateError(f"{len(probs)} template problem(s) against table {sources[task]!r}, "
-                                    "nothing written:\n"
-                                    + "\n".join(f"  - {p}" for p in probs))
-        items = []
-        for t in chosen:
-            parts = {p: plan_part(t, p, types[task], compile_sql=compile_sql,
-                                  udf_name=f"wb_render_{call_id}_{next(counter)}") for p in PARTS}
-            udfs += [pp.udf for pp in parts.values() if pp.udf is not None and pp.method != "sql"]
-            items.append((t, parts))
-        plans[task] = items
-    sql = build_sql(plans, choice=choice, seed=seed, sources=sources, types=types, limit=limit)
-    for name, fn, arg_types in udfs:
+    plan = plan_render(con, tasks, choice=choice, seed=seed, source=source, limit=limit, templates=templates,
+                       compile_sql=compile_sql, validate=validate)
+    in_tasks = f"task in ({', '.join(lit(t) for t in plan.tasks)})"
+    for name, fn, arg_types in plan.udfs:
         con.create_function(name, fn, arg_types, "VARCHAR", type="arrow")
     try:
         def write(c):
@@ -520,20 +547,17 @@ def apply_templates(con: duckdb.DuckDBPyConnection, tasks: Sequence[str] | str =
             else:
                 c.execute(f"create table if not exists {ident(table)} ({SFT_COLUMNS})")
             if mode == "replace_tasks":
-                c.execute(f"delete from {ident(table)} where task in ({', '.join(lit(t) for t in tasks)})")
-            c.execute(f"insert into {ident(table)} by name {sql}")
+                c.execute(f"delete from {ident(table)} where {in_tasks}")
+            c.execute(f"insert into {ident(table)} by name {plan.sql}")
         transaction(con, write, what=f"writing {table}")
     except duckdb.Error as exc:
         raise TemplateError(f"rendering into {table} failed: {exc}") from exc
     finally:
-        for name, _, _ in udfs:
+        for name, _, _ in plan.udfs:
             con.remove_function(name)
-    counts = dict(con.execute(
-        f"select template_id, count(*) from {ident(table)} where task in ({', '.join(lit(t) for t in tasks)}) "
-        "group by all").fetchall())
-    return pd.DataFrame([{"task": task, "template_id": t.id, "rows": counts.get(t.id, 0),
-                          **{f"{p}_by": parts[p].method for p in PARTS}}
-                         for task, items in plans.items() for t, parts in items])
+    counts = dict(con.execute(f"select template_id, count(*) from {ident(table)} where {in_tasks} "
+                              "group by all").fetchall())
+    return plan.summary(counts)
 
 
 def check_sft_examples(con: duckdb.DuckDBPyConnection, tasks: Sequence[str] | str, *, choice: str = "random",

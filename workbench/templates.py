@@ -549,8 +549,8 @@ def check_library(templates: Sequence[Template] | None = None, **kw) -> list[Tem
 
 
 def __getattr__(name: str):  # re-exports, imported lazily (torch/transformers stay unloaded until used)
-    if name in ("apply_templates", "check_sft_examples", "compile_template", "stable_bucket_sql", "stable_hash",
-                "render_batch"):
+    if name in ("apply_templates", "plan_render", "check_sft_examples", "compile_template", "stable_bucket_sql",
+                "stable_hash", "render_batch"):
         from . import template_sql
         return getattr(template_sql, name)
     if name in ("tokenize_example", "prompt_ids", "mask_audit", "MaskAudit", "MaskAuditError", "to_messages",
