@@ -269,7 +269,7 @@ def _validate(con, stage: str, keys: list[str], event_time: str, rules: list[_Ru
               max_rows: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(checks: one row per rule with its failing row count, violations: up to max_rows per rule)."""
     key_cols = ", ".join(_q(k) for k in [*keys, event_time])
-    unique_sql = (f"select count(*) from (select count(*) as n from {stage} group by {key_cols} "
+    unique_sql = (f"select coalesce(sum(n), 0) from (select count(*) as n from {stage} group by {key_cols} "
                   f"having count(*) > 1)")  # duplicated (keys, event time): an ASOF join would pick one
     counts_sql = ", ".join([f"count(*) filter (where {r.fails})" for r in rules] + [f"({unique_sql})"])
     counts = con.execute(f"select {counts_sql} from {stage}").fetchone()
@@ -287,8 +287,9 @@ def _validate(con, stage: str, keys: list[str], event_time: str, rules: list[_Ru
                          f"{ek} as entity_key, {et} as event_time, {r.value} as value from {stage} "
                          f"where {r.fails} order by entity_key, event_time limit {int(max_rows)})")
     if counts[-1]:
-        parts.append(f"(select {sql_literal(rules[-1].column)}, 'unique', {ek} as entity_key, "
-                     f"{et} as event_time, cast(count(*) as varchar) || ' rows' from {stage} "
+        parts.append(f"(select {sql_literal(rules[-1].column)} as feature_name, 'unique' as rule, "
+                     f"{ek} as entity_key, {et} as event_time, "
+                     f"cast(count(*) as varchar) || ' rows' as value from {stage} "
                      f"group by {key_cols} having count(*) > 1 order by entity_key, event_time "
                      f"limit {int(max_rows)})")
     if parts:
@@ -304,6 +305,7 @@ def _violation_message(group: str, checks: pd.DataFrame, violations: pd.DataFram
     for r in failed.itertuples():
         lines.append(f"  {r.feature_name}: {r.rule_detail}: {r.failed_rows} row(s)")
     lines.append("failing rows (entity key, event time: column = value, rule):")
+
     def fmt(v: Any) -> str:
         return "NULL" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v)
 
