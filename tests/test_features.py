@@ -351,3 +351,41 @@ def test_cli_list_search_show(con, workspace, capsys):
     assert "tenure_months" in out and "from stg_customers" in out and "stg_customers" in out
     assert main(["--workspace", str(workspace), "features", "show", "nope"]) == 2
     assert "no feature group 'nope'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- notebook 07
+
+def test_source_tables_resolve_ctes():
+    assert fs.source_tables("with stg as (select * from stg), b as (select * from stg join t2 using (x)) "
+                            "select * from b where x in (select x from t3)") == ["stg", "t2", "t3"]
+    sql = fs.sql_path("07_customer_profile").read_text()
+    assert fs.source_tables(sql) == ["stg_customers"]
+
+
+@pytest.mark.slow
+def test_notebook_07_runs_headless_and_features_reach_training_data(workspace):
+    import workbench
+    from workbench import data, pipeline
+
+    con = workbench.connect(workspace)
+    data.build_spine(con, rows=300, seed=11)
+    con.close()
+    pipeline.run({"ttl_days": "200"}, only=["07"], workspace=workspace)
+    con = workbench.connect(workspace)
+    g = con.execute("select version, row_count, failed_checks, source_file, source_tables from feature_groups").fetchall()
+    assert g == [(1, con.execute("select count(distinct (customer_id, as_of)) from stg_customers").fetchone()[0],
+                  0, "07_customer_profile.sql", ["stg_customers"])]
+    n_examples = con.execute("select count(*) from examples").fetchone()[0]
+    # independent check of the point-in-time join: a correlated max() over the raw snapshots
+    expected = dict(con.execute("""
+        select e.example_id, (select max(try_cast(c.as_of as timestamp)) from stg_customers c
+                              where c.customer_id = e.customer_id
+                                and try_cast(c.as_of as timestamp) <= e.created_at
+                                and try_cast(c.as_of as timestamp) >= e.created_at - interval '200 days')
+        from examples e""").fetchall())
+    got = dict(con.execute("select example_id, profile_as_of from examples_with_features").fetchall())
+    assert len(got) == n_examples and got == expected
+    assert 0 < sum(v is not None for v in got.values()) < n_examples  # some examples before any profile
+    ctx = con.execute("""select customer_context from examples_with_features join splits using (example_id)
+                         where split = 'train' and plan is not null limit 1""").fetchone()[0]
+    assert ctx.startswith("Customer plan: ") and "months" in ctx

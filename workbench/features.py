@@ -198,16 +198,17 @@ def _source(g: FeatureGroup) -> tuple[str, str, str | None]:
 
 
 def source_tables(sql: str) -> list[str]:
-    """The tables a query reads (CTE names left out), via SQLGlot; [] when it does not parse."""
+    """The tables a query reads (CTEs resolved by SQLGlot's scopes); [] when it does not parse."""
     import sqlglot
     from sqlglot import exp
+    from sqlglot.optimizer.scope import traverse_scope
 
     try:
-        tree = sqlglot.parse_one(sql, read="duckdb")
+        scopes = traverse_scope(sqlglot.parse_one(sql, read="duckdb"))
     except Exception:  # noqa: BLE001 - lineage is best effort; DuckDB itself ran the query
         return []
-    ctes = {c.alias_or_name for c in tree.find_all(exp.CTE)}
-    return sorted({t.name for t in tree.find_all(exp.Table) if t.name and t.name not in ctes})
+    return sorted({src.name for sc in scopes for src in sc.sources.values()
+                   if isinstance(src, exp.Table) and src.name})
 
 
 def definition_hash(g: FeatureGroup) -> str:
@@ -387,10 +388,11 @@ def register(con: duckdb.DuckDBPyConnection, group: FeatureGroup, *, validation:
                 typed[f.name] = _q(f.name)
                 continue
             try:
-                con.execute(f"select try_cast(null as {f.dtype})")
+                declared = con.execute(f"select typeof(try_cast(null as {f.dtype}))").fetchone()[0]
             except duckdb.Error:
                 raise FeatureError(f"feature group {group.name}.{f.name}: unknown dtype {f.dtype!r}") from None
-            typed[f.name] = f"try_cast({_q(f.name)} as {f.dtype})"
+            same = declared == raw_types[f.name]  # already typed in the source: no cast, no type rule
+            typed[f.name] = _q(f.name) if same else f"try_cast({_q(f.name)} as {f.dtype})"
         checks, violations = _validate(con, stage, keys, group.event_time,
                                        _rules(keys, group.event_time, feats, raw_types, typed),
                                        max_reported_rows)
