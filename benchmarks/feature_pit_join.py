@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -27,6 +28,24 @@ import duckdb  # noqa: E402
 
 import workbench  # noqa: E402
 from workbench import features as fs  # noqa: E402
+
+
+def _cpu() -> float:
+    """CPU seconds of this process, all threads (wall time depends on who else shares the cores)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+class Timer:
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), _cpu()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.wall, _cpu() - self.cpu
+
+    def __str__(self):
+        return f"{self.wall:7.2f} s wall {self.cpu:7.2f} s CPU"
 
 
 def main() -> None:
@@ -45,29 +64,27 @@ def main() -> None:
           f"threads {con.execute('select current_setting(' + repr('threads') + ')').fetchone()[0]}, "
           f"load average {os.getloadavg()[0]:.1f}")
     try:
-        t = time.perf_counter()
-        # Random but distinct (key, time) pairs: key = i % keys, time = one second per key-slot plus
-        # a pseudo-random offset in a year (md5 so the data are the same on every DuckDB version).
-        con.execute(f"""
-            create or replace table bench_customer_history as
-            select (i % {args.keys})::bigint as customer_id,
-                   timestamp '2024-01-01' + to_seconds(((i // {args.keys}) * 86400 * 365
-                        // {max(1, args.features // args.keys)}
-                        + (i % 997))::bigint) as updated_at,
-                   (i % 7)::integer as plan_tier,
-                   ((i * 7919) % 100000) / 100.0 as monthly_spend,
-                   (i % 3 = 0) as churn_risk
-            from range({args.features}) t(i)""")
-        t_gen = time.perf_counter() - t
+        # Distinct (key, time) pairs: key = i % keys; each key's snapshots are spread over a year,
+        # plus a jitter smaller than their spacing. Same data on every run and machine.
+        with Timer() as t_gen:
+            con.execute(f"""
+                create or replace table bench_customer_history as
+                select (i % {args.keys})::bigint as customer_id,
+                       timestamp '2024-01-01' + to_seconds(((i // {args.keys}) * 86400 * 365
+                            // {max(1, args.features // args.keys)}
+                            + (i % 997))::bigint) as updated_at,
+                       (i % 7)::integer as plan_tier,
+                       ((i * 7919) % 100000) / 100.0 as monthly_spend,
+                       (i % 3 = 0) as churn_risk
+                from range({args.features}) t(i)""")
 
-        t = time.perf_counter()
-        res = fs.register(con, fs.FeatureGroup(
-            "bench_customer", "bench_customer_history", ["customer_id"], "updated_at",
-            features=[fs.Feature("plan_tier", "INTEGER", "plan tier", min=0, max=6),
-                      fs.Feature("monthly_spend", "DOUBLE", "spend", min=0),
-                      fs.Feature("churn_risk", "BOOLEAN", "flag")],
-            description="benchmark history"))
-        t_reg = time.perf_counter() - t
+        with Timer() as t_reg:
+            res = fs.register(con, fs.FeatureGroup(
+                "bench_customer", "bench_customer_history", ["customer_id"], "updated_at",
+                features=[fs.Feature("plan_tier", "INTEGER", "plan tier", min=0, max=6),
+                          fs.Feature("monthly_spend", "DOUBLE", "spend", min=0),
+                          fs.Feature("churn_risk", "BOOLEAN", "flag")],
+                description="benchmark history"))
 
         con.execute(f"""
             create or replace table bench_entities as
@@ -75,15 +92,12 @@ def main() -> None:
                    timestamp '2024-01-01' + to_seconds(((i * 2654435761) % (86400 * 400))::bigint) as ts
             from range({args.entities}) t(i)""")
 
-        t = time.perf_counter()
-        n = fs.retrieve(con, "bench_entities", "bench_customer", timestamp_column="ts", ttl=args.ttl,
-                        out_table="bench_entity_features")
-        t_table = time.perf_counter() - t
-
-        t = time.perf_counter()
-        df = fs.retrieve(con, "select * from bench_entities", "bench_customer", timestamp_column="ts",
-                         ttl=args.ttl)
-        t_df = time.perf_counter() - t
+        with Timer() as t_table:
+            n = fs.retrieve(con, "bench_entities", "bench_customer", timestamp_column="ts", ttl=args.ttl,
+                            out_table="bench_entity_features")
+        with Timer() as t_df:
+            df = fs.retrieve(con, "select * from bench_entities", "bench_customer", timestamp_column="ts",
+                             ttl=args.ttl)
 
         # checks: every entity row once, no future values, TTL respected, a brute-force sample agrees
         assert n == len(df) == args.entities, (n, len(df))
@@ -107,10 +121,11 @@ def main() -> None:
 
         print(f"feature rows {args.features:,} ({args.keys:,} keys), entity rows {args.entities:,}, "
               f"ttl {args.ttl}: {hit:.1%} rows got values")
-        print(f"generate history        {t_gen:7.2f} s")
-        print(f"register (validate, stats, write v{res.version}) {t_reg:7.2f} s")
-        print(f"point-in-time join -> workspace table   {t_table:7.2f} s")
-        print(f"point-in-time join -> pandas DataFrame  {t_df:7.2f} s")
+        print(f"generate history                        {t_gen}")
+        print(f"register v{res.version} (validate, stats, write)     {t_reg}")
+        print(f"point-in-time join -> workspace table   {t_table}")
+        print(f"point-in-time join -> pandas DataFrame  {t_df}")
+        print(f"load average after: {os.getloadavg()[0]:.1f} (wall time grows when others share the cores)")
         print(f"checked: no future values, TTL held, {args.check} rows equal a brute-force join")
     finally:
         con.close()

@@ -3,7 +3,7 @@
 --          (this file is a SELECT: register() validates it, writes the version and the registry rows)
 -- reads:   stg_customers
 -- params:  (none)
-with stg_customers as (
+with snapshots as (
     select * from stg_customers
 ),
 
@@ -15,7 +15,7 @@ typed as (
         try_cast(tenure_months as integer) as tenure_months,
         try_cast(monthly_spend as double) as monthly_spend,
         source_line,
-    from stg_customers
+    from snapshots
 ),
 
 -- a customer can have two snapshots on one day: the later line of the file wins

@@ -3,11 +3,11 @@
 -- reads:   examples, example_features (written by workbench.features.retrieve, point-in-time)
 -- params:  (none)
 create or replace table examples_with_features as
-with examples as (
+with base_examples as (
     select * from examples
 ),
 
-example_features as (
+pit_features as (
     select * from example_features
 ),
 
@@ -18,8 +18,8 @@ joined as (
         f.tenure_months,
         f.monthly_spend,
         f.customer_profile__event_time as profile_as_of,
-    from examples as e
-    left join example_features as f using (example_id)
+    from base_examples as e
+    left join pit_features as f using (example_id)
 ),
 
 with_context as (
