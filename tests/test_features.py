@@ -102,6 +102,42 @@ def test_versions_unchanged_noop_changed_new_version_old_readable(con):
         fs.read(con, "customer_profile", 9)
 
 
+_REGISTER_IN_A_PROCESS = """
+import sys, workbench
+from workbench import features as fs
+con = workbench.connect(sys.argv[1])
+res = fs.register(con, fs.FeatureGroup("acct", "select * from acct", ["acct_id"], "day",
+                                       description=sys.argv[2]))
+print(res.version, res.created)
+"""
+
+
+def test_concurrent_registrations_neither_lose_nor_duplicate_versions(con, workspace):
+    import subprocess
+    import sys
+
+    con.execute("create table acct as select 'A' || range as acct_id, date '2024-01-01' as day, "
+                "range as balance from range(50)")
+
+    def run_all(descriptions):
+        procs = [subprocess.Popen([sys.executable, "-c", _REGISTER_IN_A_PROCESS, str(workspace), d],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for d in descriptions]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+        return [o[0].split() for o in outs]
+
+    run_all(["same", "same"])    # one version however the two commits interleave
+    assert con.execute("select version from feature_groups").fetchall() == [(1,)]
+    run_all(["first", "second"])  # two different definitions: two new versions, each complete
+    rows = con.execute("""select g.version, g.description, count(distinct s.feature_name), count(distinct c.rule)
+                          from feature_groups g join feature_stats s using (group_name, version)
+                          join feature_checks c using (group_name, version) group by all order by 1""").fetchall()
+    assert [r[0] for r in rows] == [1, 2, 3] and {r[1] for r in rows[1:]} == {"first", "second"}
+    assert all(r[2:] == (3, 2) for r in rows)   # acct_id, day, balance; not_null + unique
+    assert all(table_exists(con, f"fs_acct__v{v}") for v in (1, 2, 3))
+
+
 def test_source_as_table_and_inferred_features(con):
     con.execute("create table acct as select 'A' || range as acct_id, date '2024-01-01' + range::int as day, "
                 "range * 1.5 as balance from range(5)")
@@ -312,6 +348,13 @@ def test_retrieve_several_groups_prefix_keys_and_errors(con):
     # tickets: customer C1 has days 2024-01-02 (n=1), 01-05 (n=4); C2: 01-03 (n=2) -> after 01-02 none
     assert out["support_activity__n_tickets"].tolist()[:2] == [1, 4]
     assert pd.isna(out["support_activity__n_tickets"].iloc[2])
+    # the SQL behind it runs as is (e.g. in a %%sql cell) and gives the same rows
+    con.register("ent_view", ent)
+    sql = fs.point_in_time_sql(con, "ent_view", ["customer_profile", "support_activity"],
+                               timestamp_column="created_at", key_map={"customer_id": "cust"}, prefix=True)
+    assert sql.count("asof left join") == 2
+    same = con.execute(sql).df().sort_values("created_at").reset_index(drop=True)
+    pd.testing.assert_frame_equal(same, out.sort_values("created_at").reset_index(drop=True))
     only = fs.retrieve(con, ent, "customer_profile", timestamp_column="created_at",
                        key_map={"customer_id": "cust"}, features=["plan"], version=1)
     assert list(only.columns) == ["cust", "created_at", "plan", "customer_profile__event_time"]

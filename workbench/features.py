@@ -417,10 +417,14 @@ def register(con: duckdb.DuckDBPyConnection, group: FeatureGroup, *, validation:
                       "features": [asdict(f) for f in feats], "description": group.description,
                       "owner": group.owner, "tags": list(group.tags)}
 
-        def write(c) -> int:
+        def write(c) -> tuple[int, bool]:
             c.execute(_DDL)
-            version = int(c.execute("select coalesce(max(version), 0) + 1 from feature_groups "
-                                    "where group_name = ?", [group.name]).fetchone()[0])
+            version, def_hash, dat_hash = c.execute(
+                "select coalesce(max(version), 0) + 1, arg_max(definition_hash, version), "
+                "arg_max(data_hash, version) from feature_groups where group_name = ?", [group.name]).fetchone()
+            if (def_hash, dat_hash) == (dhash, data_hash):  # another process just wrote the same version
+                return version - 1, False
+            version = int(version)
             tbl = table_name(group.name, version)
             c.execute(f"create table {_q(tbl)} as {typed_sql}")
             c.execute(f"create or replace view {_q('fs_' + group.name)} as select * from {_q(tbl)}")
@@ -447,10 +451,10 @@ def register(con: duckdb.DuckDBPyConnection, group: FeatureGroup, *, validation:
                 c.executemany("insert into feature_violations values (?, ?, ?, ?, ?, ?, ?)", [
                     [group.name, version, r.feature_name, r.rule, r.entity_key, r.event_time, r.value]
                     for r in violations.itertuples()])
-            return version
+            return version, True
 
-        version = transaction(con, write, what=f"registering feature group {group.name}")
-        return RegisterResult(group.name, version, table_name(group.name, version), True, row_count,
+        version, created = transaction(con, write, what=f"registering feature group {group.name}")
+        return RegisterResult(group.name, version, table_name(group.name, version), created, row_count,
                               checks, violations)
     finally:
         con.execute(f"drop table if exists temp.{stage}")
@@ -622,7 +626,8 @@ def asof_join_sql(left: str, right_table: str, key_pairs: Sequence[tuple[str, st
     fresh = f"r.{_q(right_time)} >= l.{_q(left_time)} - interval {sql_literal(ttl)}" if ttl else "true"
     sel = [f"case when {fresh} then r.{_q(src)} end as {_q(alias)}" for src, alias in columns]
     sel.append(f"case when {fresh} then r.{_q(right_time)} end as {_q(time_alias)}")
-    return (f"select l.*, {', '.join(sel)}\n"
+    cols = ",\n        ".join(["l.*", *sel])
+    return (f"select\n        {cols}\n"
             f"    from {left} as l\n"
             f"    asof left join {_q(right_table)} as r\n"
             f"        on {' and '.join(on)}")
@@ -640,6 +645,70 @@ def _ttl_literal(con, ttl: Any) -> str | None:
     return str(ttl)
 
 
+def point_in_time_sql(con: duckdb.DuckDBPyConnection, entity: str, groups: str | Sequence[str], *,
+                      timestamp_column: str, key_map: Mapping[str, str] | None = None,
+                      features: Sequence[str] | None = None, version: int | Mapping[str, int] | None = None,
+                      ttl: str | dt.timedelta | None = None, prefix: bool = False,
+                      _order: str | None = None) -> str:
+    """The SELECT that ``retrieve`` runs for an entity query or table name: print it, or paste it
+    into a ``%%sql`` cell. Arguments as for ``retrieve``."""
+    groups = [groups] if isinstance(groups, str) else list(groups)
+    if not groups:
+        raise FeatureError("retrieve: name at least one feature group")
+    ttl_sql = _ttl_literal(con, ttl)
+    src = entity.strip().rstrip(";")
+    entity_sql = f"select * from {'.'.join(_q(p) for p in src.split('.'))}" if _IDENT.match(src) else src
+    try:
+        ecols = dict(con.execute(f"select column_name, column_type from (describe {entity_sql})").fetchall())
+    except duckdb.Error as exc:
+        raise FeatureError(f"retrieve: the entity query failed: {exc}") from exc
+    if timestamp_column not in ecols:
+        raise FeatureError(f"retrieve: timestamp_column {timestamp_column!r} is not an entity column "
+                           f"(columns: {[c for c in ecols if c != '__wb_row']})")
+    ts = "__wb_ts"  # the entity timestamp, as a TIMESTAMP when it came as text
+    ts_expr = _q(timestamp_column) if ecols[timestamp_column] in TEMPORAL_TYPES else \
+        f"cast({_q(timestamp_column)} as timestamp)"
+    ctes = [f"e0 as (\n    select *, {ts_expr} as {ts}\n    from ({entity_sql})\n)"]
+    out_cols = [c for c in ecols if c != "__wb_row"]
+    taken = set(ecols) | {ts}
+    key_cols: list[str] = []
+    wanted = set(features or [])
+    found: set[str] = set()
+    for i, gname in enumerate(groups, start=1):
+        g = _resolve_version(con, gname, version.get(gname) if isinstance(version, Mapping) else version)
+        ftypes = dict(con.execute(f"select column_name, column_type from (describe {_q(g['table_name'])})")
+                      .fetchall())
+        pairs = []
+        for k in g["entity_keys"]:
+            ek = (key_map or {}).get(k, k)
+            if ek not in ecols:
+                raise FeatureError(f"retrieve: group {gname} is keyed by {k!r}, not an entity column; "
+                                   f"pass key_map={{{k!r}: '<entity column>'}}")
+            pairs.append((ek, k, None if ecols[ek] == ftypes[k] else ftypes[k]))
+            key_cols.append(ek)
+        fcols = [r[0] for r in con.execute("select feature_name from features where group_name = ? and "
+                                           "version = ? order by position", [gname, int(g["version"])]).fetchall()
+                 if not wanted or r[0] in wanted]
+        found |= set(fcols)
+        cols = [(f, f"{gname}__{f}" if prefix else f) for f in fcols]
+        time_alias = f"{gname}__event_time"
+        for _, alias in [*cols, (None, time_alias)]:
+            if alias in taken:
+                raise FeatureError(f"retrieve: output column {alias!r} of group {gname} clashes with "
+                                   "another column; pass prefix=True or rename it")
+            taken.add(alias)
+        out_cols += [a for _, a in cols] + [time_alias]
+        step = asof_join_sql(f"j{i - 1}" if i > 1 else "e0", g["table_name"], pairs, ts,
+                             g["event_time_column"], cols, time_alias, ttl_sql)
+        ctes.append(f"j{i} as (\n    {step}\n)")
+    unknown = sorted(wanted - found)
+    if unknown:
+        raise FeatureError(f"retrieve: feature(s) {unknown} not in group(s) {groups}")
+    order_by = _order or ", ".join([ts, *dict.fromkeys(_q(k) for k in key_cols)])
+    return (f"with {(',' + chr(10)).join(ctes)}\nselect {', '.join(_q(c) for c in out_cols)}\n"
+            f"from j{len(groups)}\norder by {order_by}")
+
+
 def retrieve(con: duckdb.DuckDBPyConnection, entity: Any, groups: str | Sequence[str], *,
              timestamp_column: str, key_map: Mapping[str, str] | None = None,
              features: Sequence[str] | None = None, version: int | Mapping[str, int] | None = None,
@@ -651,84 +720,30 @@ def retrieve(con: duckdb.DuckDBPyConnection, entity: Any, groups: str | Sequence
     groups' entity key column(s) (``key_map`` maps a group key to another entity column name) and
     ``timestamp_column``. Output: every entity row once, with each feature (``<group>__<feature>``
     when ``prefix``) and ``<group>__event_time`` (when the value became true; null when none or
-    older than ``ttl``). Rows come back in the DataFrame's order, or for a query by timestamp.
+    older than ``ttl``). ``features`` keeps only those; ``version`` pins one (or ``{group: N}``).
+    Rows come back in the DataFrame's order, or for a query by timestamp and keys.
     ``out_table``: write a workspace table instead and return its row count.
     """
-    groups = [groups] if isinstance(groups, str) else list(groups)
-    if not groups:
-        raise FeatureError("retrieve: name at least one feature group")
-    ttl_sql = _ttl_literal(con, ttl)
+    if out_table is not None and (not _IDENT.match(out_table) or "." in out_table):
+        raise FeatureError(f"retrieve: out_table {out_table!r} is not a table name")
+    opts = dict(timestamp_column=timestamp_column, key_map=key_map, features=features, version=version,
+                ttl=ttl, prefix=prefix)
     view = None
     if isinstance(entity, str):
-        src = entity.strip().rstrip(";")
-        entity_sql = f"select * from {'.'.join(_q(p) for p in src.split('.'))}" if _IDENT.match(src) else src
-        order = None
+        query = point_in_time_sql(con, entity, groups, **opts)
     else:
         import pyarrow as pa
 
         tbl = entity.to_arrow() if hasattr(entity, "to_arrow") else (
             entity if isinstance(entity, pa.Table) else pa.Table.from_pandas(entity, preserve_index=False))
-        tbl = tbl.append_column("__wb_row", pa.array(range(tbl.num_rows), pa.int64()))
+        tbl = tbl.append_column("__wb_row", pa.array(range(tbl.num_rows), pa.int64()))  # keeps row order
         view = f"_fs_entity_{id(tbl)}"
         con.register(view, tbl)
-        entity_sql, order = f"select * from {view}", "__wb_row"
     try:
-        try:
-            ecols = dict(con.execute(f"select column_name, column_type from (describe {entity_sql})").fetchall())
-        except duckdb.Error as exc:
-            raise FeatureError(f"retrieve: the entity query failed: {exc}") from exc
-        if timestamp_column not in ecols:
-            raise FeatureError(f"retrieve: timestamp_column {timestamp_column!r} is not an entity column "
-                               f"(columns: {[c for c in ecols if c != '__wb_row']})")
-        ts = "__wb_ts"
-        ts_expr = _q(timestamp_column) if ecols[timestamp_column] in TEMPORAL_TYPES else \
-            f"cast({_q(timestamp_column)} as timestamp)"
-        ctes = [f"e0 as (select *, {ts_expr} as {ts} from ({entity_sql}))"]
-        out_cols = [c for c in ecols if c != "__wb_row"]
-        taken = set(ecols) | {ts}
-        key_cols: list[tuple[str, str, str | None]] = []
-        wanted = set(features or [])
-        found: set[str] = set()
-        for i, gname in enumerate(groups, start=1):
-            gv = version.get(gname) if isinstance(version, Mapping) else version
-            g = _resolve_version(con, gname, gv)
-            ftypes = dict(con.execute(f"select column_name, column_type from (describe {_q(g['table_name'])})")
-                          .fetchall())
-            pairs = []
-            for k in g["entity_keys"]:
-                ek = (key_map or {}).get(k, k)
-                if ek not in ecols:
-                    raise FeatureError(f"retrieve: group {gname} is keyed by {k!r}, not an entity column; "
-                                       f"pass key_map={{{k!r}: '<entity column>'}}")
-                pairs.append((ek, k, None if ecols[ek] == ftypes[k] else ftypes[k]))
-            key_cols += pairs
-            fcols = [f for f in con.execute("select feature_name from features where group_name = ? and "
-                                            "version = ? order by position",
-                                            [gname, int(g["version"])]).fetchall()]
-            fcols = [f[0] for f in fcols if not wanted or f[0] in wanted]
-            found |= set(fcols)
-            cols = [(f, f"{gname}__{f}" if prefix else f) for f in fcols]
-            time_alias = f"{gname}__event_time"
-            for _, alias in [*cols, (None, time_alias)]:
-                if alias in taken:
-                    raise FeatureError(f"retrieve: output column {alias!r} of group {gname} clashes with "
-                                       "another column; pass prefix=True or rename it")
-                taken.add(alias)
-            out_cols += [a for _, a in cols] + [time_alias]
-            right_time_cast = g["event_time_column"]
-            ctes.append(f"j{i} as (\n    " + asof_join_sql(f"j{i - 1}" if i > 1 else "e0", g["table_name"],
-                                                           pairs, ts, right_time_cast, cols, time_alias,
-                                                           ttl_sql) + ")")
-        unknown = sorted(wanted - found)
-        if unknown:
-            raise FeatureError(f"retrieve: feature(s) {unknown} not in group(s) {groups}")
-        order_by = order or ", ".join([ts, *dict.fromkeys(_q(k) for k, _, _ in key_cols)])
-        query = (f"with {', '.join(ctes)}\nselect {', '.join(_q(c) for c in out_cols)}\n"
-                 f"from j{len(groups)}\norder by {order_by}")
+        if view is not None:
+            query = point_in_time_sql(con, f"select * from {view}", groups, **opts, _order="__wb_row")
         if out_table is None:
             return con.execute(query).df()
-        if not _IDENT.match(out_table) or "." in out_table:
-            raise FeatureError(f"retrieve: out_table {out_table!r} is not a table name")
         transaction(con, lambda c: c.execute(f"create or replace table {_q(out_table)} as {query}"),
                     what=f"writing {out_table}")
         return int(con.execute(f"select count(*) from {_q(out_table)}").fetchone()[0])
