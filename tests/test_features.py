@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from workbench import features as fs
-from workbench.workspace import table_exists
+from workbench.workspace import sql_path, table_exists
 
 T0 = dt.datetime(2024, 1, 1)
 
@@ -209,7 +209,8 @@ def test_each_rule_strict_refuses_and_warn_writes(con, bad_row, rule, column, ke
     stored = con.execute("select feature_name, rule, entity_key from feature_violations").fetchall()
     assert stored == [(column, rule, key)]
     if rule == "type":  # an uncastable value is written as null, and counted as such
-        assert con.execute("select tenure_months from fs_customer_profile where customer_id = 'C9'").fetchone() == (None,)
+        q = "select tenure_months from fs_customer_profile where customer_id = 'C9'"
+        assert con.execute(q).fetchone() == (None,)
 
 
 def test_violations_are_counted_in_full_and_sampled(con):
@@ -355,6 +356,10 @@ def test_retrieve_several_groups_prefix_keys_and_errors(con):
     assert sql.count("asof left join") == 2
     same = con.execute(sql).df().sort_values("created_at").reset_index(drop=True)
     pd.testing.assert_frame_equal(same, out.sort_values("created_at").reset_index(drop=True))
+    pl = pytest.importorskip("polars")  # polars and Arrow entity tables work the same way
+    from_polars = fs.retrieve(con, pl.from_pandas(ent), ["customer_profile", "support_activity"],
+                              timestamp_column="created_at", key_map={"customer_id": "cust"}, prefix=True)
+    pd.testing.assert_frame_equal(from_polars, out)
     only = fs.retrieve(con, ent, "customer_profile", timestamp_column="created_at",
                        key_map={"customer_id": "cust"}, features=["plan"], version=1)
     assert list(only.columns) == ["cust", "created_at", "plan", "customer_profile__event_time"]
@@ -401,7 +406,7 @@ def test_cli_list_search_show(con, workspace, capsys):
 def test_source_tables_resolve_ctes():
     assert fs.source_tables("with stg as (select * from stg), b as (select * from stg join t2 using (x)) "
                             "select * from b where x in (select x from t3)") == ["stg", "t2", "t3"]
-    sql = fs.sql_path("07_customer_profile").read_text()
+    sql = sql_path("07_customer_profile").read_text()
     assert fs.source_tables(sql) == ["stg_customers"]
 
 
@@ -415,7 +420,8 @@ def test_notebook_07_runs_headless_and_features_reach_training_data(workspace):
     con.close()
     pipeline.run({"ttl_days": "200"}, only=["07"], workspace=workspace)
     con = workbench.connect(workspace)
-    g = con.execute("select version, row_count, failed_checks, source_file, source_tables from feature_groups").fetchall()
+    g = con.execute("select version, row_count, failed_checks, source_file, source_tables "
+                    "from feature_groups").fetchall()
     assert g == [(1, con.execute("select count(distinct (customer_id, as_of)) from stg_customers").fetchone()[0],
                   0, "07_customer_profile.sql", ["stg_customers"])]
     n_examples = con.execute("select count(*) from examples").fetchone()[0]

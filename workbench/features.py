@@ -515,7 +515,8 @@ def describe(con: duckdb.DuckDBPyConnection, group: str, version: int | None = N
     """One row per column of a group version: role, type, description, rules, write-time statistics."""
     g = _resolve_version(con, group, version)
     return con.execute("""
-        select s.feature_name, s.role, s.dtype, coalesce(f.description, '') as description, f.not_null, f.min_value as rule_min,
+        select s.feature_name, s.role, s.dtype, coalesce(f.description, '') as description, f.not_null,
+               f.min_value as rule_min,
                f.max_value as rule_max, f.accepted_values, s.n_rows, s.n_values, s.n_nulls, s.n_distinct,
                s.min_value, s.max_value, s.mean_value
         from feature_stats s
