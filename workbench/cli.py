@@ -117,6 +117,9 @@ def _cmd_quality(args) -> int:
     report = quality_report(connect(args.workspace), args.table, cfg)
     _print_frame(report[["check_name", "column_name", "value", "detail"]] if args.all else summary(report), args.format)
     print(f"report {report['report_id'].iloc[0]}: {len(report)} rows in quality_report", file=sys.stderr)
+    return 0
+
+
 def _cmd_templates(args) -> int:
     from . import templates as T
 
