@@ -221,8 +221,8 @@ def test_split_uses_portable_md5_rule(mem):
     make(mem, [(f"ex{i}",) for i in range(400)], ["example_id"])
     rows, _ = apply(mem, [{"step": "split", "key": "example_id", "seed": 7, "train": 0.7, "validation": 0.2}])
 
-    def expected(key):
-        f = int(hashlib.md5(f"7{key}".encode()).hexdigest()[:8], 16) / 2 ** 32
+    def expected(key):  # sql/06_splits.sql without stratification: md5(seed || ':' || key)
+        f = int(hashlib.md5(f"7:{key}".encode()).hexdigest()[:8], 16) / 2 ** 32
         return "train" if f < 0.7 else "validation" if f < 0.9 else "test"
 
     assert rows == sorted((k, expected(k)) for (k,) in [(f"ex{i}",) for i in range(400)])
@@ -487,3 +487,47 @@ def test_compiled_flow_runs_on_spark(mem):
     finally:
         spark.stop()
     assert got == expected and pyspark
+
+
+def test_split_stratified_matches_the_spine(con):
+    """On the spine's examples, the stratified split step gives exactly sql/06_splits.sql's splits."""
+    from workbench.data import build_spine
+
+    build_spine(con, rows=300, seed=7, split_seed=42)
+    flow = Flow.from_dict({"name": "s", "source": "examples", "steps": [
+        {"step": "split", "key": "example_id", "seed": 42, "stratify": "intent"}]})
+    mine = dict(con.execute(compile_sql(flow, con, output=None)).df()[["example_id", "split"]].itertuples(index=False))
+    spine = dict(con.execute("select example_id, split from splits").fetchall())
+    assert len(mine) == len(spine) > 200 and mine == spine
+
+
+@pytest.mark.slow
+def test_notebook_11_runs_headless(workspace, tmp_path):
+    """Notebook 11 on the spine's sample: runs the shipped flow, writes stats, fates and a quality report."""
+    import papermill as pm
+
+    import workbench
+    from workbench.data import build_spine
+    from workbench.pipeline import NOTEBOOK_DIR
+
+    con = workbench.connect(workspace)
+    build_spine(con, rows=200, seed=5)
+    n_stg = con.execute("select count(*) from stg_messages").fetchone()[0]
+    con.close()
+    pm.execute_notebook(str(NOTEBOOK_DIR / "11_build_flow.ipynb"), str(tmp_path / "11.ipynb"),
+                        parameters={"workspace": str(workspace)}, cwd=str(NOTEBOOK_DIR), kernel_name="python3",
+                        progress_bar=False)
+    con = workbench.connect(workspace)
+    stats = con.execute("select step_index, step_name, rows_in, rows_out from flow_step_stats order by step_index"
+                        ).fetchall()
+    assert stats[0] == (0, "source", n_stg, n_stg) and len(stats) == len(load_flow("support_messages").steps) + 1
+    n_out = con.execute("select count(*) from flow_support_messages").fetchone()[0]
+    assert n_out == stats[-1][3] and 0.5 * n_stg < n_out < n_stg
+    removed = con.execute("select count(*) from flow_row_fate").fetchone()[0]
+    assert removed == n_stg - n_out  # every removed row has a fate (the flow never adds rows)
+    checks = dict(con.execute("select check_name || ':' || coalesce(column_name, ''), value from quality_report "
+                              "where table_name = 'flow_support_messages'").fetchall())
+    assert checks["row_count:"] == n_out and checks["pii_emails:text"] == 0 and checks["duplicate_text:text"] == 0
+    assert set(con.execute("select split from flow_support_messages").fetchall()) == {("train",), ("validation",),
+                                                                                     ("test",)}
+    con.close()

@@ -97,8 +97,8 @@ def hex8_int(hex_expr: str) -> str:
 
 
 def hash_fraction(key_expr: str, seed: int) -> str:
-    """A stable number in [0, 1) from ``md5(seed || key)``: the spine's split rule."""
-    return f"({hex8_int(f'md5({lit(str(seed))} || cast({key_expr} as varchar))')}) / 4294967296.0"
+    """A stable number in [0, 1) from ``md5(seed || ':' || key)``: the spine's split rule (sql/06_splits.sql)."""
+    return f"({hex8_int(f'md5({lit(str(seed))} || {lit(chr(58))} || cast({key_expr} as varchar))')}) / 4294967296.0"
 
 
 def _select_list(items: list[str]) -> str:
@@ -461,35 +461,49 @@ def template_expr(template: str, cols: list[str], fname: str) -> str:
     return " || ".join(parts) if parts else "''"
 
 
-def library_template(template_id: str) -> dict[str, str]:
-    """A template from the template library: ``workbench.templates.get_template(id)`` with ``prompt`` and
-    ``completion`` Jinja texts (a mapping or an object with those attributes)."""
+def library_template(template_id: str, cols: list[str]) -> tuple[str, dict[str, str]]:
+    """A template of the template library (``templates/*.yaml``) compiled to SQL by ``template_sql``.
+
+    Returns the template's id and ``{part: SQL expression}`` for its prompt and completion. A part
+    that needs Jinja at run time (no SQL form) is an error: render such templates with
+    ``workbench templates apply`` instead.
+    """
+    from . import template_sql, templates
+
     try:
-        from . import templates as lib  # type: ignore[attr-defined]
-        getter = lib.get_template
-    except (ImportError, AttributeError):
-        raise BadParam("template_id", "the template library (workbench.templates.get_template) is not "
-                                      "available; give prompt and completion inline") from None
-    try:
-        t = getter(template_id)
-    except Exception as exc:  # the library's own error, e.g. unknown id
+        t = templates.get(template_id)
+    except templates.TemplateError as exc:
         raise BadParam("template_id", str(exc)) from None
-    get = (lambda k: t.get(k)) if isinstance(t, dict) else (lambda k: getattr(t, k, None))
-    return {"prompt": get("prompt"), "completion": get("completion")}
+    missing = [c for c in t.columns if c.lower() not in {x.lower() for x in cols}]
+    if missing:
+        raise BadParam("template_id", f"{t.label} reads {', '.join(missing)}, not among the columns here: "
+                                      f"{', '.join(cols)}")
+    out = {}
+    for part in ("prompt", "completion"):
+        cp = template_sql.compile_part(t, part)
+        if cp.sql is None:
+            raise BadParam("template_id", f"{t.label}: the {part} has no SQL form ({cp.reason}); "
+                                          "render it with `workbench templates apply`")
+        out[part] = cp.sql
+    return t.id, out
 
 
 def _apply_template(prev, name, cols, p):
-    prompt, completion = p["prompt"], p["completion"]
+    exprs: dict[str, str] = {}
     if p["template_id"]:
-        t = library_template(p["template_id"])
-        prompt, completion = prompt or t["prompt"], completion or t["completion"]
-    if not prompt:
-        raise BadParam("prompt", "is required (or a template_id from the template library)")
-    exprs = {p["prompt_column"]: template_expr(prompt, cols, "prompt")}
-    if completion:
-        if p["completion_column"] == p["prompt_column"]:
-            raise BadParam("completion_column", "must differ from prompt_column")
-        exprs[p["completion_column"]] = template_expr(completion, cols, "completion")
+        if p["prompt"] or p["completion"]:
+            raise BadParam("template_id", "give either template_id or prompt/completion, not both")
+        tid, parts = library_template(p["template_id"], cols)
+        exprs = {p["prompt_column"]: parts["prompt"], p["completion_column"]: parts["completion"],
+                 "template_id": lit(tid)}
+    else:
+        if not p["prompt"]:
+            raise BadParam("prompt", "is required (or a template_id from the template library)")
+        exprs[p["prompt_column"]] = template_expr(p["prompt"], cols, "prompt")
+        if p["completion"]:
+            exprs[p["completion_column"]] = template_expr(p["completion"], cols, "completion")
+    if p["completion_column"] == p["prompt_column"]:
+        raise BadParam("completion_column", "must differ from prompt_column")
     items, out = _assign(cols, exprs)
     return _simple(prev, name, cols, items, out=out)
 
@@ -504,8 +518,21 @@ def split_expr(key: str, seed: int, train: float, validation: float) -> str:
 def _split(prev, name, cols, p):
     if p["train"] + p["validation"] > 1:
         raise BadParam("validation", f"train + validation must be at most 1, got {p['train'] + p['validation']}")
-    items, out = _replace(cols, p["output"], split_expr(p["key"], p["seed"], p["train"], p["validation"]))
-    return _simple(prev, name, cols, items, out=out)
+    if not p["stratify"]:
+        items, out = _replace(cols, p["output"], split_expr(p["key"], p["seed"], p["train"], p["validation"]))
+        return _simple(prev, name, cols, items, out=out)
+    # Stratified, as sql/06_splits.sql: rank rows by the hash fraction within their label; the first
+    # floor(n * train + 0.5) go to train, up to floor(n * (train + validation) + 0.5) to validation.
+    lab, key = qi(p["stratify"]), qi(p["key"])
+    inner = (f"select\n        {', '.join(qi(c) for c in cols)},\n"
+             f"        row_number() over (partition by {lab} order by {hash_fraction(key, p['seed'])}, {key}) as _r,\n"
+             f"        count(*) over (partition by {lab}) as _n\n    from {prev}")
+    case = (f"case\n        when _r <= floor(_n * {p['train']} + 0.5) then 'train'\n"
+            f"        when _r <= floor(_n * {round(p['train'] + p['validation'], 10)} + 0.5) then 'validation'\n"
+            f"        else 'test'\n    end")
+    items, out = _replace(cols, p["output"], case)
+    sql = f"select\n    {_select_list(items)}\nfrom (\n    {inner}\n) as ranked"
+    return CompiledStep([(name, sql)], out, None)
 
 
 def _near_dedup(prev, name, cols, p):
@@ -580,12 +607,13 @@ STEPS: dict[str, StepSpec] = {s.name: s for s in [
     ], _resample),
     StepSpec("apply_template", "Apply template", "Render prompt/completion columns from a Jinja subset.", [
         F("prompt", "template", help="e.g. 'Classify: {{ text }}'"), F("completion", "template"),
-        F("template_id", "str", help="a template of the template library instead"),
+        F("template_id", "str", help="a template id or name of templates/*.yaml instead (adds template_id)"),
         F("prompt_column", "identifier", "prompt"), F("completion_column", "identifier", "completion"),
     ], _apply_template),
-    StepSpec("split", "Train/validation/test split", "The spine's rule: md5(seed || key) to a fraction.", [
-        F("key", "column", required=True), F("seed", "int", 7),
+    StepSpec("split", "Train/validation/test split", "The spine's rule: md5(seed || ':' || key) to a fraction.", [
+        F("key", "column", required=True), F("seed", "int", 42),
         F("train", "float", 0.8, min=0.0, max=1.0), F("validation", "float", 0.1, min=0.0, max=1.0),
+        F("stratify", "column", help="label column: each label gets the fractions (rank by hash within it)"),
         F("output", "identifier", "split"),
     ], _split),
 ]}

@@ -109,6 +109,12 @@ class Flow:
         d["steps"] = [dict(s) for s in self.steps]
         return d
 
+    def steps_frame(self) -> pd.DataFrame:
+        """One row per step: its index, kind and parameters (as written in the file)."""
+        return pd.DataFrame([{"step_index": i, "step": s["step"],
+                              "parameters": ", ".join(f"{k}={v!r}" for k, v in s.items() if k != "step")}
+                             for i, s in enumerate(self.steps, 1)])
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=110)
 
@@ -283,7 +289,16 @@ def spark_sql(sql: str) -> str:
 
 
 def _indent(sql: str) -> str:
-    return "\n".join(("    " + ln) if ln.strip() else "" for ln in sql.strip("\n").splitlines())
+    """Four spaces before every line, except lines that continue a string literal (their text is data)."""
+    out, in_string = ["    "], False
+    sql = sql.strip("\n")
+    for i, ch in enumerate(sql):
+        if ch == "'":
+            in_string = not in_string
+        out.append(ch)
+        if ch == "\n" and not in_string and i + 1 < len(sql) and sql[i + 1] != "\n":
+            out.append("    ")
+    return "".join(out)
 
 
 # --------------------------------------------------------------------------- run step by step
