@@ -402,17 +402,16 @@ def test_near_dup_recall_on_planted_near_duplicates(mem):
     ({"step": "resample", "label": "channel", "key": "id", "target": "half"}, "field 'target'"),
     ({"step": "filter", "where": "text + 1 > 2"}, "step 2 (filter): the step's SQL does not bind"),
 ])
-def test_invalid_flow_names_step_and_field(con, tmp_path, step, fragment):
-    make(con, [(1, "hello", "chat")], ["id", "text", "channel"], name="msgs")
+def test_invalid_flow_names_step_and_field(mem, tmp_path, step, fragment):
+    make(mem, [(1, "hello", "chat")], ["id", "text", "channel"], name="msgs")
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"name": "bad", "source": {"table": "msgs"},
                                     "steps": [{"step": "normalize_text", "column": "text"}, step]}))
     with pytest.raises(FlowError) as err:
-        run_flow(con, path)
+        run_flow(mem, path)
     assert str(err.value).startswith(str(path)) and fragment in str(err.value), str(err.value)
-    # nothing ran: no output table, no stats
-    assert con.execute("select count(*) from duckdb_tables() where table_name in ('flow_bad', 'flow_step_stats')"
-                       ).fetchone()[0] == 0
+    # nothing ran: no output table, no stats, no temp table left
+    assert [r[0] for r in mem.execute("select table_name from duckdb_tables()").fetchall()] == ["msgs"]
 
 
 def test_invalid_flow_file_structure(tmp_path, mem):

@@ -22,7 +22,17 @@ ROWS = [
 ]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
+def con(tmp_path_factory):
+    """One workspace for the module: the report below is computed once."""
+    import workbench
+
+    c = workbench.connect(tmp_path_factory.mktemp("quality") / "workspace")
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
 def report(con):
     con.execute("create table ex as select * from (values "
                 + ", ".join("(" + ", ".join("null" if v is None else "'" + v + "'" for v in r) + ")" for r in ROWS)
@@ -94,12 +104,19 @@ def test_report_table_and_splits_table(con, report):
         quality_report(con, "nope")
 
 
-def test_cli_quality(con, report, capsys):
+def test_cli_quality(report, tmp_path, capsys, monkeypatch):
+    import workbench
     from workbench.cli import main
 
-    con.close()
+    ws = tmp_path / "ws"
+    monkeypatch.setenv("WORKBENCH_HOME", str(ws))
+    c = workbench.connect(ws)
+    c.execute("create table ex as select * from (values ('e1', 'hello there', 'billing'), ('e2', 'mail a@b.co', null))"
+              " as t(example_id, text, intent)")
+    c.close()
     assert main(["quality", "ex", "--no-near-dup"]) == 0
     out = capsys.readouterr().out
     assert "row_count" in out and "pii_emails" in out and "near_duplicate_text" not in out
     assert main(["quality", "ex", "--format", "csv", "--all"]) == 0
-    assert "length_chars_hist" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "length_chars_hist" in out and "pii_emails,text,1.0" in out

@@ -151,13 +151,12 @@ def _profile(con, t, prof, text, key, split, cfg) -> None:
     ws = normalize_expr(text)  # whitespace collapsed and trimmed, computed once
     con.execute(f"""create temp table {prof} as
         select
-            _key, _row, lower(_ws) as _norm, _chars,
+            _key, lower(_ws) as _norm, _chars,
             case when _ws = '' then 0 else length(_ws) - length(replace(_ws, ' ', '')) + 1 end as _tokens,
             _split, {', '.join(f'_{k}, _{k}_masked' for k in PII_PATTERNS)}
         from (
             select
                 {'cast(' + qi(key) + ' as varchar)' if key else 'null'} as _key,
-                row_number() over (order by {qi(key) if key else c}) as _row,
                 {ws} as _ws,
                 length({c}) as _chars,
                 {split_col} as _split,
@@ -196,9 +195,10 @@ def _text_checks(con, prof, text, key, cfg, add) -> None:
 
 
 def _near_dup_checks(con, prof, text, cfg, add, leakage: bool) -> None:
-    ctes = near_dup_ctes(prof, "nd", ["_row", "_split"], column="_norm", threshold=cfg.near_dup_threshold,
+    # "earlier" = smaller key (or, without a key, smaller normalized text)
+    ctes = near_dup_ctes(prof, "nd", ["_key", "_split"], column="_norm", threshold=cfg.near_dup_threshold,
                          ngram=cfg.ngram, unit="words", bands=cfg.bands, rows_per_band=cfg.rows_per_band,
-                         order_by=["_row"], verify="minhash", output="pairs", normalize=False, neighbours=0)
+                         order_by=["_key"], verify="minhash", output="pairs", normalize=False, neighbours=0)
     # DuckDB-only report SQL: materialize the CTEs that both counts read
     with_ = ",\n".join(f"{name} as materialized (\n{sql}\n)" for name, sql in ctes)
     near, pairs = con.execute(
