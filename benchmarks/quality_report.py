@@ -73,11 +73,14 @@ def generate(con: duckdb.DuckDBPyConnection, rows: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=5_000_000)
-    ap.add_argument("--workspace", help="default: a temporary folder")
+    ap.add_argument("--workspace", help="default: a temporary folder (a bench_messages table there is reused)")
+    ap.add_argument("--memory-limit", default="6GB", help="DuckDB memory_limit (default 6GB)")
     ap.add_argument("--no-near-dup", action="store_true", help="skip the run with the near-duplicate check")
     args = ap.parse_args()
     ws = args.workspace or tempfile.mkdtemp(prefix="wb-bench-quality-")
     con = workbench.connect(ws)
+    # a shared machine: let DuckDB spill to disk beyond this instead of taking most of the RAM
+    con.execute(f"set memory_limit = '{args.memory_limit}'")
     if workbench.table_exists(con, "bench_messages") and \
             con.execute("select count(*) from bench_messages").fetchone()[0] == args.rows:
         print(f"reusing bench_messages in {ws}")
@@ -98,7 +101,8 @@ def main() -> None:
         for what, sec in parts.items():
             print(f"    {what}: {sec:.1f}s wall")
     print(summary(rep).to_string(index=False, max_colwidth=70))
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; duckdb {duckdb.__version__}; python "
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, memory_limit {args.memory_limit}; "
+          f"duckdb {duckdb.__version__}; python "
           f"{platform.python_version()}")
 
 

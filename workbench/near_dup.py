@@ -32,14 +32,16 @@ def minhash_coefficients(n: int, seed: int) -> list[tuple[int, int]]:
 def near_dup_ctes(prev: str, name: str, cols: list[str], *, column: str, threshold: float = 0.8,
                   ngram: int = 5, unit: str = "chars", bands: int = 16, rows_per_band: int = 4, seed: int = 42,
                   order_by: list[str] | None = None, lowercase: bool = True, neighbours: int = 4,
-                  verify: str = "exact", output: str = "rows", normalize: bool = True) -> list[tuple[str, str]]:
+                  verify: str = "exact", output: str = "rows", normalize: bool = True,
+                  band_hash: bool = False) -> list[tuple[str, str]]:
     """CTEs ending in ``name``: the rows of ``prev`` that are not near-duplicates of an earlier row.
 
     ``output="pairs"`` ends instead in ``name`` = verified pairs ``(_tid, _other, _similarity)``, for
     reports that join them with ``name__rows`` (every row, ``_text`` and ``_pos``) and ``name__texts``.
     ``normalize=False`` takes ``column`` as already normalized. ``neighbours=0`` compares each text
     with its buckets' first members only (a hash aggregate instead of a window sort: the cheapest
-    plan for millions of rows).
+    plan for millions of rows). ``band_hash=True`` keys a band by DuckDB's ``hash()`` of its values
+    instead of their text (DuckDB-only; a report's memory on millions of rows).
     """
     n, k = f"{name}__", bands * rows_per_band
     order = ", ".join([qi(c) for c in (order_by or [])] + [qi(c) for c in cols if c not in (order_by or [])])
@@ -57,15 +59,19 @@ def near_dup_ctes(prev: str, name: str, cols: list[str], *, column: str, thresho
         grams = (f"select t._tid, md5(array_to_string(list_slice(t._words, g.i, g.i + {ngram - 1}), ' ')) as _h\n"
                  f"    from (select _tid, string_split(_text, ' ') as _words from {n}texts) as t,\n"
                  f"        unnest(generate_series(1, greatest(len(t._words) - {ngram - 1}, 1))) as g(i)")
-    # One shingle = the first 8 hex digits of its md5 as an integer (distinct per text).
+    # One shingle = the first 8 hex digits of its md5 as an integer (distinct per text: exact Jaccard
+    # needs set sizes; a MinHash is the same with or without repeats)
+    distinct = "distinct" if verify == "exact" else ""
     ctes.append((f"{n}shingles",
-                 f"select distinct\n    _tid,\n    {hex8_int('_h')} as _x\nfrom (\n    {grams}\n) as grams"))
+                 f"select {distinct}\n    _tid,\n    {hex8_int('_h')} as _x\nfrom (\n    {grams}\n) as grams"))
     mins = ",\n    ".join(f"min((_x * {a} + {b}) % {MERSENNE}) as m{j}" for j, (a, b) in enumerate(coef))
     ctes.append((f"{n}signatures", f"select\n    _tid,\n    {mins}\nfrom {n}shingles\ngroup by _tid"))
-    band_sql = "\nunion all\n".join(
-        f"select _tid, {b} as band, "
-        + " || ':' || ".join(f"cast(m{b * rows_per_band + r} as varchar)" for r in range(rows_per_band))
-        + f" as sig from {n}signatures" for b in range(bands))
+    def sig(b: int) -> str:
+        ms = [f"m{b * rows_per_band + r}" for r in range(rows_per_band)]
+        return f"hash({', '.join(ms)})" if band_hash else " || ':' || ".join(f"cast({m} as varchar)" for m in ms)
+
+    band_sql = "\nunion all\n".join(f"select _tid, {b} as band, {sig(b)} as sig from {n}signatures"
+                                     for b in range(bands))
     ctes.append((f"{n}bands", band_sql))
     if neighbours == 0:
         ctes += [

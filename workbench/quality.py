@@ -198,7 +198,8 @@ def _near_dup_checks(con, prof, text, cfg, add, leakage: bool) -> None:
     # "earlier" = smaller key (or, without a key, smaller normalized text)
     ctes = near_dup_ctes(prof, "nd", ["_key", "_split"], column="_norm", threshold=cfg.near_dup_threshold,
                          ngram=cfg.ngram, unit="words", bands=cfg.bands, rows_per_band=cfg.rows_per_band,
-                         order_by=["_key"], verify="minhash", output="pairs", normalize=False, neighbours=0)
+                         order_by=["_key"], verify="minhash", output="pairs", normalize=False, neighbours=0,
+                         band_hash=True)
     # DuckDB-only report SQL: materialize the CTEs that both counts read
     with_ = ",\n".join(f"{name} as materialized (\n{sql}\n)" for name, sql in ctes)
     near, pairs = con.execute(
