@@ -217,6 +217,27 @@ def test_apply_template_matches_jinja(mem):
         assert r[4] == jinja2.Template(completion).render(**ctx)
 
 
+def test_apply_template_from_the_library(mem):
+    from workbench import templates
+
+    make(mem, [(1, "My card was charged twice", "billing", "email"), (2, "Where's my parcel?", "shipping", "chat")],
+         ["example_id", "text", "intent", "channel"])
+    for tid in ("ic-which-category", "ic-ticket-list", "ic-route-queue", "ic-plain-words"):
+        rows, cols = apply(mem, [{"step": "apply_template", "template_id": tid}])
+        assert cols[-3:] == ["prompt", "completion", "template_id"]
+        t = templates.get(tid)
+        for r in rows:
+            want = templates.render(t, dict(zip(cols, r)))
+            assert (r[-3], r[-2], r[-1]) == (want["prompt"], want["completion"], t.id)
+    flow = Flow.from_dict({"name": "t", "source": "src", "steps": [{"step": "apply_template", "template_id": "nope"}]})
+    with pytest.raises(FlowError, match="step 1 \\(apply_template\\): field 'template_id': no template"):
+        compile_sql(flow, mem)
+    mem.execute("create table src2 as select example_id, text from src")
+    flow = Flow.from_dict({"name": "t", "source": "src2", "steps": [{"step": "apply_template", "template_id": "ic-route-queue"}]})
+    with pytest.raises(FlowError, match="reads channel, intent, not among the columns here"):
+        compile_sql(flow, mem)
+
+
 def test_split_uses_portable_md5_rule(mem):
     make(mem, [(f"ex{i}",) for i in range(400)], ["example_id"])
     rows, _ = apply(mem, [{"step": "split", "key": "example_id", "seed": 7, "train": 0.7, "validation": 0.2}])
