@@ -551,3 +551,16 @@ def test_notebook_11_runs_headless(workspace, tmp_path):
     assert set(con.execute("select split from flow_support_messages").fetchall()) == {("train",), ("validation",),
                                                                                      ("test",)}
     con.close()
+
+
+def test_shipped_sql_file_is_the_compiled_flow(mem):
+    """sql/11_flow_support_messages.sql is `workbench flow compile support_messages` (recompile after edits)."""
+    from test_flow_widget import make_stg_messages
+
+    make_stg_messages(mem)
+    flow = load_flow("support_messages")
+    shipped = (REPO / "sql" / "11_flow_support_messages.sql").read_text()
+    assert shipped == compile_sql(flow, mem), "run: workbench flow compile support_messages --out sql/11_flow_support_messages.sql"
+    mem.execute(shipped)
+    assert mem.execute("select count(*) from flow_support_messages").fetchone()[0] == \
+        preview(mem, flow)[-1].rows_out

@@ -352,12 +352,17 @@ PII_PATTERNS = {
 
 
 def mask_pii_expr(col: str, kinds=("emails", "cards", "phones")) -> str:
-    e = qi(col)
-    for kind in ("emails", "cards", "phones"):
-        if kind in kinds:
-            token, pat = PII_PATTERNS[kind]
-            e = f"regexp_replace({e}, {lit(pat)}, {lit(token)}, 'g')"
-    return e
+    """Nested ``regexp_replace`` calls, one per kind, laid out one pattern per line."""
+    lines: list[str] = []
+    for kind in [k for k in ("emails", "cards", "phones") if k in kinds]:
+        token, pat = PII_PATTERNS[kind]
+        if not lines:
+            lines = [f"regexp_replace({qi(col)}, {lit(pat)}, {lit(token)}, 'g')"]
+        else:
+            lines = ["regexp_replace("] + ["    " + ln for ln in lines]
+            lines[-1] += ","
+            lines.append(f"    {lit(pat)}, {lit(token)}, 'g')")
+    return "\n    ".join(lines)
 
 
 def _mask_pii(prev, name, cols, p):
