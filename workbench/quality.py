@@ -200,8 +200,9 @@ def _near_dup_checks(con, prof, text, cfg, add, leakage: bool) -> None:
                          ngram=cfg.ngram, unit="words", bands=cfg.bands, rows_per_band=cfg.rows_per_band,
                          order_by=["_key"], verify="minhash", output="pairs", normalize=False, neighbours=0,
                          band_hash=True)
-    # DuckDB-only report SQL: materialize the CTEs that both counts read
-    with_ = ",\n".join(f"{name} as materialized (\n{sql}\n)" for name, sql in ctes)
+    # DuckDB-only report SQL: materialize only the CTEs both counts read (the rest stream)
+    both = {"nd__rows", "nd__texts", "nd"}
+    with_ = ",\n".join(f"{name} as {'materialized ' if name in both else ''}(\n{sql}\n)" for name, sql in ctes)
     near, pairs = con.execute(
         f"with {with_} select "
         f"(select count(*) from nd__rows as r inner join nd__texts as x on x._text = r._text "
