@@ -18,8 +18,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .labeling import ensure_tables, votes
-from .workspace import table_exists, transaction
+from .labeling import ensure_tables, table_exists, votes
+from .workspace import transaction
 
 _DDL = """
 create table if not exists label_agreement (
@@ -198,3 +198,25 @@ def write_agreement(con, label_set: str, cfg: AgreementConfig = AgreementConfig(
             c.unregister("_wb_agreement")
     transaction(con, body, what="writing label_agreement")
     return df
+
+
+def plot_group_agreement(df: pd.DataFrame, statistic: str = "krippendorff_alpha", ax=None):
+    """Bar chart of one statistic per group value with its interval; the dashed line is the overall value."""
+    import matplotlib.pyplot as plt
+
+    d = df[(df["statistic"] == statistic) & (df["group_column"] != "all")].reset_index(drop=True)
+    overall = df[(df["statistic"] == statistic) & (df["group_column"] == "all")]["value"]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(d) + 1.5), 3.2))
+    labels = [f"{g}={v}\n(n={n})" for g, v, n in zip(d["group_column"], d["group_value"], d["n_items"])]
+    lo = (d["value"] - d["ci_low"]).clip(lower=0).fillna(0)
+    hi = (d["ci_high"] - d["value"]).clip(lower=0).fillna(0)
+    colors = ["#4c72b0" if g == d["group_column"].iloc[0] else "#dd8452" for g in d["group_column"]] if len(d) else []
+    ax.bar(range(len(d)), d["value"].fillna(0), yerr=[lo, hi], capsize=3, color=colors)
+    if len(overall):
+        ax.axhline(float(overall.iloc[0]), color="black", linestyle="--", linewidth=1, label="all items")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xticks(range(len(d)), labels, fontsize=8)
+    ax.set_ylabel(statistic.replace("_", " "))
+    ax.set_title(f"{statistic.replace('_', ' ')} per group (bars: bootstrap interval)", fontsize=10)
+    return ax

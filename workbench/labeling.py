@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import duckdb
 import pandas as pd
 
-from .workspace import WorkspaceError, run_sql_file, table_exists, transaction
+from .workspace import ALIAS, WorkspaceError, run_sql_file, transaction
 
 INTENTS = ["billing", "refund", "shipping", "technical_issue", "account_access", "cancellation"]
 KINDS = ("label", "skip", "retraction", "adjudication")  # values of labels.kind
@@ -104,6 +104,16 @@ def default_annotator() -> str:
     return os.environ.get("WORKBENCH_ANNOTATOR") or os.environ.get("USER") or "annotator"
 
 
+def table_exists(con, name: str) -> bool:
+    """Whether a workspace table or view exists. Every query here reads its result to the end: a
+    half-read result (``fetchone``) keeps a read transaction open on the SQLite catalog, and in
+    SQLite's default journal mode that blocks every other process's commits until it is closed."""
+    return bool(con.execute(
+        "select (select count(*) from duckdb_tables() where database_name = ? and table_name = ?)"
+        " + (select count(*) from duckdb_views() where database_name = ? and view_name = ?)",
+        [ALIAS, name, ALIAS, name]).fetchall()[0][0])
+
+
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
     """Create ``labels``, ``label_sets``, ``label_assignments`` and the ``labels_current`` view."""
     if id(con) in _ready and table_exists(con, "labels_current"):
@@ -135,8 +145,8 @@ def register_label_set(con, label_set: str, choices: Sequence[str] | None) -> No
 
 def label_set_choices(con, label_set: str) -> list[str] | None:
     ensure_tables(con)
-    row = con.execute("select choices from label_sets where label_set = ?", [label_set]).fetchone()
-    return list(row[0]) if row and row[0] is not None else None
+    rows = con.execute("select choices from label_sets where label_set = ?", [label_set]).fetchall()
+    return list(rows[0][0]) if rows and rows[0][0] is not None else None
 
 
 # --------------------------------------------------------------------------- queue and assignment
@@ -205,7 +215,7 @@ def assign(con, label_set: str, roster: Sequence[str], k: int, cfg: QueueConfig 
 
 def has_assignments(con, label_set: str) -> bool:
     ensure_tables(con)
-    return bool(con.execute("select count(*) from label_assignments where label_set = ?", [label_set]).fetchone()[0])
+    return bool(con.execute("select count(*) from label_assignments where label_set = ?", [label_set]).fetchall()[0][0])
 
 
 # --------------------------------------------------------------------------- the log
@@ -267,15 +277,24 @@ class LabelingSession:
         else:
             self.items = queue_items(self.con, self.queue)
         self.items = self.items.drop_duplicates("item_id").set_index("item_id", drop=False)
+        self._assignments = self.con.execute("select item_id, annotator from label_assignments where label_set = ?",
+                                             [self.label_set]).df()
         self._refresh()
 
-    def _refresh(self) -> None:
-        ev = self.con.execute(
-            f"select {', '.join(_LABEL_COLUMNS)} from labels where label_set = ? and annotator = ? "
-            "and kind <> 'adjudication'", [self.label_set, self.annotator]).df()
-        self.events = ev
-        act = active_events(ev)
+    def _refresh(self, events: pd.DataFrame | None = None) -> None:
+        """Re-read this annotator's events (or take ``events``) and recompute each item's status."""
+        if events is None:
+            events = self.con.execute(
+                f"select {', '.join(_LABEL_COLUMNS)} from labels where label_set = ? and annotator = ? "
+                "and kind <> 'adjudication'", [self.label_set, self.annotator]).df()
+        self.events = events
+        act = active_events(events)
         self.status = act.groupby("item_id").tail(1).set_index("item_id")[["kind", "value", "created_at"]]
+
+    def _record(self, rows: list[dict]) -> None:
+        """Our own committed rows join the in-memory log (no re-read: one query less per click)."""
+        new = pd.DataFrame(rows).reindex(columns=_LABEL_COLUMNS)
+        self._refresh(pd.concat([self.events, new], ignore_index=True) if len(self.events) else new)
 
     def answer(self, item_id: str) -> tuple[str, str | None] | None:
         """This annotator's current answer for an item: ('label', value), ('skip', None) or None."""
@@ -307,7 +326,8 @@ class LabelingSession:
         skipped = int((in_queue["kind"] == "skip").sum())
         out = {"annotator": self.annotator, "label_set": self.label_set, "done": done, "skipped": skipped,
                "total": len(self.items), "remaining": len(self.items) - done}
-        out.update(overall_progress(self.con, self.label_set, self.queue))
+        out.update(overall_progress(self.con, self.label_set, self.queue, assignments=self._assignments,
+                                    queue_ids=None if self.assigned else set(self.items.index)))
         return out
 
     # ---- writing
@@ -328,25 +348,36 @@ class LabelingSession:
             raise WorkspaceError(f"item {item_id!r} is not in {self.annotator}'s queue for {self.label_set!r}")
         return item_id
 
-    def submit(self, value: str, item_id: str | None = None) -> dict:
-        """Label the current item (or ``item_id``); the row is committed before this returns."""
-        item_id = self._item(item_id)
+    def _check_value(self, value) -> str:
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"{value!r} is not a choice of label set {self.label_set!r}: {', '.join(self.choices)}")
         if self.choices is None and (value is None or not str(value).strip()):
             raise ValueError("free text is empty: write the text before submitting")
-        row = self._event(item_id, "label", str(value))
-        transaction(self.con, lambda c: _append(c, [row]), what="saving a label")
+        return str(value)
+
+    def _write(self, rows: list[dict], what: str) -> None:
+        transaction(self.con, lambda c: _append(c, rows), what=what)
         self._focus = None
-        self._refresh()
+        self._record(rows)
+
+    def submit(self, value: str, item_id: str | None = None) -> dict:
+        """Label the current item (or ``item_id``); the row is committed before this returns."""
+        item_id = self._item(item_id)
+        row = self._event(item_id, "label", self._check_value(value))
+        self._write([row], "saving a label")
         return row
+
+    def submit_many(self, answers: Sequence[tuple[str, str]]) -> list[dict]:
+        """Label several items at once, ``[(item_id, value), ...]``, in one transaction (all or none)."""
+        rows = [self._event(self._item(i), "label", self._check_value(v)) for i, v in answers]
+        if rows:
+            self._write(rows, f"saving {len(rows)} labels")
+        return rows
 
     def skip(self, item_id: str | None = None) -> dict:
         item_id = self._item(item_id)
         row = self._event(item_id, "skip")
-        transaction(self.con, lambda c: _append(c, [row]), what="saving a skip")
-        self._focus = None
-        self._refresh()
+        self._write([row], "saving a skip")
         return row
 
     def undo(self) -> dict | None:
@@ -358,29 +389,32 @@ class LabelingSession:
                            "and kind <> 'adjudication'", [self.label_set, self.annotator]).df()
             act = active_events(ev)
             if not len(act):
-                return None
+                return ev, None
             last = act.iloc[-1].to_dict()
-            _append(c, [self._event(last["item_id"], "retraction", retracts=last["label_id"])])
-            return last
-        last = transaction(self.con, body, what="saving an undo")
-        self._refresh()
+            row = self._event(last["item_id"], "retraction", retracts=last["label_id"])
+            _append(c, [row])
+            return pd.concat([ev, pd.DataFrame([row]).reindex(columns=_LABEL_COLUMNS)], ignore_index=True), last
+        events, last = transaction(self.con, body, what="saving an undo")
+        self._refresh(events)
         if last is not None:
             self._focus = last["item_id"]
         return last
 
 
-def overall_progress(con, label_set: str, queue: QueueConfig = QueueConfig()) -> dict:
+def overall_progress(con, label_set: str, queue: QueueConfig = QueueConfig(), *,
+                     assignments: pd.DataFrame | None = None, queue_ids: set | None = None) -> dict:
     """Everyone's progress: ratings given of those assigned, and items with all (or any) ratings."""
     cur = con.execute("select item_id, annotator from labels_current where label_set = ? and kind = 'label'",
                       [label_set]).df()
-    asg = con.execute("select item_id, annotator from label_assignments where label_set = ?", [label_set]).df()
+    asg = assignments if assignments is not None else con.execute(
+        "select item_id, annotator from label_assignments where label_set = ?", [label_set]).df()
     if len(asg):
         hit = asg.merge(cur, on=["item_id", "annotator"], how="left", indicator=True)
         hit["ok"] = hit["_merge"] == "both"
         per_item = hit.groupby("item_id")["ok"].all()
         return {"ratings_done": int(hit["ok"].sum()), "ratings_total": len(asg),
                 "items_complete": int(per_item.sum()), "items_total": len(per_item)}
-    items = set(queue_items(con, queue)["item_id"])
+    items = queue_ids if queue_ids is not None else set(queue_items(con, queue)["item_id"])
     labeled = set(cur["item_id"]) & items
     return {"ratings_done": int(cur["item_id"].isin(items).sum()), "ratings_total": None,
             "items_complete": len(labeled), "items_total": len(items)}
@@ -513,6 +547,7 @@ def simulate_annotators(con, label_set: str, choices: Sequence[str], sim: Simula
         todo = [i for i in s.items.index if s.answer(i) is None]
         if sim.items is not None:
             todo = todo[: max(0, int(sim.items) - s.progress()["done"])]
+        answers = []
         for item_id in todo:
             rng = random.Random(f"{seed}|{name}|{item_id}")
             guess = truth(s.items.at[item_id, "text"])
@@ -520,7 +555,8 @@ def simulate_annotators(con, label_set: str, choices: Sequence[str], sim: Simula
                 value = rng.choice([c for c in choices if c != guess])
             else:
                 value = guess
-            s.submit(value, item_id)
+            answers.append((item_id, value))
+        s.submit_many(answers)
         out.append({"annotator": name, "noise": round(noise, 4), "labeled_now": len(todo),
                     "done": s.progress()["done"]})
     return pd.DataFrame(out)
@@ -595,7 +631,7 @@ def import_labels(con, path: str | os.PathLike, *, label_set: str, item_column: 
         if table_exists(con, pool) else None
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     session = f"import-{digest}"
-    if con.execute("select count(*) from labels where session_id = ?", [session]).fetchone()[0]:
+    if con.execute("select count(*) from labels where session_id = ?", [session]).fetchall()[0][0]:
         raise LabelImportError([f"{path}: already imported (labels.session_id = '{session}')"])
 
     errors: list[str] = []
