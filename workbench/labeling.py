@@ -505,21 +505,25 @@ def build_labels_final(con) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- simulated annotators
 
-_KEYWORDS = {
-    "refund": ["refund", "money back", "reimburse", "return the", "returned", "credit back"],
-    "billing": ["bill", "invoice", "charged", "charge", "payment", "receipt", "vat", "overcharg"],
-    "shipping": ["ship", "deliver", "package", "parcel", "tracking", "courier", "arrive", "order"],
-    "technical_issue": ["error", "crash", "bug", "app ", "not working", "broken", "freez", "load", "sync"],
-    "account_access": ["password", "log in", "login", "locked", "sign in", "2fa", "two-factor", "verification",
-                       "username", "access"],
-    "cancellation": ["cancel", "unsubscribe", "close my account", "terminate", "end my", "stop my"],
+_KEYWORDS = {  # cue -> weight; a message goes to the intent with the highest total
+    "refund": {"refund": 3, "money back": 3, "returned": 2, "sent back": 2, "reimburs": 3},
+    "billing": {"invoice": 2, "charged": 2, "charge": 1, " fee": 2, "bill ": 2, "billed": 2, "statement": 2,
+                "payment": 1, "overcharg": 2},
+    "shipping": {"package": 2, "parcel": 2, "tracking": 2, "deliver": 2, "ship to": 2, "customs": 2,
+                 "arrive": 1, "depot": 1, "courier": 2},
+    "technical_issue": {"error": 2, "crash": 2, "wifi": 2, "update": 1, "turn on": 2, "bluetooth": 2,
+                        "pairing": 2, "screen": 1, "noise": 1, "firmware": 2, "disconnect": 2, "not work": 1},
+    "account_access": {"log in": 2, "login": 2, "password": 2, "locked": 2, "sign in": 2, "two-factor": 2,
+                       "username": 2, "email address": 2, "accessed my account": 2, "account": 1},
+    "cancellation": {"cancel": 2, "close my account": 3, "membership": 2, "contract": 2, "stop my": 2,
+                     "plan": 1},
 }
 
 
 def keyword_intent(text: str) -> str | None:
     """A keyword guess at a support message's intent (the best-scoring intent; None when nothing matches)."""
     t = f" {str(text).lower()} "
-    scores = {k: sum(t.count(w) for w in words) for k, words in _KEYWORDS.items()}
+    scores = {k: sum(w * t.count(cue) for cue, w in cues.items()) for k, cues in _KEYWORDS.items()}
     best = max(scores.values())
     if best == 0:
         return None

@@ -28,7 +28,7 @@ _CARD = ("border:1px solid #d0d7de;border-radius:6px;padding:10px 12px;margin:6p
 
 def _item_html(item: dict | None, context_columns: Sequence[str], note: str = "") -> str:
     if item is None:
-        return f"<div style='{_CARD}'><b>Queue done.</b> {html.escape(note)}</div>"
+        return f"<div style='{_CARD}'>{html.escape(note) or '<b>Queue done:</b> every item has your answer.'}</div>"
     ctx = " · ".join(f"<span title='{html.escape(c)}'><b>{html.escape(c)}</b>: {html.escape(str(item.get(c)))}</span>"
                      for c in context_columns if item.get(c) is not None)
     return (f"<div style='color:#57606a;font-size:12px'>item <code>{html.escape(str(item['item_id']))}</code>"
