@@ -142,6 +142,7 @@ def test_label_in_jupyterlab_with_clicks_and_keys(lab):
             assert got["value"].tolist() == ["billing"] and got["source"].tolist() == ["widget"]
             expect(widget.get_by_text("you: 1 done", exact=False)).to_be_visible(timeout=30_000)
 
+            code_cells = page.locator(".jp-CodeCell").count()
             keys = widget.get_by_placeholder("click here, then type", exact=False)
             keys.click()
             page.keyboard.press("2")
@@ -154,6 +155,9 @@ def test_label_in_jupyterlab_with_clicks_and_keys(lab):
             _wait_for(lambda: _exactly(con, 1, kind="retraction"), 60, "the undo typed with key u")
             undone = _labels(con, kind="retraction")["retracts"].iloc[0]
             assert undone == _labels(con, kind="skip")["label_id"].iloc[0]
+
+            # the keys reached the widget only: JupyterLab's command mode would have made a cell a heading
+            assert page.locator(".jp-CodeCell").count() == code_cells
 
             # free-text mode (the simulated annotators are there too: the notebook ran with 3)
             page.get_by_role("button", name="Free text", exact=True).click()

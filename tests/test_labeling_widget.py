@@ -158,7 +158,7 @@ def test_notebook_runs_headless_with_papermill(workspace, con, tmp_path):
     data.build_spine(con, rows=300, seed=7)
     out = tmp_path / "03.ipynb"
     pm.execute_notebook(str(REPO / "notebooks" / "03_label_items.ipynb"), str(out), cwd=str(REPO / "notebooks"),
-                        parameters={"workspace": str(workspace), "max_items": 24, "bootstrap": 50,
+                        parameters={"workspace": str(workspace), "queue_size": 24, "agreement_bootstrap": 50,
                                     "annotator": "nb-user"},
                         kernel_name="python3", progress_bar=False)
     nb = json.loads(out.read_text())
