@@ -118,8 +118,10 @@ def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
     """Create ``labels``, ``label_sets``, ``label_assignments`` and the ``labels_current`` view."""
     if id(con) in _ready and table_exists(con, "labels_current"):
         return
-    transaction(con, lambda c: c.execute(_DDL), what="creating the label tables")
-    run_sql_file(con, "03_labels_current")
+    if not all(table_exists(con, t) for t in ("labels", "label_sets", "label_assignments")):
+        transaction(con, lambda c: c.execute(_DDL), what="creating the label tables")
+    if not table_exists(con, "labels_current"):  # (re)defining it on every connect would add a snapshot each time
+        run_sql_file(con, "03_labels_current")
     _ready.add(id(con))
 
 
