@@ -5,6 +5,8 @@
     workbench demo-data --rows 5000 --out data/sample
     workbench ingest data/sample/messages.csv --table stg_messages
     workbench label import export.csv --label-set intent --annotator-column annotator
+    workbench bias report --table examples --group age_band --label intent
+    workbench features search "plan tenure"
 """
 from __future__ import annotations
 
@@ -108,6 +110,99 @@ def _cmd_label(args) -> int:
             print("(no label sets yet)")
     else:
         _print_frame(L.build_labels_final(con), args.format)
+def _cmd_templates(args) -> int:
+    from . import templates as T
+
+    if args.action in ("list", "search"):
+        found = (T.list_templates(args.task, table=args.table) if args.action == "list"
+                 else T.search(args.text, task=args.task))
+        df = T.catalog(found)
+        if args.format == "table" and len(df):
+            df = df[["id", "name", "task", "task_type", "table", "choices", "description"]]
+        _print_frame(df, args.format)
+        return 0
+    if args.action == "validate":
+        con = None
+        if args.table:
+            from .workspace import connect
+            con = connect(args.workspace)
+        probs = T.validate(con=con, table=args.table, task=args.task)
+        for prob in probs:
+            print(f"error: {prob}", file=sys.stderr)
+        n = len(T.list_templates(args.task, table=None if args.task else args.table))
+        where = f"workspace table {args.table!r}" if args.table else "the documented table contract"
+        print(f"{n} template(s) checked against {where}: "
+              + (f"{len(probs)} problem(s)" if probs else "all valid"))
+        return 1 if probs else 0
+    if args.action == "show":
+        t = T.get(args.id)
+        row = T.SAMPLE_ROWS.get(t.table, [{}])[0]
+        print(f"# {t.label}: task {t.task} ({t.task_type}), table {t.table}, columns {list(t.columns)}")
+        if t.answer_choices:
+            print(f"# answer choices: {list(t.answer_choices)}")
+        for part, text in T.render(t, row).items():
+            if text is not None:
+                print(f"--- {part} (sample row {row.get(t.key)})\n{text}")
+        return 0
+    if args.action == "apply":
+        from .template_sql import apply_templates
+        from .workspace import connect
+        out = apply_templates(connect(args.workspace), args.task or ["intent_classification"], choice=args.choice,
+                              seed=args.seed, limit=args.limit or None)
+        _print_frame(out, "table")
+        return 0
+    raise ValueError(f"unknown templates action {args.action!r}")
+
+
+def _cmd_bias(args) -> int:
+    from .bias import BiasConfig
+    from .bias_report import data_bias_report, model_bias_report
+    from .workspace import connect
+
+    con = connect(args.workspace)
+    cfg = BiasConfig(**{k: v for k, v in (("min_group_size", args.min_group_size), ("n_boot", args.n_boot),
+                                          ("dpl_threshold", args.dpl_threshold)) if v is not None})
+    if args.bias_command == "report":
+        reference = json.loads(args.reference) if args.reference else None
+        report = data_bias_report(con, table=args.table, group_cols=args.group, label_col=args.label,
+                                  strata_col=args.strata, reference=reference, config=cfg, html=not args.no_html)
+    else:
+        report = model_bias_report(con, args.run_id, args.group, split=args.split, config=cfg,
+                                   html=not args.no_html)
+    print(report.summary())
+    print(f"bias_metrics rows: {len(report.metrics)} (report_id {report.report_id})")
+    if report.html_path:
+        print(f"html: {report.html_path}")
+    return 1 if args.fail_on_warning and report.warnings else 0
+def _cmd_features(args) -> int:
+    from . import features as fs
+    from .workspace import connect
+
+    con = connect(args.workspace)
+    try:
+        if args.action == "list":
+            _print_frame(fs.list_groups(con, all_versions=args.all_versions), args.format)
+        elif args.action == "search":
+            _print_frame(fs.search(con, " ".join(args.query), limit=args.limit), args.format)
+        else:
+            lin = fs.lineage(con, args.group, args.version)
+            d = lin["definition"]
+            print(f"{lin['group']} v{lin['version']}  table {lin['table']} (view fs_{lin['group']} = newest)")
+            print(f"  {d['description']}\n  owner: {d['owner'] or '-'}   tags: {', '.join(d['tags']) or '-'}")
+            print(f"  entity keys: {', '.join(d['entity_keys'])}   event time: {d['event_time']}")
+            print("\ncolumns (statistics computed at write time):")
+            _print_frame(fs.describe(con, args.group, args.version), args.format)
+            print("\nvalidation checks:")
+            _print_frame(fs.check_results(con, args.group, args.version), args.format)
+            print("\nversions:")
+            _print_frame(fs.versions(con, args.group), args.format)
+            print(f"\nlineage: reads {', '.join(lin['source_tables']) or '?'} at snapshot {lin['data_snapshot']}"
+                  + (f" (sql/{lin['source_file']})" if lin["source_file"] else "") + "\n" + lin["source_sql"])
+    except fs.FeatureError as exc:
+        print(f"workbench features: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        con.close()
     return 0
 
 
@@ -164,6 +259,59 @@ def build_parser() -> argparse.ArgumentParser:
     li.set_defaults(func=_cmd_label)
     ls_.set_defaults(func=_cmd_label)
     lf.set_defaults(func=_cmd_label)
+    t = sub.add_parser("templates", help="the prompt template library: list, search, validate, show, apply")
+    tsub = t.add_subparsers(dest="action", required=True)
+    tl = tsub.add_parser("list", help="list templates")
+    tl.add_argument("--task", help="only this task (e.g. intent_classification)")
+    tl.add_argument("--table", help="only templates over this table")
+    ts = tsub.add_parser("search", help="templates whose id, name, description or text contain every word")
+    ts.add_argument("text")
+    ts.add_argument("--task")
+    for sp in (tl, ts):
+        sp.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    tv = tsub.add_parser("validate", help="check the library (exit 1 on any problem)")
+    tv.add_argument("--table", help="check against this workspace table (default: the documented contract)")
+    tv.add_argument("--task", help="only this task's templates (with --table: applied to that table)")
+    tw = tsub.add_parser("show", help="a template rendered on a built-in sample row")
+    tw.add_argument("id", help="template id or name")
+    ta = tsub.add_parser("apply", help="render templates into sft_examples in the workspace")
+    ta.add_argument("--task", action="append", help="task to render (repeatable; default intent_classification)")
+    ta.add_argument("--choice", default="random", help="'random' (one per row, seeded), 'all', or a template id")
+    ta.add_argument("--seed", type=int, default=7)
+    ta.add_argument("--limit", type=int, default=0, help="source rows per task (0 = all)")
+    t.set_defaults(func=_cmd_templates)
+
+    b = sub.add_parser("bias", help="bias reports: data and labels, or a run's predictions")
+    bsub = b.add_subparsers(dest="bias_command", required=True)
+    br = bsub.add_parser("report", help="representation, label bias and labeling bias of a table")
+    br.add_argument("--table", default="examples")
+    br.add_argument("--label", default="intent", help="label column")
+    br.add_argument("--strata", help="column CDDL conditions on")
+    br.add_argument("--reference", help='expected shares as JSON: \'{"age_band": {"65+": 0.25, ...}}\'')
+    bm = bsub.add_parser("model", help="per-group metrics and parity of a run's predictions (Fairlearn)")
+    bm.add_argument("--run-id", required=True)
+    bm.add_argument("--split", default="test")
+    for q in (br, bm):
+        q.add_argument("--group", action="append", required=True, metavar="COLUMN", help="group column (repeatable)")
+        q.add_argument("--min-group-size", type=int)
+        q.add_argument("--dpl-threshold", type=float)
+        q.add_argument("--n-boot", type=int, help="bootstrap resamples for model intervals")
+        q.add_argument("--no-html", action="store_true", help="do not write the HTML report")
+        q.add_argument("--fail-on-warning", action="store_true", help="exit 1 when the report has warnings")
+        q.set_defaults(func=_cmd_bias)
+    f = sub.add_parser("features", help="feature store: list, search and show feature groups")
+    fsub = f.add_subparsers(dest="action", required=True)
+    fl = fsub.add_parser("list", help="feature groups (newest version of each)")
+    fl.add_argument("--all-versions", action="store_true", help="every version, not just the newest")
+    fq = fsub.add_parser("search", help="ranked search over group and feature names, descriptions, tags")
+    fq.add_argument("query", nargs="+")
+    fq.add_argument("--limit", type=int, default=20)
+    fw = fsub.add_parser("show", help="one group: columns, statistics, checks, versions, lineage")
+    fw.add_argument("group")
+    fw.add_argument("--version", type=int, help="default: the newest")
+    for sp in (fl, fq, fw):
+        sp.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    f.set_defaults(func=_cmd_features)
 
     return p
 
