@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -136,15 +135,19 @@ def test_killed_process_loses_nothing_submitted(workspace, con):
 
 @pytest.mark.slow
 def test_two_annotators_in_two_processes_lose_nothing(workspace, con):
-    n = 20
+    n = 15
     make_pool(con, n)
     L.ensure_tables(con)
-    start = time.time() + 4
+    barrier = workspace.parent / "ready"
+    barrier.mkdir()
     script = textwrap.dedent(f"""
-        import sys, time, workbench
+        import pathlib, sys, time, workbench
         from workbench import labeling as L
         s = L.LabelingSession(workbench.connect(), sys.argv[1], "intent", L.INTENTS)
-        time.sleep(max(0, {start} - time.time()))   # both start writing at the same moment
+        ready = pathlib.Path({str(barrier)!r})
+        (ready / sys.argv[1]).touch()
+        while len(list(ready.iterdir())) < 2:   # both start writing at the same moment
+            time.sleep(0.01)
         while s.current is not None:
             s.submit(L.INTENTS[len(s.events) % 6])
         print("done", s.progress()["done"])
@@ -157,6 +160,8 @@ def test_two_annotators_in_two_processes_lose_nothing(workspace, con):
     rows = log(con)
     assert len(rows) == 2 * n and rows["label_id"].is_unique
     assert rows.groupby("annotator")["item_id"].nunique().to_dict() == {"ana": n, "ben": n}
+    span = rows.groupby("annotator")["created_at"].agg(["min", "max"])
+    assert span["min"].max() < span["max"].min()  # the two really wrote at the same time
     assert L.overall_progress(con, "intent", L.QueueConfig(max_items=None))["items_complete"] == n
 
 
