@@ -102,45 +102,43 @@ def catalog_path(path: str | os.PathLike | None = None) -> Path:
     return home(path) / f"{ALIAS}.sqlite"
 
 
-def _ensure_wal(catalog: Path) -> None:
-    """Put the SQLite catalog in WAL mode (persistent, set once per file).
+def _ensure_created(root: Path) -> None:
+    """Create the workspace's DuckLake catalog on first use, atomically.
 
-    In SQLite's default rollback-journal mode a reader that has not finished (a half-fetched result,
-    a jupysql result cut at ``displaylimit`` in an idle notebook) blocks every other process's commit.
-    In WAL mode readers never block the writer.
+    The catalog is built complete under a temporary name and then linked into place (``os.link``
+    fails if another process won the race), so no process ever opens a half-made catalog. It is an
+    SQLite database in WAL mode: in the default rollback-journal mode a reader that has not finished
+    (a half-fetched result, a jupysql result cut at ``displaylimit`` in an idle notebook) blocks every
+    other process's commit; in WAL mode readers never block the writer. The mode is persistent, set
+    before DuckDB opens the file; Python's sqlite3 never touches a live catalog.
     """
     import sqlite3
 
-    def once():
-        c = sqlite3.connect(catalog, timeout=30)
-        try:
-            if c.execute("pragma journal_mode").fetchone()[0].lower() != "wal":
-                c.execute("pragma journal_mode=wal")
-        finally:
-            c.close()
-
-    for attempt in range(50):
-        try:
-            return once()
-        except sqlite3.OperationalError:  # locked by a concurrent first connect: try again
-            time.sleep(0.05 * (attempt + 1))
-    once()
-
-
-def _ensure_created(root: Path) -> None:
-    """Create the DuckLake catalog with its data folder on first use (DuckLake stores the path)."""
-    if catalog_path(root).exists():
-        _ensure_wal(catalog_path(root))
+    catalog = catalog_path(root)
+    if catalog.exists():
         return
     (root / "data").mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(config=_config())
+    tmp = catalog.with_name(f".{catalog.name}.{os.getpid()}.{random.randrange(1 << 30)}")
     try:
-        retry(lambda: con.execute(
-            f"ATTACH IF NOT EXISTS 'ducklake:sqlite:{catalog_path(root)}' AS {ALIAS} (DATA_PATH '{root / 'data'}/')"),
-            what="creating the workspace")
+        c = sqlite3.connect(tmp)
+        try:
+            c.execute("pragma journal_mode=wal")
+        finally:
+            c.close()
+        con = duckdb.connect(config=_config())
+        try:
+            con.execute(f"ATTACH 'ducklake:sqlite:{tmp}' AS {ALIAS} (DATA_PATH '{root / 'data'}/')")
+            con.execute(f"DETACH {ALIAS}")
+        finally:
+            con.close()
+        try:
+            os.link(tmp, catalog)
+        except FileExistsError:
+            pass  # another process created it first: use theirs
     finally:
-        con.close()
-    _ensure_wal(catalog_path(root))
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{tmp}{suffix}")
 
 
 def connect(path: str | os.PathLike | None = None, *, threads: int | None = None) -> duckdb.DuckDBPyConnection:
