@@ -86,13 +86,26 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[str, list[tuple]]:
     if rejects:
         # a_j = parsed rows before the j-th reject = line_j - 1 (header) - j
         con.executemany("insert into temp.wb_csv_reject_lines values (?, ?)",
-                        [(j + 1, line - 2 - j) for j, (line, _, _) in enumerate(rejects)])
+                        _reject_positions([line for line, _, _ in rejects], first_data_line=2))
     cols = [r[0] for r in con.execute("describe temp.wb_csv_rows").fetchall() if r[0] != "wb_ordinal"]
     select = ", ".join(f'r."{c}"' for c in cols)
     sql = (f"select r.wb_ordinal + 1 + coalesce(x.j, 0) as source_line, {select} "
            "from temp.wb_csv_rows r asof left join temp.wb_csv_reject_lines x on r.wb_ordinal > x.a")
     con.execute("drop table if exists temp.wb_reject_errors; drop table if exists temp.wb_reject_scans")
     return sql, rejects
+
+
+def _reject_positions(lines: list[int], first_data_line: int) -> list[tuple[int, int]]:
+    """``(j, a_j)`` for the sorted rejected lines: ``a_j`` rows were parsed before the j-th reject.
+
+    The k-th parsed row's line is ``k + first_data_line - 1 + max{j : a_j < k}`` (an ASOF join on
+    ``a``). Consecutive rejects share an ``a``; only the last of them (largest j) is kept, since an
+    ASOF join picks any one of equal keys.
+    """
+    by_a: dict[int, int] = {}
+    for j, line in enumerate(sorted(lines), 1):
+        by_a[line - first_data_line - (j - 1)] = j
+    return [(j, a) for a, j in by_a.items()]
 
 
 def _csv_header(path: Path, delim: str) -> list[str]:
@@ -128,7 +141,7 @@ def _jsonl(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[str, list[tuple]
         "select distinct line, error_type, error_message, csv_line from temp.wb_reject_errors order by line"
     ).fetchall()
     # lines the reader rejected (invalid UTF-8) are absent from wb_json_lines: shift like CSV
-    shift = [(j + 1, int(line) - 1 - j) for j, (line, *_) in enumerate(bad)]
+    shift = _reject_positions([int(line) for line, *_ in bad], first_data_line=1)
     con.execute("create or replace temp table wb_json_shift (j bigint, a bigint)")
     if shift:
         con.executemany("insert into temp.wb_json_shift values (?, ?)", shift)
@@ -276,9 +289,21 @@ def clean(con: duckdb.DuckDBPyConnection, **params: Any) -> None:
         run_sql_file(con, name, p)
 
 
-def split(con: duckdb.DuckDBPyConnection, **params: Any) -> dict[str, int]:
-    """Assign new examples to train/validation/test (old assignments never move); returns counts."""
+SPLIT_GROUP_KEYS = ("", "customer_id", "message_id", "channel", "region", "age_band")
+
+
+def split(con: duckdb.DuckDBPyConnection, *, reset: bool = False, **params: Any) -> dict[str, int]:
+    """Assign new examples to train/validation/test (old assignments never move); returns counts.
+
+    ``reset=True`` forgets earlier assignments first (everything is split again)."""
+    unknown = set(params) - set(SPLIT_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown split parameter(s) {sorted(unknown)}; known: {sorted(SPLIT_DEFAULTS)}")
     p = {**SPLIT_DEFAULTS, **params}
+    if p["group_key"] not in SPLIT_GROUP_KEYS:
+        raise ValueError(f"group_key {p['group_key']!r}: use one of {SPLIT_GROUP_KEYS}")
+    if reset:
+        transaction(con, lambda c: c.execute("drop table if exists splits"), what="resetting splits")
     tf, vf = float(p["train_fraction"]), float(p["validation_fraction"])
     if not (0 < tf < 1 and 0 <= vf < 1 and tf + vf <= 1):
         raise ValueError(f"split fractions train={tf}, validation={vf}: need 0 < train, train + validation <= 1")
@@ -289,17 +314,53 @@ def split(con: duckdb.DuckDBPyConnection, **params: Any) -> dict[str, int]:
     return dict(con.execute("select split, count(*) from splits group by split order by split").fetchall())
 
 
-def build_spine(con: duckdb.DuckDBPyConnection, sample_dir: str | os.PathLike | None = None, *,
-                rows: int = 600, seed: int = 7, **params: Any) -> None:
-    """Generate (if needed) and ingest the sample data, clean it and split it: the spine in one call."""
+def sample_dir(path: str | os.PathLike | None = None, *, rows: int = 3000, seed: int = 7) -> Path:
+    """A folder of raw files: ``path`` if given, else the bundled sample under the workspace
+    (``<workspace>/sample/rows<N>-seed<S>``), generated on first use."""
     from .sample import write_sample
     from .workspace import home
 
-    if sample_dir is None:
-        sample_dir = home() / "sample" / f"rows{rows}-seed{seed}"
-        if not (Path(sample_dir) / "BIAS.md").exists():
-            write_sample(sample_dir, rows=rows, seed=seed)
-    ingest_sample(con, sample_dir)
+    if path:
+        p = Path(path)
+        if not p.is_dir():
+            raise IngestError(f"sample_dir {p}: no such folder")
+        return p
+    p = home() / "sample" / f"rows{rows}-seed{seed}"
+    if not (p / "BIAS.md").exists():  # BIAS.md is written last: its presence means a complete set
+        write_sample(p, rows=rows, seed=seed)
+    return p
+
+
+DATASETS = {"messages": "stg_messages", "label_pool": "stg_pool", "corpus": "stg_kb_articles"}
+
+
+def check_row_fate(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, int]]:
+    """Check the accounting contract: per data set, ``row_fate`` rows = parsed rows + rejected rows,
+    and each input row has exactly one fate. Raises ``WorkspaceError`` naming the data set otherwise."""
+    out = {}
+    for dataset, stg in DATASETS.items():
+        if not table_exists(con, stg):
+            continue
+        parsed = con.execute(f'select count(*) from "{stg}"').fetchone()[0]
+        rejected = con.execute("select count(*) from ingest_rejects where table_name = ?", [stg]).fetchone()[0]
+        fates = dict(con.execute("select fate, count(*) from row_fate where dataset = ? group by fate",
+                                 [dataset]).fetchall())
+        distinct = con.execute("select count(distinct source_row_id) from row_fate where dataset = ?",
+                               [dataset]).fetchone()[0]
+        total = sum(fates.values())
+        if total != parsed + rejected or distinct != total:
+            raise WorkspaceError(f"row_fate for {dataset}: {total} fates ({distinct} distinct rows) but "
+                                 f"{parsed} parsed + {rejected} rejected input rows")
+        out[dataset] = {"input_rows": parsed + rejected, **fates}
+    return out
+
+
+def build_spine(con: duckdb.DuckDBPyConnection, raw_dir: str | os.PathLike | None = None, *,
+                rows: int = 600, seed: int = 7, **params: Any) -> None:
+    """Generate (if needed) and ingest the sample data, clean it and split it: the spine in one call.
+
+    ``params`` may set the cleaning (``min_chars``, ``max_chars``) and split parameters."""
+    ingest_sample(con, sample_dir(raw_dir, rows=rows, seed=seed))
     clean(con, **{k: v for k, v in params.items() if k in CLEAN_DEFAULTS})
     split(con, **{k: v for k, v in params.items() if k in SPLIT_DEFAULTS})
 

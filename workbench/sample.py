@@ -283,18 +283,17 @@ def _bad_jsonl_lines(rng: np.random.Generator, k: int) -> list[bytes]:
     return out
 
 
-def _write_csv(path: Path, columns: dict[str, list], rng: np.random.Generator, mess: Mess,
-               chunk: int = 100_000) -> dict[str, int]:
-    n = len(columns["message_id"])
-    bad = 0
+def _write_csv(path: Path, chunks, rng: np.random.Generator, mess: Mess) -> dict[str, int]:
+    """Write column-dict chunks as one CSV (header once), malformed lines after each chunk."""
+    n = bad = 0
     with open(path, "wb") as f:
-        for start in range(0, n, chunk):
-            table = pa.table({k: pa.array(v[start:start + chunk], pa.string()) for k, v in columns.items()})
+        for columns in chunks:
+            table = pa.table({k: pa.array(v, pa.string()) for k, v in columns.items()})
             buf = io.BytesIO()
-            pacsv.write_csv(table, buf, pacsv.WriteOptions(include_header=start == 0, quoting_style="needed"))
+            pacsv.write_csv(table, buf, pacsv.WriteOptions(include_header=n == 0, quoting_style="needed"))
             f.write(buf.getvalue())
-            rows = min(chunk, n - start)
-            k = max(4, int(round(rows * mess.bad_lines_per_100k / 100_000))) if mess.bad_lines_per_100k else 0
+            n += table.num_rows
+            k = max(4, int(round(table.num_rows * mess.bad_lines_per_100k / 100_000))) if mess.bad_lines_per_100k else 0
             lines = _bad_csv_lines(rng, k)
             bad += len(lines)
             f.writelines(lines)
@@ -366,8 +365,11 @@ def write_sample(out: str | Path, rows: int = 3000, seed: int = 7, mess: Mess | 
     n_app = rows * 15 // 100
     n_csv = rows - n_app
     stats = {}
-    cols = _messages(n_csv, rng, 0, mess, customers)
-    stats["messages.csv"] = _write_csv(out / "messages.csv", cols, rng, mess)
+    chunk = 200_000  # generated and written a chunk at a time: millions of rows in bounded memory
+    stats["messages.csv"] = _write_csv(
+        out / "messages.csv",
+        (_messages(min(chunk, n_csv - start), rng, start, mess, customers) for start in range(0, n_csv, chunk)),
+        rng, mess)
     app = _messages(n_app, rng, 500_000_000, mess, customers)
     app["channel"] = ["app"] * n_app
     app["message_id"] = [m.replace("M", "A", 1) for m in app["message_id"]]
@@ -383,7 +385,7 @@ def write_sample(out: str | Path, rows: int = 3000, seed: int = 7, mess: Mess | 
     stats["kb_articles.jsonl"] = _write_jsonl(out / "kb_articles.jsonl", kb_cols, rng, Mess(bad_lines_per_100k=0))
     cust = _customers(customers, rng)
     table = pa.table({k: pa.array(v, pa.string()) for k, v in cust.items()})
-    pacsv.write_csv(table, out / "customers.csv")
+    pacsv.write_csv(table, out / "customers.csv", pacsv.WriteOptions(quoting_style="needed"))
     stats["customers.csv"] = {"rows": len(cust["customer_id"]), "bad_lines": 0}
     (out / "BIAS.md").write_text(_bias_doc(rows, seed, stats))
     return {name: out / name for name in [*stats, "BIAS.md"]}
