@@ -160,3 +160,19 @@ def test_compare_runs(tables):
     assert ev.compare_runs(tables, task="other").empty
     fig = ev.plot_compare_runs(t)
     assert [p.get_height() for p in fig.axes[0].patches] == pytest.approx([0.75, 4 / 6])
+
+
+def test_latest_run(tables, con):
+    assert ev.latest_run(tables) == "r2"  # finished last
+    assert ev.latest_run(tables, "classifier") == "r1"
+    assert ev.latest_run(tables, "cpt") == "r2"  # no run of that kind: the latest of any kind
+    with pytest.raises(ValueError, match="no runs yet"):
+        ev.latest_run(con)
+
+
+def test_plot_group_accuracy(tables):
+    t = ev.group_accuracy(tables, "r1", "region")
+    fig = ev.plot_group_accuracy(t, "region", overall=4 / 6)
+    ax = fig.axes[0]
+    assert [p.get_width() for p in ax.patches] == pytest.approx([1.0, 0.5, 2 / 3])
+    assert [t.get_text() for t in ax.texts] == ["n=1", "n=2", "n=3"]

@@ -167,6 +167,25 @@ def group_accuracy(con: duckdb.DuckDBPyConnection, run_id: str, by: str | Sequen
     return df
 
 
+def plot_group_accuracy(table: pd.DataFrame, column: str, *, overall: float | None = None, title: str = ""):
+    """Horizontal bars of accuracy per group (a ``group_accuracy`` table), each labelled with its n."""
+    from matplotlib.figure import Figure
+
+    t = table.sort_values(column)
+    fig = Figure(figsize=(6, 0.5 * len(t) + 1.2))
+    ax = fig.subplots()
+    bars = ax.barh(t[column].astype(str), t["accuracy"])
+    for bar, n in zip(bars, t["n"]):
+        ax.text(bar.get_width() + 0.01, bar.get_y() + bar.get_height() / 2, f"n={n}", va="center", fontsize=8)
+    if overall is not None:
+        ax.axvline(overall, color="grey", linestyle="--", label=f"all groups {overall:.2f}")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set(xlim=(0, 1.15), xlabel="test accuracy", title=title or f"accuracy by {column}")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
 # --------------------------------------------------------------------------- curves
 
 def metric_curves(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
@@ -227,6 +246,21 @@ def plot_curves(con: duckdb.DuckDBPyConnection, run_id: str | Sequence[str], *, 
 
 
 # --------------------------------------------------------------------------- summaries
+
+def latest_run(con: duckdb.DuckDBPyConnection, kind: str | None = None) -> str:
+    """The most recent completed run (of ``kind`` when given; any kind when it has none) with test predictions."""
+    if not table_exists(con, "runs"):
+        raise ValueError("the workspace has no runs yet: train a model first (notebook 09)")
+    q = """select r.run_id from runs as r
+           where r.status = 'completed' {kind}
+             and exists (select 1 from predictions as p where p.run_id = r.run_id and p.split = 'test')
+           order by r.finished_at desc, r.started_at desc limit 1"""
+    for clause, params in (("and r.kind = ?", [kind]), ("", [])) if kind else (("", []),):
+        row = con.execute(q.format(kind=clause), params).fetchone()
+        if row:
+            return row[0]
+    raise ValueError("no completed run with test predictions in the workspace: train a model first (notebook 09)")
+
 
 def run_results(con: duckdb.DuckDBPyConnection, run_id: str) -> dict:
     """Headline figures of one run: test accuracy, majority baseline, best validation accuracy, steps."""
