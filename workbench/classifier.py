@@ -155,9 +155,11 @@ def _read_splits(con: duckdb.DuckDBPyConnection, cfg: ClassifierConfig, snapshot
     for name in ("validation", "test"):
         unseen = pd.Series([v for v in out[name].labels if v not in set(labels)]).value_counts()
         if len(unseen):
+            subset = (f"; train is a random subset of {cfg.max_train_examples} examples (max_train_examples):"
+                      " raise it" if cfg.max_train_examples else "")
             raise ClassifierError(f"label(s) in the {name} split never seen in train: "
                                   + ", ".join(f"{k!r} ({v} rows)" for k, v in unseen.items())
-                                  + " (the model cannot predict them; fix the split or the labels)")
+                                  + f" (the model cannot predict them; fix the split or the labels{subset})")
     index = {lab: i for i, lab in enumerate(labels)}
     for sp in out.values():
         sp.y = np.array([index[v] for v in sp.labels], dtype=np.int64)
@@ -378,6 +380,8 @@ def _prepare(con, cfg: ClassifierConfig, snapshot: int):
     model, tok = _load(model_name, cfg.tokenizer or model_name, labels, cfg.seed)
     for name, sp in data.items():
         _tokenize(tok, sp, cfg.max_length)
+    if not data["test"].ids:
+        warnings.warn("the test split is empty: the run will report no test accuracy", stacklevel=3)
     truncated = {k: v.truncated for k, v in data.items() if v.truncated}
     if truncated:
         where = ", ".join(f"{n} of {len(data[k].ids)} {k}" for k, n in truncated.items())
@@ -654,3 +658,26 @@ def untrained_predictions(con: duckdb.DuckDBPyConnection, config: ClassifierConf
     idx = _predict_indices(model.to(_device(cfg.device)), tok, texts, _device(cfg.device), cfg.max_length)
     return pd.DataFrame({"example_id": val.ids[:n], "text": texts, "label": val.labels[:n],
                          "prediction": [labels[i] for i in idx]})
+
+
+# --------------------------------------------------------------------------- command line
+
+def add_config_arguments(parser) -> None:
+    """One ``--option`` per ``ClassifierConfig`` field (``--max-train-examples 800``, ``--no-eval-at-start``)."""
+    import argparse
+
+    for f in dataclasses.fields(ClassifierConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"default {f.default}")
+        else:
+            parser.add_argument(flag, dest=f.name, type=type(f.default), default=None, metavar=f.name.upper(),
+                                help=f"default {f.default!r}")
+
+
+def config_from_args(args) -> ClassifierConfig:
+    """The config of ``add_config_arguments`` options: defaults where an option was not given."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(ClassifierConfig)
+             if getattr(args, f.name, None) is not None}
+    return ClassifierConfig(**given)
