@@ -120,7 +120,7 @@ def _cmd_evaluate(args) -> int:
 
     con = connect(args.workspace)
     if args.compare:
-        _print_frame(evaluate.compare_runs(con, kind=args.kind).round(3), args.format)
+        _print_frame(evaluate.compare_runs(con, kind=args.kind, digits=3), args.format)
         return 0
     run_id = args.run_id or evaluate.latest_run(con, args.kind)
     print(evaluate.run_summary(con, run_id))
