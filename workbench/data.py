@@ -222,7 +222,7 @@ def ingest(con: duckdb.DuckDBPyConnection, files: Sequence[str | os.PathLike] | 
         con.execute(f"create or replace temp table wb_part_{i} as "
                     f"select {sql_literal(p.name)} || ':' || source_line as source_row_id, "
                     f"{sql_literal(str(p))} as source_file, * from ({sql})")
-        n = con.execute(f"select count(*) from temp.wb_part_{i}").fetchone()[0]
+        n = con.execute(f"select count(*) from temp.wb_part_{i}").fetchall()[0][0]
         parts.append((i, p, rejects))
         report[str(p)] = {"format": f, "rows": int(n), "rejected": len(rejects)}
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
@@ -234,7 +234,7 @@ def ingest(con: duckdb.DuckDBPyConnection, files: Sequence[str | os.PathLike] | 
             c.execute(f'create or replace table "{table}" as {union}')
             c.execute("delete from ingest_rejects where table_name = ?", [table])
         else:
-            dup = c.execute(f'select count(*) from "{table}" t join ({union}) n using (source_row_id)').fetchone()[0]
+            dup = c.execute(f'select count(*) from "{table}" t join ({union}) n using (source_row_id)').fetchall()[0][0]
             if dup:
                 raise IngestError(f"{table}: {dup} rows of these files were ingested before (same "
                                   "source_row_id); use mode='replace' to reload")
@@ -341,12 +341,12 @@ def check_row_fate(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, int]]:
     for dataset, stg in DATASETS.items():
         if not table_exists(con, stg):
             continue
-        parsed = con.execute(f'select count(*) from "{stg}"').fetchone()[0]
-        rejected = con.execute("select count(*) from ingest_rejects where table_name = ?", [stg]).fetchone()[0]
+        parsed = con.execute(f'select count(*) from "{stg}"').fetchall()[0][0]
+        rejected = con.execute("select count(*) from ingest_rejects where table_name = ?", [stg]).fetchall()[0][0]
         fates = dict(con.execute("select fate, count(*) from row_fate where dataset = ? group by fate",
                                  [dataset]).fetchall())
         distinct = con.execute("select count(distinct source_row_id) from row_fate where dataset = ?",
-                               [dataset]).fetchone()[0]
+                               [dataset]).fetchall()[0][0]
         total = sum(fates.values())
         if total != parsed + rejected or distinct != total:
             raise WorkspaceError(f"row_fate for {dataset}: {total} fates ({distinct} distinct rows) but "
@@ -366,7 +366,7 @@ def build_spine(con: duckdb.DuckDBPyConnection, raw_dir: str | os.PathLike | Non
 
 
 def leakage(con: duckdb.DuckDBPyConnection) -> int:
-    return int(con.execute("select count(*) from split_leakage").fetchone()[0])
+    return int(con.execute("select count(*) from split_leakage").fetchall()[0][0])
 
 
 def fate_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:

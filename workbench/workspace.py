@@ -102,9 +102,35 @@ def catalog_path(path: str | os.PathLike | None = None) -> Path:
     return home(path) / f"{ALIAS}.sqlite"
 
 
+def _ensure_wal(catalog: Path) -> None:
+    """Put the SQLite catalog in WAL mode (persistent, set once per file).
+
+    In SQLite's default rollback-journal mode a reader that has not finished (a half-fetched result,
+    a jupysql result cut at ``displaylimit`` in an idle notebook) blocks every other process's commit.
+    In WAL mode readers never block the writer.
+    """
+    import sqlite3
+
+    def once():
+        c = sqlite3.connect(catalog, timeout=30)
+        try:
+            if c.execute("pragma journal_mode").fetchone()[0].lower() != "wal":
+                c.execute("pragma journal_mode=wal")
+        finally:
+            c.close()
+
+    for attempt in range(50):
+        try:
+            return once()
+        except sqlite3.OperationalError:  # locked by a concurrent first connect: try again
+            time.sleep(0.05 * (attempt + 1))
+    once()
+
+
 def _ensure_created(root: Path) -> None:
     """Create the DuckLake catalog with its data folder on first use (DuckLake stores the path)."""
     if catalog_path(root).exists():
+        _ensure_wal(catalog_path(root))
         return
     (root / "data").mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(config=_config())
@@ -114,6 +140,7 @@ def _ensure_created(root: Path) -> None:
             what="creating the workspace")
     finally:
         con.close()
+    _ensure_wal(catalog_path(root))
 
 
 def connect(path: str | os.PathLike | None = None, *, threads: int | None = None) -> duckdb.DuckDBPyConnection:
@@ -252,11 +279,11 @@ def run_sql_file(con: duckdb.DuckDBPyConnection, name: str | os.PathLike,
 # --------------------------------------------------------------------------- small helpers
 
 def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    # fetchall, not fetchone: a result left half-read keeps a catalog read transaction open
     return bool(con.execute(
-        "select count(*) from duckdb_tables() where database_name = ? and table_name = ?",
-        [ALIAS, name]).fetchone()[0] or con.execute(
-        "select count(*) from duckdb_views() where database_name = ? and view_name = ?",
-        [ALIAS, name]).fetchone()[0])
+        "select (select count(*) from duckdb_tables() where database_name = $db and table_name = $t)"
+        " + (select count(*) from duckdb_views() where database_name = $db and view_name = $t)",
+        {"db": ALIAS, "t": name}).fetchall()[0][0])
 
 
 def snapshot_id(con: duckdb.DuckDBPyConnection) -> int:
@@ -264,7 +291,7 @@ def snapshot_id(con: duckdb.DuckDBPyConnection) -> int:
 
     ``select * from t at (version => N)`` reads a table as it was at that snapshot.
     """
-    return int(con.execute(f"select id from {ALIAS}.current_snapshot()").fetchone()[0])
+    return int(con.execute(f"select id from {ALIAS}.current_snapshot()").fetchall()[0][0])
 
 
 def write_table(con: duckdb.DuckDBPyConnection, name: str, data: Any, *, mode: str = "replace") -> int:
@@ -280,6 +307,6 @@ def write_table(con: duckdb.DuckDBPyConnection, name: str, data: Any, *, mode: s
             else:
                 c.execute(f'insert into "{name}" by name select * from "{view}"')
         transaction(con, body, what=f"writing {name}")
-        return int(con.execute(f'select count(*) from "{view}"').fetchone()[0])
+        return int(con.execute(f'select count(*) from "{view}"').fetchall()[0][0])
     finally:
         con.unregister(view)
