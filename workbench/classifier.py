@@ -120,6 +120,8 @@ def _read_splits(con: duckdb.DuckDBPyConnection, cfg: ClassifierConfig, snapshot
     cols = {r[0] for r in con.execute(
         "select column_name from duckdb_columns() where database_name = ? and table_name = ?",
         [ALIAS, cfg.table]).fetchall()}
+    if "example_id" not in cols:
+        raise ClassifierError(f"table {cfg.table!r} has no column 'example_id' (the key joined to splits)")
     for param in ("text_column", "label_column"):
         if getattr(cfg, param) not in cols:
             raise ClassifierError(f"table {cfg.table!r} has no column {getattr(cfg, param)!r} "
