@@ -5,6 +5,7 @@
     workbench demo-data --rows 5000 --out data/sample
     workbench ingest data/sample/messages.csv --table stg_messages
     workbench label import export.csv --label-set intent --annotator-column annotator
+    workbench train-classifier --epochs 2 --max-train-examples 800 && workbench evaluate
     workbench bias report --table examples --group age_band --label intent
     workbench features search "plan tenure"
 """
@@ -206,6 +207,30 @@ def _cmd_features(args) -> int:
     return 0
 
 
+def _cmd_train_classifier(args) -> int:
+    from .classifier import config_from_args, train_classifier
+    from .workspace import connect
+
+    config = None if args.resume else config_from_args(args)  # a resumed run keeps its stored config
+    result = train_classifier(connect(args.workspace), config, resume_from=args.resume, progress=not args.quiet)
+    print(result.summary())
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from . import evaluate
+    from .workspace import connect
+
+    con = connect(args.workspace)
+    if args.compare:
+        _print_frame(evaluate.compare_runs(con, kind=args.kind, digits=3), args.format)
+        return 0
+    run_id = args.run_id or evaluate.latest_run(con, args.kind)
+    print(evaluate.run_summary(con, run_id))
+    _print_frame(evaluate.class_report(con, run_id, args.split).round(3), args.format)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description=__doc__.split("\n\n")[0])
     p.add_argument("--workspace", help="workspace folder (default: $WORKBENCH_HOME or ./workspace)")
@@ -312,6 +337,23 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in (fl, fq, fw):
         sp.add_argument("--format", choices=["table", "csv", "json"], default="table")
     f.set_defaults(func=_cmd_features)
+
+    from .classifier import add_config_arguments
+
+    tc = sub.add_parser("train-classifier", help="fine-tune a sequence classifier on examples + splits "
+                                                 "(default: the offline MiniLM); see docs/finetune_classifier.md")
+    add_config_arguments(tc)
+    tc.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run from its checkpoint")
+    tc.add_argument("--quiet", action="store_true", help="no progress bar")
+    tc.set_defaults(func=_cmd_train_classifier)
+
+    ev = sub.add_parser("evaluate", help="a run's test accuracy vs the majority baseline and per-class report")
+    ev.add_argument("run_id", nargs="?", help="run id (default: the latest completed run of --kind)")
+    ev.add_argument("--kind", help="classifier, sft, ... (default: any)")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--compare", action="store_true", help="one row per run instead")
+    ev.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    ev.set_defaults(func=_cmd_evaluate)
 
     return p
 
