@@ -149,7 +149,7 @@ def _jsonl(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[str, list[tuple]
         create or replace temp table wb_json_parsed as
         select l.wb_ordinal + coalesce(x.j, 0) as source_line, l.raw_line,
                case when not json_valid(l.raw_line) then 'malformed JSON'
-                    when json_type(l.raw_line::json) <> 'OBJECT' then 'not a JSON object: ' || json_type(l.raw_line::json)
+                    when json_type(l.raw_line) <> 'OBJECT' then 'not a JSON object: ' || json_type(l.raw_line)
                end as reason
         from temp.wb_json_lines l asof left join temp.wb_json_shift x on l.wb_ordinal > x.a
         where trim(l.raw_line) <> ''
@@ -159,12 +159,12 @@ def _jsonl(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[str, list[tuple]
                            "where reason is not null order by source_line").fetchall()
     keys: list[str] = []
     for (key_list,) in con.execute("""
-            select json_keys(raw_line::json) as ks from temp.wb_json_parsed where reason is null
+            select json_keys(raw_line) as ks from temp.wb_json_parsed where reason is null
             group by ks order by min(source_line)""").fetchall():
         keys += [k for k in key_list if k not in keys]
-    cols = ", ".join(f"json_extract_string(raw_line::json, {sql_literal('$.' + _json_path_key(k))}) as \"{k}\""
-                     for k in keys)
-    sql = ("select source_line" + (", " + cols if cols else "")
+    # one parse per line into a struct of VARCHARs (numbers and nested values keep their JSON text)
+    structure = "{" + ", ".join(f"{_json_path_key(k)}: \"VARCHAR\"" for k in keys) + "}"
+    sql = ("select source_line" + (f", unnest(from_json(raw_line, {sql_literal(structure)}))" if keys else "")
            + " from temp.wb_json_parsed where reason is null")
     con.execute("drop table if exists temp.wb_reject_errors; drop table if exists temp.wb_reject_scans")
     return sql, sorted(rejects)
