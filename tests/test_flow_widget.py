@@ -47,7 +47,7 @@ def type_value(widget: w.Widget, value) -> None:
     if isinstance(widget, w.SelectMultiple):
         widget.value = tuple([value] if isinstance(value, str) else value)
     elif isinstance(widget, w.Textarea) and isinstance(value, dict):
-        widget.value = "\n".join(f"{k}: {v}" for k, v in value.items())
+        widget.value = "\n".join(f"{k}: {'null' if v is None else v}" for k, v in value.items())
     elif isinstance(widget, (w.Text, w.Textarea)):
         widget.value = str(value)
     else:

@@ -234,8 +234,9 @@ class FlowBuilder:
         if f.kind == "float" and value is not None:
             return w.FloatText(value=value, description=desc, style=style, layout=lay)
         if f.kind in ("mapping", "rename", "casts"):
-            text = "\n".join(f"{k}: {v}" for k, v in (value or {}).items())
-            return w.Textarea(value=text, description=desc, placeholder="old: new (one per line)", style=style,
+            text = "\n".join(f"{k}: {'null' if v is None else v}" for k, v in (value or {}).items())
+            return w.Textarea(value=text, description=desc, placeholder="old: new (one per line; null: no value)",
+                              style=style,
                               layout=w.Layout(width="420px", height="90px"))
         if f.kind == "template":
             return w.Textarea(value=value or "", description=desc, style=style,
