@@ -413,8 +413,8 @@ def _resample(prev, name, cols, p):
     lab, key, t = qi(p["label"]), qi(p["key"]), p["target"]
     target = {"min": "min(_n)", "max": "max(_n)"}.get(t, str(t))
     copies = ", ".join(f"({i})" for i in range(p["max_copies"]))
-    order = (f"c._copy, md5({lit(str(p['seed']))} || '|' || cast(p.{key} as varchar) || '|' || cast(c._copy as varchar))"
-             + "".join(f", p.{qi(x)}" for x in cols))
+    rank_hash = f"md5({lit(str(p['seed']))} || '|' || cast(p.{key} as varchar) || '|' || cast(c._copy as varchar))"
+    order = f"c._copy, {rank_hash}" + "".join(f", p.{qi(x)}" for x in cols)
     out_cols = [c for c in cols if c != "sample_copy"]
     inner = (f"select\n        {', '.join('p.' + qi(c) for c in out_cols)},\n        c._copy,\n"
              f"        row_number() over (partition by p.{lab} order by {order}) as _rank,\n        t._target\n"
@@ -593,7 +593,8 @@ STEPS: dict[str, StepSpec] = {s.name: s for s in [
         F("bands", "int", 16, min=1, max=64), F("rows_per_band", "int", 4, min=1, max=16),
         F("seed", "int", 42), F("order_by", "columns", help="which row is kept: the first by these columns"),
     ], _near_dedup),
-    StepSpec("mask_pii", "Mask PII", "Replace emails, phone numbers and card-like numbers by <EMAIL>, <PHONE>, <CARD>.", [
+    StepSpec("mask_pii", "Mask PII",
+             "Replace emails, phone numbers and card-like numbers by <EMAIL>, <PHONE>, <CARD>.", [
         F("columns", "columns", required=True), F("emails", "bool", True), F("phones", "bool", True),
         F("cards", "bool", True),
     ], _mask_pii),

@@ -163,7 +163,8 @@ class FlowBuilder:
             if f.required and f.kind in ("column", "columns") and cols:
                 guess = next((c for c in ("text", "intent", "source_row_id") if c in cols), cols[0])
                 if f.name == "key":
-                    guess = self.key.value or next((c for c in ("source_row_id", "example_id", "id") if c in cols), cols[0])
+                    keys = [c for c in ("source_row_id", "example_id", "id") if c in cols] + cols
+                    guess = self.key.value or keys[0]
                 if f.name == "label":
                     guess = next((c for c in ("intent", "label") if c in cols), cols[0])
                 step[f.name] = guess if f.kind == "column" else [guess]

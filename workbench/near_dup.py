@@ -1,6 +1,6 @@
 """Near-duplicate detection in SQL: MinHash signatures, LSH banding, Jaccard verification.
 
-    python -c "from workbench.near_dup import near_dup_ctes; print(near_dup_ctes('t', 'nd', ['id', 'text'], column='text')[-1][1])"
+    python -c "from workbench.near_dup import near_dup_ctes as c; print(c('t', 'nd', ['id', 'text'], column='text'))"
 
 Used by the flow step ``near_dedup`` and by the quality report. Texts are normalized (whitespace
 collapsed, optionally lowercased); identical texts collapse to one ``_tid`` (the position of their
@@ -75,14 +75,17 @@ def near_dup_ctes(prev: str, name: str, cols: list[str], *, column: str, thresho
     ctes.append((f"{n}bands", band_sql))
     if neighbours == 0:
         ctes += [
-            (f"{n}buckets", f"select band, sig, min(_tid) as _first\nfrom {n}bands\ngroup by band, sig\nhaving count(*) > 1"),
-            (f"{n}candidates", f"select distinct\n    b._tid,\n    k._first as _other\nfrom {n}bands as b\n"
-                               f"inner join {n}buckets as k on k.band = b.band and k.sig = b.sig\nwhere k._first < b._tid"),
+            (f"{n}buckets",
+             f"select band, sig, min(_tid) as _first\nfrom {n}bands\ngroup by band, sig\nhaving count(*) > 1"),
+            (f"{n}candidates",
+             f"select distinct\n    b._tid,\n    k._first as _other\nfrom {n}bands as b\n"
+             f"inner join {n}buckets as k on k.band = b.band and k.sig = b.sig\nwhere k._first < b._tid"),
         ]
     else:
         ctes += [
-            (f"{n}buckets", f"select\n    _tid, band, sig,\n    row_number() over (partition by band, sig order by _tid) as _rk\n"
-                            f"from {n}bands"),
+            (f"{n}buckets",
+             f"select\n    _tid, band, sig,\n    row_number() over (partition by band, sig order by _tid) as _rk\n"
+             f"from {n}bands"),
             # Compare with the bucket's first member (offset 0) and the `neighbours` members just before.
             (f"{n}candidates",
              f"select distinct\n    r._tid,\n    o._tid as _other\nfrom {n}buckets as r\n"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import duckdb
 import pandas as pd
 
-from .flow_steps import PII_PATTERNS, normalize_expr, qi
+from .flow_steps import PII_PATTERNS, lit, normalize_expr, qi
 from .near_dup import near_dup_ctes
 from .workspace import table_exists, write_table
 
@@ -92,8 +92,8 @@ def quality_report(con: duckdb.DuckDBPyConnection, table: str, config: QualityCo
     for c, k in zip(text_cols, res[1 + len(cols):]):
         add("blank_count", c, k, "empty or whitespace-only text")
     others = [c for c in cols if c != key]
-    dup = con.execute(f"select count(*) - (select count(*) from (select distinct {', '.join(map(qi, others))} from {t}))"
-                      f" from {t}").fetchone()[0] if others else 0
+    distinct = f"select count(*) from (select distinct {', '.join(map(qi, others))} from {t})"
+    dup = con.execute(f"select count(*) - ({distinct}) from {t}").fetchone()[0] if others else 0
     add("duplicate_rows", None, dup, "rows equal to an earlier row in every column" + (f" but {key}" if key else ""))
     if timings is not None:
         timings["rows, nulls, duplicate rows"] = time.perf_counter() - t0
@@ -105,7 +105,9 @@ def quality_report(con: duckdb.DuckDBPyConnection, table: str, config: QualityCo
             with _timed(timings, "text: duplicates, lengths, outliers"):
                 _text_checks(con, prof, text, key, cfg, add)
             with _timed(timings, "text: pii"):
-                res = con.execute(f"select {', '.join(f'count(*) filter (where _{k}), count(*) filter (where _{k}_masked)' for k in PII_PATTERNS)} from {prof}").fetchone()
+                counts = ", ".join(f"count(*) filter (where _{k}), count(*) filter (where _{k}_masked)"
+                                   for k in PII_PATTERNS)
+                res = con.execute(f"select {counts} from {prof}").fetchone()
                 for i, kind in enumerate(PII_PATTERNS):
                     add(f"pii_{kind}", text, res[2 * i], f"rows with an unmasked {kind[:-1]}; {res[2 * i + 1]} "
                                                           f"rows hold the mask {PII_PATTERNS[kind][0]}")
@@ -146,7 +148,7 @@ def _profile(con, t, prof, text, key, split, cfg) -> None:
         split_col = "_split_"
     else:
         base, split_col = t, "null"
-    pii = [f"regexp_matches({c}, '{pat.replace(chr(39), chr(39) * 2)}') as _{k}, strpos({c}, '{tok}') > 0 as _{k}_masked"
+    pii = [f"regexp_matches({c}, {lit(pat)}) as _{k}, strpos({c}, {lit(tok)}) > 0 as _{k}_masked"
            for k, (tok, pat) in PII_PATTERNS.items()]
     ws = normalize_expr(text)  # whitespace collapsed and trimmed, computed once
     con.execute(f"""create temp table {prof} as
@@ -249,7 +251,8 @@ def latest_report(con: duckdb.DuckDBPyConnection, table: str | None = None) -> p
 
 def summary(report: pd.DataFrame) -> pd.DataFrame:
     """The headline checks of a report (no histogram or per-label rows)."""
-    keep = ~report["check_name"].str.endswith("_hist") & ~report["check_name"].isin(["label_count", "split_count", "null_count"])
+    per_value = ["label_count", "split_count", "null_count"]
+    keep = ~report["check_name"].str.endswith("_hist") & ~report["check_name"].isin(per_value)
     return report.loc[keep, ["check_name", "column_name", "value", "detail"]].reset_index(drop=True)
 
 
