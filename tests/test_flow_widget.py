@@ -162,6 +162,10 @@ def test_open_an_existing_flow_and_file_source(builder, tmp_path):
     b.source.value = FILE_SOURCE
     b.source_file.value = str(csv)
     assert b.source_file.layout.display == "" and list(b.key.options) == ["", "id", "text"]
+    b.source.value = "stg_messages"  # a table again: the file box hides, nothing else does
+    assert b.source_file.layout.display == "none"
+    assert all(x.layout.display in (None, "") for x in (b.name, b.source, b.output, b.key, b.load_menu, b.step_menu))
+    b.source.value = FILE_SOURCE
     while b.steps:
         b.remove_button.click()
     b.step_menu.value = "drop_nulls"

@@ -44,16 +44,18 @@ class FlowBuilder:
         self.last_preview = None                # list[StepResult] of the last Preview
         self._quiet = False                     # True while widgets are filled programmatically
 
-        lay = w.Layout(width="420px")
-        self.name = w.Text(value="my_flow", description="flow name", layout=lay)
-        self.source = w.Dropdown(options=_tables(con) + [FILE_SOURCE], description="source", layout=lay)
-        self.source_file = w.Text(description="file", placeholder="data/sample/messages.csv", layout=lay)
-        self.output = w.Text(description="output table", placeholder="flow_<name>", layout=lay)
-        self.key = w.Dropdown(options=[""], description="row key", layout=lay)
-        self.load_menu = w.Dropdown(options=self._flow_files(), description="open flow", layout=lay)
+        def lay() -> w.Layout:  # one Layout per widget: hiding one (display='none') must not hide the others
+            return w.Layout(width="420px")
+
+        self.name = w.Text(value="my_flow", description="flow name", layout=lay())
+        self.source = w.Dropdown(options=_tables(con) + [FILE_SOURCE], description="source", layout=lay())
+        self.source_file = w.Text(description="file", placeholder="data/sample/messages.csv", layout=lay())
+        self.output = w.Text(description="output table", placeholder="flow_<name>", layout=lay())
+        self.key = w.Dropdown(options=[""], description="row key", layout=lay())
+        self.load_menu = w.Dropdown(options=self._flow_files(), description="open flow", layout=lay())
         self.load_button = w.Button(description="Open", icon="folder-open")
         self.step_menu = w.Dropdown(options=[(s.label, s.name) for s in STEPS.values()], description="step",
-                                    layout=lay)
+                                    layout=lay())
         self.add_button = w.Button(description="Add step", icon="plus", button_style="primary")
         self.steps_list = w.Select(options=[], rows=10, description="steps", layout=w.Layout(width="420px"))
         self.up_button = w.Button(description="Up", icon="arrow-up")
@@ -63,7 +65,7 @@ class FlowBuilder:
         self.form_title = w.HTML()
         self.preview_button = w.Button(description="Preview", icon="eye", button_style="info")
         self.save_button = w.Button(description="Save flow", icon="save")
-        self.sql_file = w.Text(description="SQL file", placeholder="11_flow_<name>.sql", layout=lay)
+        self.sql_file = w.Text(description="SQL file", placeholder="11_flow_<name>.sql", layout=lay())
         self.export_button = w.Button(description="Export SQL", icon="file-code-o")
         self.run_button = w.Button(description="Run", icon="play", button_style="success")
         self.status = w.HTML()
@@ -218,22 +220,25 @@ class FlowBuilder:
     @staticmethod
     def _field_widget(f: Field, value: Any, cols: list[str]) -> w.Widget:
         desc = f.name + (" *" if f.required else "")
-        style, lay = {"description_width": "140px"}, w.Layout(width="420px")
+        style = {"description_width": "140px"}
+
+        def lay() -> w.Layout:
+            return w.Layout(width="420px")
         if f.kind == "column":
             opts = [""] + cols + ([value] if value and value not in cols else [])
-            return w.Dropdown(options=opts, value=value or "", description=desc, style=style, layout=lay)
+            return w.Dropdown(options=opts, value=value or "", description=desc, style=style, layout=lay())
         if f.kind == "columns":
             vals = [value] if isinstance(value, str) else list(value or [])
             return w.SelectMultiple(options=cols + [v for v in vals if v not in cols], value=tuple(vals),
-                                    description=desc, style=style, layout=lay, rows=min(6, max(len(cols), 2)))
+                                    description=desc, style=style, layout=lay(), rows=min(6, max(len(cols), 2)))
         if f.kind == "bool":
             return w.Checkbox(value=bool(value), description=desc, style=style, indent=False)
         if f.kind == "choice":
-            return w.Dropdown(options=list(f.choices), value=value, description=desc, style=style, layout=lay)
+            return w.Dropdown(options=list(f.choices), value=value, description=desc, style=style, layout=lay())
         if f.kind == "int" and value is not None:
-            return w.IntText(value=value, description=desc, style=style, layout=lay)
+            return w.IntText(value=value, description=desc, style=style, layout=lay())
         if f.kind == "float" and value is not None:
-            return w.FloatText(value=value, description=desc, style=style, layout=lay)
+            return w.FloatText(value=value, description=desc, style=style, layout=lay())
         if f.kind in ("mapping", "rename", "casts"):
             text = "\n".join(f"{k}: {'null' if v is None else v}" for k, v in (value or {}).items())
             return w.Textarea(value=text, description=desc, placeholder="old: new (one per line; null: no value)",
@@ -242,7 +247,7 @@ class FlowBuilder:
         if f.kind == "template":
             return w.Textarea(value=value or "", description=desc, style=style,
                               layout=w.Layout(width="620px", height="80px"))
-        return w.Text(value="" if value is None else str(value), description=desc, style=style, layout=lay,
+        return w.Text(value="" if value is None else str(value), description=desc, style=style, layout=lay(),
                       placeholder="(empty)" if f.kind in ("int", "float", "target") else "")
 
     def _field_changed(self, i: int, f: Field, new: Any) -> None:
