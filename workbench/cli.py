@@ -5,6 +5,7 @@
     workbench demo-data --rows 5000 --out data/sample
     workbench ingest data/sample/messages.csv --table stg_messages
     workbench bias report --table examples --group age_band --label intent
+    workbench features search "plan tenure"
 """
 from __future__ import annotations
 
@@ -101,6 +102,36 @@ def _cmd_bias(args) -> int:
     if report.html_path:
         print(f"html: {report.html_path}")
     return 1 if args.fail_on_warning and report.warnings else 0
+def _cmd_features(args) -> int:
+    from . import features as fs
+    from .workspace import connect
+
+    con = connect(args.workspace)
+    try:
+        if args.action == "list":
+            _print_frame(fs.list_groups(con, all_versions=args.all_versions), args.format)
+        elif args.action == "search":
+            _print_frame(fs.search(con, " ".join(args.query), limit=args.limit), args.format)
+        else:
+            lin = fs.lineage(con, args.group, args.version)
+            d = lin["definition"]
+            print(f"{lin['group']} v{lin['version']}  table {lin['table']} (view fs_{lin['group']} = newest)")
+            print(f"  {d['description']}\n  owner: {d['owner'] or '-'}   tags: {', '.join(d['tags']) or '-'}")
+            print(f"  entity keys: {', '.join(d['entity_keys'])}   event time: {d['event_time']}")
+            print("\ncolumns (statistics computed at write time):")
+            _print_frame(fs.describe(con, args.group, args.version), args.format)
+            print("\nvalidation checks:")
+            _print_frame(fs.check_results(con, args.group, args.version), args.format)
+            print("\nversions:")
+            _print_frame(fs.versions(con, args.group), args.format)
+            print(f"\nlineage: reads {', '.join(lin['source_tables']) or '?'} at snapshot {lin['data_snapshot']}"
+                  + (f" (sql/{lin['source_file']})" if lin["source_file"] else "") + "\n" + lin["source_sql"])
+    except fs.FeatureError as exc:
+        print(f"workbench features: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        con.close()
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,6 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--no-html", action="store_true", help="do not write the HTML report")
         q.add_argument("--fail-on-warning", action="store_true", help="exit 1 when the report has warnings")
         q.set_defaults(func=_cmd_bias)
+    f = sub.add_parser("features", help="feature store: list, search and show feature groups")
+    fsub = f.add_subparsers(dest="action", required=True)
+    fl = fsub.add_parser("list", help="feature groups (newest version of each)")
+    fl.add_argument("--all-versions", action="store_true", help="every version, not just the newest")
+    fq = fsub.add_parser("search", help="ranked search over group and feature names, descriptions, tags")
+    fq.add_argument("query", nargs="+")
+    fq.add_argument("--limit", type=int, default=20)
+    fw = fsub.add_parser("show", help="one group: columns, statistics, checks, versions, lineage")
+    fw.add_argument("group")
+    fw.add_argument("--version", type=int, help="default: the newest")
+    for sp in (fl, fq, fw):
+        sp.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    f.set_defaults(func=_cmd_features)
 
     return p
 
