@@ -82,6 +82,50 @@ def _cmd_ingest(args) -> int:
     return 0
 
 
+def _cmd_templates(args) -> int:
+    from . import templates as T
+
+    if args.action in ("list", "search"):
+        found = (T.list_templates(args.task, table=args.table) if args.action == "list"
+                 else T.search(args.text, task=args.task))
+        df = T.catalog(found)
+        if args.format == "table" and len(df):
+            df = df[["id", "name", "task", "task_type", "table", "choices", "description"]]
+        _print_frame(df, args.format)
+        return 0
+    if args.action == "validate":
+        con = None
+        if args.table:
+            from .workspace import connect
+            con = connect(args.workspace)
+        probs = T.validate(con=con, table=args.table, task=args.task)
+        for prob in probs:
+            print(f"error: {prob}", file=sys.stderr)
+        n = len(T.list_templates(args.task, table=None if args.task else args.table))
+        where = f"workspace table {args.table!r}" if args.table else "the documented table contract"
+        print(f"{n} template(s) checked against {where}: "
+              + (f"{len(probs)} problem(s)" if probs else "all valid"))
+        return 1 if probs else 0
+    if args.action == "show":
+        t = T.get(args.id)
+        row = T.SAMPLE_ROWS.get(t.table, [{}])[0]
+        print(f"# {t.label}: task {t.task} ({t.task_type}), table {t.table}, columns {list(t.columns)}")
+        if t.answer_choices:
+            print(f"# answer choices: {list(t.answer_choices)}")
+        for part, text in T.render(t, row).items():
+            if text is not None:
+                print(f"--- {part} (sample row {row.get(t.key)})\n{text}")
+        return 0
+    if args.action == "apply":
+        from .template_sql import apply_templates
+        from .workspace import connect
+        out = apply_templates(connect(args.workspace), args.task or ["intent_classification"], choice=args.choice,
+                              seed=args.seed, limit=args.limit or None)
+        _print_frame(out, "table")
+        return 0
+    raise ValueError(f"unknown templates action {args.action!r}")
+
+
 def _cmd_bias(args) -> int:
     from .bias import BiasConfig
     from .bias_report import data_bias_report, model_bias_report
@@ -164,6 +208,28 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--format", choices=["auto", "csv", "jsonl", "parquet"], default="auto")
     i.add_argument("--mode", choices=["replace", "append"], default="replace")
     i.set_defaults(func=_cmd_ingest)
+
+    t = sub.add_parser("templates", help="the prompt template library: list, search, validate, show, apply")
+    tsub = t.add_subparsers(dest="action", required=True)
+    tl = tsub.add_parser("list", help="list templates")
+    tl.add_argument("--task", help="only this task (e.g. intent_classification)")
+    tl.add_argument("--table", help="only templates over this table")
+    ts = tsub.add_parser("search", help="templates whose id, name, description or text contain every word")
+    ts.add_argument("text")
+    ts.add_argument("--task")
+    for sp in (tl, ts):
+        sp.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    tv = tsub.add_parser("validate", help="check the library (exit 1 on any problem)")
+    tv.add_argument("--table", help="check against this workspace table (default: the documented contract)")
+    tv.add_argument("--task", help="only this task's templates (with --table: applied to that table)")
+    tw = tsub.add_parser("show", help="a template rendered on a built-in sample row")
+    tw.add_argument("id", help="template id or name")
+    ta = tsub.add_parser("apply", help="render templates into sft_examples in the workspace")
+    ta.add_argument("--task", action="append", help="task to render (repeatable; default intent_classification)")
+    ta.add_argument("--choice", default="random", help="'random' (one per row, seeded), 'all', or a template id")
+    ta.add_argument("--seed", type=int, default=7)
+    ta.add_argument("--limit", type=int, default=0, help="source rows per task (0 = all)")
+    t.set_defaults(func=_cmd_templates)
 
     b = sub.add_parser("bias", help="bias reports: data and labels, or a run's predictions")
     bsub = b.add_subparsers(dest="bias_command", required=True)
