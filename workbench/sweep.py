@@ -862,6 +862,7 @@ def plot_trials(con: duckdb.DuckDBPyConnection, sweep_id: str):
         ax.set(xlabel=name, title=name)
     fig.suptitle(f"{sweep_id}: {row['metric']} per trial (blue completed, orange pruned)", fontsize=10)
     fig.tight_layout()
+    plt.close(fig)  # shown once, by display(fig), not again by the inline backend
     return fig
 
 
@@ -887,4 +888,5 @@ def plot_best(con: duckdb.DuckDBPyConnection, sweep_id: str):
     ax.set(ylabel=row["metric"].replace("validation_", ""), ylim=(0, top * 1.18),
            title=f"best trial {row['best_trial']} ({row['best_run_id']})")
     fig.tight_layout()
+    plt.close(fig)
     return fig
