@@ -371,6 +371,14 @@ def _run_trial(sw: _Sweep, trial, cfg, resume_run: str | None, box: dict) -> flo
     """Train one trial; returns its validation metric. ``box['run_id']`` is set as soon as it is known."""
     optuna = _optuna()
     since = _now()
+    done = resume_run and sw.con.execute("select status from runs where run_id = ?", [resume_run]).fetchone()
+    if done and done[0] == "completed":  # finished, but the process stopped before recording it
+        box["run_id"] = resume_run
+        if sw.trainer == "sft":
+            row = sw.con.execute("select value from run_metrics where run_id = ? and split = 'validation' and"
+                                 " metric = ?", [resume_run, f"final_{sw.metric_key}"]).fetchone()
+            return None if row is None else float(row[0])
+        return _validation_value(sw, resume_run)
     if sw.trainer == "sft":
         from . import finetune
 
@@ -393,6 +401,8 @@ def _run_trial(sw: _Sweep, trial, cfg, resume_run: str | None, box: dict) -> flo
     def on_step(step: int) -> None:
         if box.get("run_id") is None:
             box["run_id"] = _claim_run(sw, classifier.KIND, cfg, since)
+            if box["run_id"]:  # known at once: a resumed sweep continues this run after a kill
+                _upsert_trial(sw.con, sw.sweep_id, trial.number, run_id=box["run_id"])
         if sw.deadline is not None and time.monotonic() >= sw.deadline:
             raise _OutOfTime(f"the sweep's time budget ran out at step {step}")
         epoch, at_end = divmod(step, per_epoch)
@@ -414,35 +424,18 @@ def _run_trial(sw: _Sweep, trial, cfg, resume_run: str | None, box: dict) -> flo
     return _validation_value(sw, res.run_id) if sw.metric_key == "loss" else float(res.validation_accuracy)
 
 
-def _scrub_trial_test_rows(con, run_id: str) -> None:
-    """Trials are not tested: ``train_classifier`` and ``train_sft`` still score test at the end of
-    every run (no switch yet: TEST_HOOK); those rows are deleted at once and never read."""
-    transaction(con, lambda c: (
-        c.execute("delete from run_metrics where run_id = ? and split = 'test'", [run_id]),
-        c.execute("delete from predictions where run_id = ? and split = 'test'", [run_id])),
-        what="removing a trial's test rows")
-
-
-def _remove_model(con, run_id: str | None) -> None:
-    if not run_id:
-        return
-    shutil.rmtree(_workspace_root(con) / "models" / run_id, ignore_errors=True)
-    transaction(con, lambda c: c.execute("update runs set model_path = null where run_id = ?", [run_id]),
-                what="forgetting a removed model")
+def _upsert(c, sweep_id: str, number: int, **cols) -> None:
+    if c.execute("select count(*) from sweep_trials where sweep_id = ? and trial = ?", [sweep_id, number]).fetchone()[0]:
+        c.execute(f"update sweep_trials set {', '.join(f'{k} = ?' for k in cols)} where sweep_id = ? and trial = ?",
+                  [*cols.values(), sweep_id, number])
+    else:
+        names = ["sweep_id", "trial", *cols]
+        c.execute(f"insert into sweep_trials ({', '.join(names)}) values ({', '.join('?' * len(names))})",
+                  [sweep_id, number, *cols.values()])
 
 
 def _upsert_trial(con, sweep_id: str, number: int, **cols) -> None:
-    def body(c):
-        if c.execute("select count(*) from sweep_trials where sweep_id = ? and trial = ?",
-                     [sweep_id, number]).fetchone()[0]:
-            sets = ", ".join(f"{k} = ?" for k in cols)
-            c.execute(f"update sweep_trials set {sets} where sweep_id = ? and trial = ?",
-                      [*cols.values(), sweep_id, number])
-        else:
-            names = ["sweep_id", "trial", *cols]
-            c.execute(f"insert into sweep_trials ({', '.join(names)}) values ({', '.join('?' * len(names))})",
-                      [sweep_id, number, *cols.values()])
-    transaction(con, body, what="recording a sweep trial")
+    transaction(con, lambda c: _upsert(c, sweep_id, number, **cols), what="recording a sweep trial")
 
 
 def _best_row(con, sweep_id: str, direction: str, exclude: int | None = None):
@@ -478,23 +471,30 @@ def _execute(sw: _Sweep, study, trial, params: dict, resume_run: str | None, *, 
     except Exception as exc:  # a failing trial is recorded and the sweep goes on
         state, status, err = optuna.trial.TrialState.FAIL, "failed", f"{type(exc).__name__}: {exc}"[:2000]
     run_id = box.get("run_id")
-    if run_id:
-        if status in ("pruned", "stopped"):
-            runs.finish_run(con, run_id, status="interrupted", error=err)
-        _scrub_trial_test_rows(con, run_id)
-        if status != "completed":
-            _remove_model(con, run_id)  # a checkpoint nobody resumes
-    try:
-        study.tell(number, value if status == "completed" else None, state=state, skip_if_finished=True)
-    except RuntimeError as exc:  # GridSampler calls Study.stop() on its last point (the state is stored)
-        if "Study.stop" not in str(exc):
-            raise
+    drop = [run_id] if run_id and status != "completed" else []  # a checkpoint nobody resumes
     if status == "completed" and keep_models == "best":  # at most two saved models at any time
         prev = _best_row(con, sw.sweep_id, sw.direction, exclude=number)
         better = prev is None or (value > prev[3] if sw.direction == "maximize" else value < prev[3])
-        _remove_model(con, prev[1] if better and prev else None if better else run_id)
+        if prev is not None:
+            drop.append(prev[1] if better else run_id)
     row = dict(run_id=run_id, status=status, validation_metric=value, error=err, finished_at=_now())
-    _upsert_trial(con, sw.sweep_id, number, **row)
+
+    def record(c):
+        if run_id:
+            if status in ("pruned", "stopped"):
+                c.execute("update runs set status = 'interrupted', finished_at = ?, error = ? where run_id = ?",
+                          [_now(), err, run_id])
+            # Trials are not tested, but train_classifier / train_sft still score test at the end of
+            # every run (no switch yet: TEST_HOOK): those rows go at once, unread.
+            c.execute("delete from run_metrics where run_id = ? and split = 'test'", [run_id])
+            c.execute("delete from predictions where run_id = ? and split = 'test'", [run_id])
+        for r in drop:
+            c.execute("update runs set model_path = null where run_id = ?", [r])
+        _upsert(c, sw.sweep_id, number, **row)
+    transaction(con, record, what="recording a trial's outcome")
+    for r in drop:
+        shutil.rmtree(_workspace_root(con) / "models" / r, ignore_errors=True)
+    _tell(study, number, value if status == "completed" else None, state)
     row = {"sweep_id": sw.sweep_id, "trial": number, "params": params, **row,
            "seconds": round(time.monotonic() - started, 1)}
     if progress:
@@ -503,6 +503,14 @@ def _execute(sw: _Sweep, study, trial, params: dict, resume_run: str | None, *, 
         print(f"trial {number}: {status:<9} {score}  ({shown}; {row['seconds']}s)", flush=True)
     if on_trial_end is not None:
         on_trial_end(row)
+
+
+def _tell(study, number: int, value: float | None, state) -> None:
+    try:
+        study.tell(number, value, state=state, skip_if_finished=True)
+    except RuntimeError as exc:  # GridSampler calls Study.stop() on its last point (the state is stored)
+        if "Study.stop" not in str(exc):
+            raise
 
 
 def _new_sweep_id() -> str:
@@ -652,14 +660,20 @@ def sweep(search_space: Mapping[str, Any] | None = None, budget: Budget | Mappin
 
     status = "interrupted"
     try:
-        run_of = dict(con.execute("select trial, run_id from sweep_trials where sweep_id = ?", [sweep_id]).fetchall())
-        Running = optuna.trial.TrialState.RUNNING
-        for ft in study.get_trials(deepcopy=False, states=(Running,)):  # left running by a stopped process
+        recorded = {t: (r, st, v) for t, r, st, v in con.execute(
+            "select trial, run_id, status, validation_metric from sweep_trials where sweep_id = ?", [sweep_id]).fetchall()}
+        States = optuna.trial.TrialState
+        final = {"completed": States.COMPLETE, "pruned": States.PRUNED, "failed": States.FAIL, "stopped": States.FAIL}
+        for ft in study.get_trials(deepcopy=False, states=(States.RUNNING,)):  # left running by a stopped process
+            run_id, trial_status, value = recorded.get(ft.number, (None, None, None))
+            if trial_status in final:  # recorded, but the process stopped before telling Optuna
+                _tell(study, ft.number, value if trial_status == "completed" else None, final[trial_status])
+                continue
             if not time_left():
                 break
             st = study_for(ft.number)
             trial = optuna.trial.Trial(st, ft._trial_id)
-            _execute(sw, st, trial, _suggest(trial, space, strategy), run_of.get(ft.number),
+            _execute(sw, st, trial, _suggest(trial, space, strategy), run_id,
                      keep_models=keep_models, progress=progress, on_trial_end=on_trial_end)
         while time_left():
             started = [t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING]
