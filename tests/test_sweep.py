@@ -329,3 +329,49 @@ def test_notebook_runs_a_small_sweep_headless(workspace, tiny_model):
                      for c in nb.cells for o in c.get("outputs", []))
     assert f"test evaluated once, for run {best_run}" in text
     assert sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])) == 2
+
+
+# --------------------------------------------------------------------------- SFT trials
+
+def write_sft_examples(con, n: int = 48) -> None:
+    """Small ``sft_examples`` (intent_classification, choices) and ``splits`` tables per docs/schema.md."""
+    from test_classifier import PHRASES
+
+    labels = sorted(PHRASES)
+    rows, splits = [], []
+    for i in range(n):
+        intent = labels[i % len(labels)]
+        src = f"ex{i:04d}"
+        rows.append({"example_id": f"intent_v1|{src}", "source_row_id": src, "task": "intent_classification",
+                     "template_id": "intent_v1", "prompt": f"Message: {PHRASES[intent][i % 3]}\nIntent:",
+                     "completion": intent, "choices": labels})
+        k = i * 7 % 10
+        splits.append({"example_id": src, "split": "train" if k < 6 else "validation" if k < 8 else "test",
+                       "seed": 0, "batch_id": 1, "assigned_at": pd.Timestamp("2026-01-01")})
+    workbench.write_table(con, "sft_examples", pd.DataFrame(rows))
+    workbench.write_table(con, "splits", pd.DataFrame(splits))
+
+
+@pytest.mark.slow
+def test_sft_sweep_over_lora_and_token_budget(con):
+    pytest.importorskip("workbench.finetune")
+    write_sft_examples(con)
+    fixed = {"epochs": 1, "max_length": 48, "eval_at_start": False, "max_eval_examples": 6, "max_new_tokens": 5,
+             "warmup_steps": 2, "patience": 0, "micro_batch_size": 2}
+    space = {"learning_rate": [3e-3], "lora": [True], "lora_rank": [4, 8], "lora_alpha": [16], "lora_dropout": [0.0],
+             "token_budget": [96, 128]}
+    res = S.sweep(space, 2, metric="validation_choice_accuracy", con=con, strategy="grid", trainer="sft",
+                  config=fixed, progress=False)
+    assert res.status == "completed" and len(res.trials) == 2
+    assert set(res.trials["status"]) == {"completed"}
+    runs_ = con.execute("select run_id, kind, config_json from runs where sweep_id = ?", [res.sweep_id]).df()
+    assert sorted(runs_["run_id"]) == sorted(res.trials["run_id"]) and set(runs_["kind"]) == {"sft"}
+    for _, t in res.trials.iterrows():  # the aliases reached the SFT config: lr, lora_r
+        cfg = json.loads(runs_.set_index("run_id").loc[t["run_id"], "config_json"])
+        assert (cfg["lr"], cfg["lora_r"], cfg["token_budget"], cfg["metric"]) == \
+            (3e-3, t["lora_r"], t["token_budget"], "choice_accuracy")
+    tr = test_rows(con, res.sweep_id)
+    assert set(tr["run_id"]) == {res.best_run_id}  # trials' own test rows are gone; one evaluation remains
+    assert tr.groupby("metric").size().max() == 1 and "choice_accuracy" in set(tr["metric"])
+    assert res.test_metric_name == "test_choice_accuracy"
+    assert res.test_metric == pytest.approx(float(tr.loc[tr["metric"] == "choice_accuracy", "value"].iloc[0]))

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from . import runs
-from .workspace import ALIAS, snapshot_id, table_exists, transaction
+from .workspace import ALIAS, connect, snapshot_id, table_exists, transaction
 
 # The default search space of classifier trials: the knobs that matter most for a small encoder.
 DEFAULT_SEARCH_SPACE: dict[str, Any] = {
@@ -46,11 +46,12 @@ DEFAULT_SEARCH_SPACE: dict[str, Any] = {
     "warmup_ratio": {"low": 0.0, "high": 0.2},                 # share of steps warming up
     "weight_decay": {"low": 0.0, "high": 0.1},                 # AdamW decay
 }
+# ... and of SFT trials (the offline tiny Llama trains from scratch: higher rates than fine-tuning).
 SFT_SEARCH_SPACE: dict[str, Any] = {
-    "lr": {"low": 5e-4, "high": 5e-3, "log": True},
-    "epochs": [2, 4],
-    "token_budget": [256, 512],
-    "warmup_steps": [0, 10],
+    "lr": {"low": 5e-4, "high": 5e-3, "log": True},  # AdamW peak rate
+    "epochs": [2, 4],                                # passes over train
+    "token_budget": [256, 512],                      # tokens per packed row
+    "warmup_steps": [0, 10],                         # linear warmup steps
 }
 STRATEGIES = ("grid", "random", "tpe")
 # Config field that turns a trainer's end-of-run test evaluation off (asked for; used once it exists).
@@ -399,7 +400,8 @@ def _run_trial(sw: _Sweep, trial, cfg, resume_run: str | None, box: dict) -> flo
     per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
 
     def on_step(step: int) -> None:
-        if box.get("run_id") is None:
+        if box.get("run_id") is None and not box.get("looked"):
+            box["looked"] = True  # once: the run row exists before the first step
             box["run_id"] = _claim_run(sw, classifier.KIND, cfg, since)
             if box["run_id"]:  # known at once: a resumed sweep continues this run after a kill
                 _upsert_trial(sw.con, sw.sweep_id, trial.number, run_id=box["run_id"])
@@ -518,9 +520,9 @@ def _new_sweep_id() -> str:
 
 
 def _sweep_row(con, sweep_id: str) -> dict | None:
-    df = con.execute("select * from sweeps where sweep_id = ?", [sweep_id]).df()
-    return None if df.empty else {k: (None if pd.isna(v) else v) if not isinstance(v, (list, dict)) else v
-                                  for k, v in df.iloc[0].to_dict().items()}
+    cur = con.execute("select * from sweeps where sweep_id = ?", [sweep_id])
+    row = cur.fetchone()
+    return None if row is None else dict(zip([d[0] for d in cur.description], row))
 
 
 def sweep(search_space: Mapping[str, Any] | None = None, budget: Budget | Mapping | int | None = 8,
@@ -542,7 +544,7 @@ def sweep(search_space: Mapping[str, Any] | None = None, budget: Budget | Mappin
     ``keep_models``: 'best' removes the saved models of trials that are not the best so far; 'all'.
     """
     # ---- check everything before a row is written
-    con = con if con is not None else __import__("workbench").connect()
+    con = con if con is not None else connect()
     ensure_tables(con)
     row = None
     if sweep_id or resume:
@@ -658,7 +660,7 @@ def sweep(search_space: Mapping[str, Any] | None = None, budget: Budget | Mappin
     def time_left() -> bool:
         return sw.deadline is None or time.monotonic() < sw.deadline
 
-    status = "interrupted"
+    status, error = "interrupted", None
     try:
         recorded = {t: (r, st, v) for t, r, st, v in con.execute(
             "select trial, run_id, status, validation_metric from sweep_trials where sweep_id = ?", [sweep_id]).fetchall()}
@@ -684,17 +686,19 @@ def sweep(search_space: Mapping[str, Any] | None = None, budget: Budget | Mappin
             _execute(sw, st, trial, _suggest(trial, space, strategy), None, keep_models=keep_models,
                      progress=progress, on_trial_end=on_trial_end)
         status = "completed"
+    except Exception as exc:  # a bug or a workspace error, not a trial's failure (those are recorded)
+        status, error = "failed", f"{type(exc).__name__}: {exc}"[:2000]
+        raise
     finally:
         best = _best_row(con, sweep_id, direction)
         n = con.execute("select count(*) from sweep_trials where sweep_id = ?", [sweep_id]).fetchone()[0]
         if status == "completed" and best is None:
-            status = "failed"
+            status, error = "failed", "no trial completed"
         elapsed = elapsed_before + time.monotonic() - t_start
         transaction(con, lambda c: c.execute(
             "update sweeps set status = ?, finished_at = ?, n_trials = ?, best_trial = ?, best_run_id = ?,"
             " best_params_json = ?, best_validation = ?, elapsed_s = ?, error = ? where sweep_id = ?",
-            [status, _now(), n, *(best or (None,) * 4), elapsed,
-             "no trial completed" if status == "failed" else None, sweep_id]), what="finishing a sweep")
+            [status, _now(), n, *(best or (None,) * 4), elapsed, error, sweep_id]), what="finishing a sweep")
     if evaluate_test and best is not None:
         evaluate_best_on_test(con, sweep_id)
     result = load_sweep(con, sweep_id)
