@@ -375,3 +375,22 @@ def test_pretrained_minilm_beats_the_majority_baseline(con):
                           " and metric = 'examples'", [res.run_id]).fetchone()[0]
     assert n_train == 200
     assert res.test_accuracy >= res.majority_baseline + 0.4, res.summary()
+
+
+# --------------------------------------------------------------------------- command line
+
+def test_cli_train_classifier_and_evaluate(con, workspace, tiny_model, capsys):
+    from workbench.cli import main
+
+    write_examples(con)
+    rc = main(["--workspace", str(workspace), "train-classifier", "--model", tiny_model, "--epochs", "2",
+               "--learning-rate", "0.01", "--batch-size", "16", "--threads", "1", "--no-eval-at-start", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "vs majority baseline" in out
+    run_id, cfg = con.execute("select run_id, config_json from runs").fetchone()
+    assert json.loads(cfg)["eval_at_start"] is False and json.loads(cfg)["epochs"] == 2
+    assert main(["--workspace", str(workspace), "evaluate"]) == 0
+    out = capsys.readouterr().out
+    assert f"classifier run {run_id}" in out and "precision" in out
+    assert main(["--workspace", str(workspace), "train-classifier", "--model", tiny_model, "--keep-best", "f1"]) == 2
+    assert "keep_best must be 'accuracy' or 'loss'" in capsys.readouterr().err

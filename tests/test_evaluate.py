@@ -176,3 +176,8 @@ def test_plot_group_accuracy(tables):
     ax = fig.axes[0]
     assert [p.get_width() for p in ax.patches] == pytest.approx([1.0, 0.5, 2 / 3])
     assert [t.get_text() for t in ax.texts] == ["n=1", "n=2", "n=3"]
+
+
+def test_compare_runs_rounds_accuracies(tables):
+    t = ev.compare_runs(tables, ["r1"], digits=2)
+    assert t.loc[0, "test_accuracy"] == 0.67 and t.loc[0, "majority_baseline"] == 0.33

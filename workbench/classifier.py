@@ -60,7 +60,8 @@ class ClassifierConfig:
     eval_every: int = 0               # optimizer steps between validation evaluations; 0 = at each epoch end only
     eval_at_start: bool = True        # evaluate the untrained model at step 0 (the curve's starting point)
     log_every: int = 10               # optimizer steps between train-loss rows in run_metrics
-    patience: int = 2                 # evaluations without improvement before stopping; 0 = never stop early
+    patience: int = 2                 # evaluations without improvement before stopping (also stops at validation
+                                      # accuracy 1.0 when keep_best='accuracy'); 0 = never stop early
     keep_best: str = "accuracy"       # validation metric that picks the final weights: 'accuracy' (max) or 'loss' (min)
     seed: int = 0                     # head init, subset choice, batch order and dropout
     device: str = "auto"              # 'auto' (cuda if present, else cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
@@ -119,6 +120,8 @@ def _read_splits(con: duckdb.DuckDBPyConnection, cfg: ClassifierConfig, snapshot
     cols = {r[0] for r in con.execute(
         "select column_name from duckdb_columns() where database_name = ? and table_name = ?",
         [ALIAS, cfg.table]).fetchall()}
+    if "example_id" not in cols:
+        raise ClassifierError(f"table {cfg.table!r} has no column 'example_id' (the key joined to splits)")
     for param in ("text_column", "label_column"):
         if getattr(cfg, param) not in cols:
             raise ClassifierError(f"table {cfg.table!r} has no column {getattr(cfg, param)!r} "
@@ -154,9 +157,11 @@ def _read_splits(con: duckdb.DuckDBPyConnection, cfg: ClassifierConfig, snapshot
     for name in ("validation", "test"):
         unseen = pd.Series([v for v in out[name].labels if v not in set(labels)]).value_counts()
         if len(unseen):
+            subset = (f"; train is a random subset of {cfg.max_train_examples} examples (max_train_examples):"
+                      " raise it" if cfg.max_train_examples else "")
             raise ClassifierError(f"label(s) in the {name} split never seen in train: "
                                   + ", ".join(f"{k!r} ({v} rows)" for k, v in unseen.items())
-                                  + " (the model cannot predict them; fix the split or the labels)")
+                                  + f" (the model cannot predict them; fix the split or the labels{subset})")
     index = {lab: i for i, lab in enumerate(labels)}
     for sp in out.values():
         sp.y = np.array([index[v] for v in sp.labels], dtype=np.int64)
@@ -377,6 +382,8 @@ def _prepare(con, cfg: ClassifierConfig, snapshot: int):
     model, tok = _load(model_name, cfg.tokenizer or model_name, labels, cfg.seed)
     for name, sp in data.items():
         _tokenize(tok, sp, cfg.max_length)
+    if not data["test"].ids:
+        warnings.warn("the test split is empty: the run will report no test accuracy", stacklevel=3)
     truncated = {k: v.truncated for k, v in data.items() if v.truncated}
     if truncated:
         where = ", ".join(f"{n} of {len(data[k].ids)} {k}" for k, n in truncated.items())
@@ -462,7 +469,7 @@ def _train(con, cfg: ClassifierConfig, snap: int, resume_from: str | None, progr
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _linear_warmup_decay(round(cfg.warmup_ratio * total_steps),
                                                                         total_steps))
     st = {"step": 0, "epoch": 0, "batch": 0, "best_value": None, "best_step": None, "best_state": None,
-          "best_val_acc": None, "best_epoch": None, "bad_evals": 0, "stopped_early": False, "loss_sum": 0.0, "loss_n": 0}
+          "best_val_acc": None, "best_val_pred": None, "best_epoch": None, "bad_evals": 0, "stopped_early": False, "loss_sum": 0.0, "loss_n": 0}
 
     log = _MetricLog(con, run_id, cfg.flush_every_s)
     try:
@@ -481,12 +488,13 @@ def _train(con, cfg: ClassifierConfig, snap: int, resume_from: str | None, progr
                 log.add({"examples": len(sp.ids), "truncated": sp.truncated}, step=0, epoch=0.0, split=name)
 
         def validate(epoch_f: float) -> None:
-            loss, acc, _ = _evaluate(model, tok, val, device, cfg.eval_batch_size)
+            loss, acc, pred = _evaluate(model, tok, val, device, cfg.eval_batch_size)
             log.add({"loss": loss, "accuracy": acc}, step=st["step"], epoch=epoch_f, split="validation")
             log.flush()
             value = acc if cfg.keep_best == "accuracy" else -loss
             if st["best_value"] is None or value > st["best_value"]:
                 st.update(best_value=value, best_step=st["step"], best_val_acc=acc, best_epoch=epoch_f, bad_evals=0,
+                          best_val_pred=pred,
                           best_state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
             else:
                 st["bad_evals"] += 1
@@ -550,7 +558,9 @@ def _train(con, cfg: ClassifierConfig, snap: int, resume_from: str | None, progr
                     st.update(epoch=epoch + 1, batch=0)
                 if evaluate_now:
                     validate(epoch_f)
-                    if cfg.patience and st["bad_evals"] >= cfg.patience:
+                    # no hope left: `patience` evaluations without gain, or a perfect score nothing can beat
+                    perfect = cfg.keep_best == "accuracy" and st["best_val_acc"] >= 1.0
+                    if cfg.patience and (st["bad_evals"] >= cfg.patience or perfect):
                         st["stopped_early"] = True
                     checkpoint()
                 if on_step is not None:
@@ -563,7 +573,7 @@ def _train(con, cfg: ClassifierConfig, snap: int, resume_from: str | None, progr
 
         # ---- test once, with the weights chosen on validation
         model.load_state_dict(st["best_state"])
-        val_loss, val_acc, val_pred = _evaluate(model, tok, val, device, cfg.eval_batch_size)
+        val_acc, val_pred = st["best_val_acc"], st["best_val_pred"]  # from the evaluation that chose them
         test_loss, test_acc, test_pred = _evaluate(model, tok, test, device, cfg.eval_batch_size)
         baseline = majority_baseline(train.labels, test.labels) if test.ids else float("nan")
         runs.log_metrics(con, run_id, {"loss": test_loss, "accuracy": test_acc, "majority_baseline": baseline},
@@ -650,3 +660,26 @@ def untrained_predictions(con: duckdb.DuckDBPyConnection, config: ClassifierConf
     idx = _predict_indices(model.to(_device(cfg.device)), tok, texts, _device(cfg.device), cfg.max_length)
     return pd.DataFrame({"example_id": val.ids[:n], "text": texts, "label": val.labels[:n],
                          "prediction": [labels[i] for i in idx]})
+
+
+# --------------------------------------------------------------------------- command line
+
+def add_config_arguments(parser) -> None:
+    """One ``--option`` per ``ClassifierConfig`` field (``--max-train-examples 800``, ``--no-eval-at-start``)."""
+    import argparse
+
+    for f in dataclasses.fields(ClassifierConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"default {f.default}")
+        else:
+            parser.add_argument(flag, dest=f.name, type=type(f.default), default=None, metavar=f.name.upper(),
+                                help=f"default {f.default!r}")
+
+
+def config_from_args(args) -> ClassifierConfig:
+    """The config of ``add_config_arguments`` options: defaults where an option was not given."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(ClassifierConfig)
+             if getattr(args, f.name, None) is not None}
+    return ClassifierConfig(**given)

@@ -4,6 +4,8 @@
     workbench sql "select * from row_fate limit 5" --format table
     workbench demo-data --rows 5000 --out data/sample
     workbench ingest data/sample/messages.csv --table stg_messages
+    workbench label import export.csv --label-set intent --annotator-column annotator
+    workbench train-classifier --epochs 2 --max-train-examples 800 && workbench evaluate
     workbench bias report --table examples --group age_band --label intent
     workbench features search "plan tenure"
     workbench sweep run --space '{"learning_rate": [1e-4, 3e-4]}' --trials 4
@@ -83,6 +85,33 @@ def _cmd_ingest(args) -> int:
     return 0
 
 
+def _cmd_label(args) -> int:
+    from . import labeling as L
+    from .workspace import connect
+
+    con = connect(args.workspace)
+    if args.label_command == "import":
+        try:
+            report = L.import_labels(
+                con, args.file, label_set=args.label_set, item_column=args.item_column,
+                value_column=args.value_column, annotator_column=None if args.annotator else args.annotator_column,
+                annotator=args.annotator, created_at_column=args.created_at_column,
+                choices=args.choices.split(",") if args.choices else None, pool=args.pool)
+        except L.LabelImportError as exc:
+            print(f"workbench label import: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(report, indent=2))
+    elif args.label_command == "status":
+        L.ensure_tables(con)
+        sets = [args.label_set] if args.label_set else [
+            r[0] for r in con.execute("select label_set from label_sets order by label_set").fetchall()]
+        for ls in sets:
+            print(f"label set {ls}:")
+            _print_frame(L.queue_status(con, ls, L.QueueConfig(pool=args.pool, max_items=args.max_items)), args.format)
+        if not sets:
+            print("(no label sets yet)")
+    else:
+        _print_frame(L.build_labels_final(con), args.format)
 def _cmd_templates(args) -> int:
     from . import templates as T
 
@@ -205,6 +234,30 @@ def _cmd_sweep(args) -> int:
     return 0
 
 
+def _cmd_train_classifier(args) -> int:
+    from .classifier import config_from_args, train_classifier
+    from .workspace import connect
+
+    config = None if args.resume else config_from_args(args)  # a resumed run keeps its stored config
+    result = train_classifier(connect(args.workspace), config, resume_from=args.resume, progress=not args.quiet)
+    print(result.summary())
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from . import evaluate
+    from .workspace import connect
+
+    con = connect(args.workspace)
+    if args.compare:
+        _print_frame(evaluate.compare_runs(con, kind=args.kind, digits=3), args.format)
+        return 0
+    run_id = args.run_id or evaluate.latest_run(con, args.kind)
+    print(evaluate.run_summary(con, run_id))
+    _print_frame(evaluate.class_report(con, run_id, args.split).round(3), args.format)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description=__doc__.split("\n\n")[0])
     p.add_argument("--workspace", help="workspace folder (default: $WORKBENCH_HOME or ./workspace)")
@@ -236,6 +289,28 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--mode", choices=["replace", "append"], default="replace")
     i.set_defaults(func=_cmd_ingest)
 
+    lb = sub.add_parser("label", help="labels: import another tool's export, queue status, build labels_final")
+    lsub = lb.add_subparsers(dest="label_command", required=True)
+    li = lsub.add_parser("import", help="append labels from a CSV/JSONL export (all rows valid, or nothing)")
+    li.add_argument("file")
+    li.add_argument("--label-set", default="intent", help="label set the values belong to (default intent)")
+    li.add_argument("--item-column", default="item_id")
+    li.add_argument("--value-column", default="value")
+    li.add_argument("--annotator-column", default="annotator")
+    li.add_argument("--annotator", help="one annotator name for every row (instead of --annotator-column)")
+    li.add_argument("--created-at-column", help="column with each label's timestamp (default: import time)")
+    li.add_argument("--choices", help="comma-separated allowed values (registers the label set)")
+    li.add_argument("--pool", default="label_pool", help="item ids must exist in this table (when it exists)")
+    ls_ = lsub.add_parser("status", help="per annotator: assigned, done, skipped, remaining")
+    ls_.add_argument("--label-set", help="one label set (default: all)")
+    ls_.add_argument("--pool", default="label_pool")
+    ls_.add_argument("--max-items", type=int, default=60, help="queue size of open queues (as in notebook 03)")
+    lf = lsub.add_parser("final", help="rebuild labels_final from labels (majority vote, adjudication)")
+    for q in (ls_, lf):
+        q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    li.set_defaults(func=_cmd_label)
+    ls_.set_defaults(func=_cmd_label)
+    lf.set_defaults(func=_cmd_label)
     t = sub.add_parser("templates", help="the prompt template library: list, search, validate, show, apply")
     tsub = t.add_subparsers(dest="action", required=True)
     tl = tsub.add_parser("list", help="list templates")
@@ -289,6 +364,23 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in (fl, fq, fw):
         sp.add_argument("--format", choices=["table", "csv", "json"], default="table")
     f.set_defaults(func=_cmd_features)
+
+    from .classifier import add_config_arguments
+
+    tc = sub.add_parser("train-classifier", help="fine-tune a sequence classifier on examples + splits "
+                                                 "(default: the offline MiniLM); see docs/finetune_classifier.md")
+    add_config_arguments(tc)
+    tc.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run from its checkpoint")
+    tc.add_argument("--quiet", action="store_true", help="no progress bar")
+    tc.set_defaults(func=_cmd_train_classifier)
+
+    ev = sub.add_parser("evaluate", help="a run's test accuracy vs the majority baseline and per-class report")
+    ev.add_argument("run_id", nargs="?", help="run id (default: the latest completed run of --kind)")
+    ev.add_argument("--kind", help="classifier, sft, ... (default: any)")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--compare", action="store_true", help="one row per run instead")
+    ev.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    ev.set_defaults(func=_cmd_evaluate)
 
     w = sub.add_parser("sweep", help="hyperparameter sweeps: chosen on validation, test evaluated once")
     wsub = w.add_subparsers(dest="action", required=True)
