@@ -486,8 +486,8 @@ def _execute(sw: _Sweep, study, trial, params: dict, resume_run: str | None, *, 
             if status in ("pruned", "stopped"):
                 c.execute("update runs set status = 'interrupted', finished_at = ?, error = ? where run_id = ?",
                           [_now(), err, run_id])
-            # Trials are not tested, but train_classifier / train_sft still score test at the end of
-            # every run (no switch yet: TEST_HOOK): those rows go at once, unread.
+            # Trials are not tested (the classifier takes evaluate_test=False); a trainer without that
+            # switch still scores test at the end of a run: those rows go at once, unread.
             c.execute("delete from run_metrics where run_id = ? and split = 'test'", [run_id])
             c.execute("delete from predictions where run_id = ? and split = 'test'", [run_id])
         for r in drop:
