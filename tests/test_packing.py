@@ -10,12 +10,19 @@ from workbench.packing import (IGNORE, collate_packed, document_logprobs, docume
                                linear_cross_entropy, pack_rows, plan_epoch, shift_targets, tokenize_example)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on this shared 2-core machine two threads contend badly (10x slower steps)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 @pytest.fixture(scope="module")
 def tokenizer():
-    from workbench.finetune import load_tokenizer_and_model
+    from workbench.finetune import offline_tokenizer
 
-    tok, _, _ = load_tokenizer_and_model("offline:tiny-llama")
-    return tok
+    return offline_tokenizer()
 
 
 def tiny_model(attn="sdpa", vocab=64, seed=0):

