@@ -42,24 +42,17 @@ def _print_frame(df, fmt: str) -> None:
 def _cmd_sql(args) -> int:
     import duckdb
 
-    from .workspace import connect, retry
+    from .workspace import connect, transaction
 
     con = connect(args.workspace)
     text = args.statement if args.statement != "-" else sys.stdin.read()
+
+    def body(c):  # the whole statement list in one transaction: it all lands or none of it
+        res = c.execute(text)
+        return res.df() if res.description else None
+
     try:
-        # Whole statement list in one transaction: it all lands or none of it (retried on races).
-        def once():
-            cur = con.cursor()
-            cur.execute("begin transaction")
-            try:
-                res = cur.execute(text)
-                df = res.df() if res.description else None
-                cur.execute("commit")
-                return df
-            except BaseException:
-                cur.execute("rollback")
-                raise
-        df = retry(once, what="workbench sql")
+        df = transaction(con, body, what="workbench sql")
     except duckdb.Error as exc:
         print(f"workbench sql: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,163 @@
+"""Ingest, cleaning and the row accounting contract, on hand-written messy files and on the sample."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from workbench import data
+from workbench.workspace import WorkspaceError
+
+HEADER = "message_id,customer_id,created_at,channel,region,age_band,text,intent,reply\n"
+
+
+def good(i: int, text: str | None = None, intent: str = "refund", ts: str = "2026-01-05 10:00:00") -> str:
+    text = text if text is not None else f"I want a refund for order {i}"
+    return f'M{i},C1,{ts},email,north,30-44,"{text}",{intent},"We will refund it."\n'
+
+
+def write(path, text: str | bytes):
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+def test_csv_malformed_rows_are_rejected_with_file_line_reason(con, tmp_path):
+    body = (HEADER + good(1) + good(2)
+            + "M3,C1,2026-01-05,email,north\n"                                          # too few columns
+            + good(4)
+            + "M5,C1,2026-01-05,chat,south,18-29,hello,billing,reply,EXTRA\n"            # too many columns
+            + 'M6,C1,2026-01-05,email,north,30-44,"a "stray" quote",refund,ok\n'       # bad quoting
+            + good(7))
+    f = write(tmp_path / "m.csv", body.encode() + b'M8,C1,2026-01-05,email,east,45-64,Caf\xe9,refund,ok\n'
+              + good(9).encode())
+    report = data.ingest(con, [f], table="stg_messages")
+    assert report[str(f)] == {"format": "csv", "rows": 5, "rejected": 4}
+    rej = con.execute("select source_row_id, source_line, reason from ingest_rejects order by source_line").fetchall()
+    assert [r[0] for r in rej] == ["m.csv:4", "m.csv:6", "m.csv:7", "m.csv:9"]
+    reasons = " | ".join(r[2] for r in rej)
+    for expected in ("missing columns", "too many columns", "unterminated quote", "invalid encoding"):
+        assert expected in reasons
+    kept = con.execute("select source_row_id, message_id from stg_messages order by source_line").fetchall()
+    assert kept == [("m.csv:2", "M1"), ("m.csv:3", "M2"), ("m.csv:5", "M4"), ("m.csv:8", "M7"), ("m.csv:10", "M9")]
+
+
+def test_jsonl_malformed_lines_and_invalid_utf8(con, tmp_path):
+    lines = [json.dumps({"message_id": "A1", "text": "hello", "intent": "billing"}).encode(),
+             b'{"message_id": "A2", "text": "trunc',
+             b"",  # blank lines are not rows
+             b'["an", "array"]',
+             b'{"message_id": "A3", "text": "bad \xff bytes"}',
+             json.dumps({"message_id": "A4", "text": "caf\u00e9", "extra": 1}).encode()]
+    f = write(tmp_path / "a.jsonl", b"\n".join(lines) + b"\n")
+    data.ingest(con, [f], table="stg_messages")
+    rej = dict(con.execute("select source_line, reason from ingest_rejects").fetchall())
+    assert set(rej) == {2, 4, 5}
+    assert rej[2] == "malformed JSON" and rej[4].startswith("not a JSON object") and "encoding" in rej[5]
+    rows = con.execute("select source_row_id, message_id, text, extra from stg_messages order by source_line").fetchall()
+    assert rows == [("a.jsonl:1", "A1", "hello", None), ("a.jsonl:6", "A4", "café", "1")]
+
+
+def test_parquet_and_mixed_formats_union_by_name(con, tmp_path):
+    import pandas as pd
+
+    pq = tmp_path / "p.parquet"
+    pd.DataFrame({"message_id": ["P1", "P2"], "text": ["x y z", "a b c"], "n": [1, 2]}).to_parquet(pq)
+    csv = write(tmp_path / "c.csv", HEADER + good(1))
+    data.ingest(con, [csv, pq], table="stg")
+    got = con.execute("select source_row_id, message_id, n from stg order by source_row_id").fetchall()
+    assert got == [("c.csv:2", "M1", None), ("p.parquet:1", "P1", "1"), ("p.parquet:2", "P2", "2")]
+
+
+def test_ingest_errors_name_the_problem(con, tmp_path):
+    with pytest.raises(data.IngestError, match="no such file"):
+        data.ingest(con, [tmp_path / "missing.csv"], table="t")
+    with pytest.raises(data.IngestError, match="cannot tell the format"):
+        data.ingest(con, [write(tmp_path / "x.txt", "a")], table="t")
+    with pytest.raises(data.IngestError, match="no header"):
+        data.ingest(con, [write(tmp_path / "empty.csv", "")], table="t")
+    with pytest.raises(data.IngestError, match="appears twice"):
+        data.ingest(con, [write(tmp_path / "dup.csv", "a,a\n1,2\n")], table="t")
+    (tmp_path / "d").mkdir()
+    with pytest.raises(data.IngestError, match="share a name"):
+        data.ingest(con, [write(tmp_path / "s.csv", "a\n1\n"), write(tmp_path / "d" / "s.csv", "a\n1\n")], table="t")
+    assert not con.execute("select count(*) from duckdb_tables() where table_name = 't'").fetchone()[0]
+
+
+def test_append_refuses_reingesting_the_same_rows(con, tmp_path):
+    f1 = write(tmp_path / "one.csv", HEADER + good(1))
+    f2 = write(tmp_path / "two.csv", HEADER + good(2))
+    data.ingest(con, [f1], table="stg")
+    data.ingest(con, [f2], table="stg", mode="append")
+    assert con.execute("select count(*) from stg").fetchone()[0] == 2
+    with pytest.raises(data.IngestError, match="ingested before"):
+        data.ingest(con, [f1], table="stg", mode="append")
+    assert con.execute("select count(*) from stg").fetchone()[0] == 2
+
+
+def _clean_one_file(con, tmp_path, body: str):
+    data.ingest(con, [write(tmp_path / "m.csv", HEADER + body)], table="stg_messages")
+    for t in ("stg_pool", "stg_kb_articles"):
+        con.execute(f"create table {t} (source_row_id varchar, source_file varchar, source_line bigint, "
+                    + ("message_id varchar, customer_id varchar, created_at varchar, channel varchar, "
+                       "region varchar, age_band varchar, text varchar)" if t == "stg_pool" else
+                       "doc_id varchar, published_at varchar, topic varchar, title varchar, body varchar)"))
+    data.clean(con, min_chars=3, max_chars=80)
+
+
+def test_clean_normalizes_filters_dedups_with_reasons(con, tmp_path):
+    body = (good(1, "I want a refund for order 1", ts="2026-01-05 10:00:00")
+            + good(2, "  I WANT a   refund for\norder 1 ", ts="2026-01-01 09:00:00")  # exact dup (case/space), earlier
+            + good(3, "I want a refund for order 1!!")                                  # near dup: kept by exact dedup
+            + good(4, "")                                                                 # empty
+            + 'M5,C1,2026-01-05,email,north,30-44,,refund,x\n'                           # null text
+            + good(6, "x" * 200)                                                         # too long
+            + good(7, "where is my parcel", intent="")                                   # missing label
+            + good(8, "where is my parcel now", intent=" Shipping ")                     # case/space noise in label
+            + good(9, "hello there", intent="other")                                     # unknown label
+            + good(10, "hello there again", ts="31/02/2026")                             # bad timestamp
+            + good(11, "mail me at jane.doe@example.com or +1 (555) 123-4567, card 4111 1111 1111 1234"))
+    _clean_one_file(con, tmp_path, body)
+    fate = dict(con.execute("select source_row_id, fate || coalesce(': ' || reason, '') from row_fate").fetchall())
+    assert fate["m.csv:3"] == "kept"                      # M2: earliest of the exact duplicates
+    assert fate["m.csv:2"] == "duplicate: duplicate of m.csv:3"
+    assert fate["m.csv:4"] == "kept"
+    assert fate["m.csv:5"] == "filtered: empty text"
+    assert fate["m.csv:6"] == "filtered: empty text"
+    assert fate["m.csv:7"] == "filtered: text longer than 80 chars"
+    assert fate["m.csv:8"] == "filtered: missing intent"
+    assert fate["m.csv:9"] == "kept"
+    assert fate["m.csv:10"] == "filtered: unknown intent: other"
+    assert fate["m.csv:11"] == "filtered: unparseable created_at: 31/02/2026"
+    ex = dict(con.execute("select example_id, text from examples").fetchall())
+    assert ex["m.csv:3"] == "I WANT a refund for order 1"
+    assert ex["m.csv:12"] == "mail me at <EMAIL> or <PHONE>, card <CARD>"
+    assert con.execute("select intent from examples where example_id = 'm.csv:9'").fetchone()[0] == "shipping"
+    assert data.check_row_fate(con)["messages"] == {"input_rows": 11, "kept": 4, "duplicate": 1, "filtered": 6}
+
+
+def test_pii_masking_positive_and_negative(con, tmp_path):
+    cases = {
+        "write to a.b-c@mail.example.org today": "write to <EMAIL> today",
+        "call 555-123-4567 please": "call <PHONE> please",
+        "call (555) 123 4567 please": "call <PHONE> please",
+        "card 4111-1111-1111-1111 expired": "card <CARD> expired",
+        "order #570689 for $232": "order #570689 for $232",          # not PII
+        "error code E12 on 2026-01-05": "error code E12 on 2026-01-05",  # not PII
+    }
+    body = "".join(good(i, t) for i, t in enumerate(cases, 1))
+    _clean_one_file(con, tmp_path, body)
+    got = [r[0] for r in con.execute("select text from int_messages order by message_id").fetchall()]
+    assert got == list(cases.values())
+
+
+def test_row_fate_invariant_on_the_messy_sample(con, tmp_path):
+    data.build_spine(con, rows=400, seed=3)
+    counts = data.check_row_fate(con)
+    m = counts["messages"]
+    assert m["input_rows"] == m["kept"] + m["duplicate"] + m["filtered"] + m["rejected"]
+    assert min(m["duplicate"], m["filtered"], m["rejected"]) > 0  # the sample is messy in every way
+    # tampering with row_fate breaks the contract loudly
+    con.execute("delete from row_fate where fate = 'duplicate' and dataset = 'messages' and source_row_id in "
+                "(select source_row_id from row_fate where fate = 'duplicate' limit 1)")
+    with pytest.raises(WorkspaceError, match="row_fate for messages"):
+        data.check_row_fate(con)

@@ -1,0 +1,64 @@
+"""The headless pipeline: notebooks executed in order with papermill on small parameters."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import workbench
+from workbench import pipeline
+
+
+def test_every_notebook_has_a_parameters_cell_and_no_outputs():
+    steps = pipeline.steps()
+    assert [s.number for s in steps] == sorted(s.number for s in steps)
+    for s in steps:
+        assert "workspace" in s.parameters, s.name
+        nb = json.loads(s.path.read_text())
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "code":
+                assert not cell.get("outputs") and cell.get("execution_count") is None, f"{s.name} has outputs"
+
+
+def test_coerce_parameter_types():
+    assert pipeline.coerce("true", False) is True
+    assert pipeline.coerce("3", 1) == 3 and pipeline.coerce("0.5", 0.1) == 0.5
+    assert pipeline.coerce("[1, 2]", []) == [1, 2]
+    with pytest.raises(ValueError):
+        pipeline.coerce("maybe", True)
+
+
+def test_select_steps():
+    steps = pipeline.steps()
+    assert [s.name for s in pipeline.select(steps, ["02"], None)] == ["02_clean_dedup"]
+    with pytest.raises(pipeline.PipelineError, match="no notebook step matches 99"):
+        pipeline.select(steps, ["99"], None)
+
+
+@pytest.mark.slow
+def test_spine_notebooks_run_headless_and_write_their_tables(workspace):
+    out = pipeline.run({"sample_rows": "400", "split_seed": "3"}, only=["01", "02", "06"], workspace=workspace)
+    assert sorted(p.name for p in out.glob("*.ipynb")) == ["01_ingest_raw.ipynb", "02_clean_dedup.ipynb",
+                                                           "06_split_examples.ipynb"]
+    con = workbench.connect(workspace)
+    for table in ("stg_messages", "ingest_rejects", "examples", "row_fate", "corpus_documents", "label_pool",
+                  "splits", "split_leakage"):
+        assert workbench.table_exists(con, table), table
+    assert con.execute("select count(*) from split_leakage").fetchone()[0] == 0
+    assert con.execute("select count(distinct seed) from splits").fetchone()[0] == 1
+    assert con.execute("select min(seed) from splits").fetchone()[0] == 3
+    # running the split step again assigns nothing new and moves nothing
+    before = con.execute("select example_id, split from splits order by 1").fetchall()
+    pipeline.run({}, only=["06"], workspace=workspace)
+    assert con.execute("select example_id, split from splits order by 1").fetchall() == before
+
+
+def test_every_notebook_parameter_is_documented():
+    from pathlib import Path
+
+    doc = (Path(pipeline.NOTEBOOK_DIR).parent / "docs" / "pipeline.md").read_text()
+    for s in pipeline.steps():
+        assert f"### {s.name}" in doc, f"docs/pipeline.md has no section for {s.name}"
+        section = doc.split(f"### {s.name}", 1)[1].split("\n### ", 1)[0]
+        for name in s.parameters:
+            assert f"`{name}`" in section, f"{s.name}: parameter {name} is not documented in docs/pipeline.md"

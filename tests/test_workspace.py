@@ -1,0 +1,123 @@
+"""The workspace: DuckLake store shared by processes, SQL files, retries, snapshots."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import duckdb
+import pytest
+
+import workbench
+from workbench import workspace as ws
+
+
+def test_connect_creates_lake_and_default_catalog(workspace):
+    con = workbench.connect(workspace)
+    assert (workspace / "wb.sqlite").exists()
+    assert con.execute("select current_database()").fetchone()[0] == "wb"
+    con.execute("create table t as select 1 as a")
+    con.execute("create table big as select range as i from range(20000)")  # small writes may be inlined
+    # a cursor (what jupysql uses per magic) sees the same default catalog
+    assert con.cursor().execute("select a from t").fetchone() == (1,)
+    con.close()
+    # reopening finds the data again (Parquet under data/)
+    assert workbench.connect(workspace).execute("select a from t").fetchone() == (1,)
+    assert any((workspace / "data").rglob("*.parquet"))
+
+
+def test_extensions_come_from_wheels_not_network(workspace):
+    con = workbench.connect(workspace)
+    rows = dict(con.execute(
+        "select extension_name, install_mode from duckdb_extensions() where loaded").fetchall())
+    assert rows["ducklake"] in ("CUSTOM_PATH", "REPOSITORY") and "sqlite_scanner" in rows
+    assert con.execute("select current_setting('autoinstall_known_extensions')").fetchone()[0] is False
+
+
+def test_render_sql_params_and_missing():
+    assert ws.render_sql("select {{a}}, {{ b }}", {"a": 1, "b": "x'y"}) == "select 1, 'x''y'"
+    assert ws.render_sql("select {{flag}}", {"flag": True}) == "select true"
+    with pytest.raises(ws.WorkspaceError, match="missing parameter.*b"):
+        ws.render_sql("select {{a}}, {{b}}", {"a": 1}, source="f.sql")
+
+
+def test_run_sql_file_is_one_transaction(con, tmp_path):
+    bad = tmp_path / "bad.sql"
+    bad.write_text("create table half as select 1 as a;\nselect * from no_such_table;")
+    with pytest.raises(ws.WorkspaceError, match="bad.sql"):
+        ws.run_sql_file(con, bad)
+    assert not ws.table_exists(con, "half")  # nothing half-written
+
+
+def test_sql_file_lookup_by_name():
+    assert ws.sql_path("02_examples").name == "02_examples.sql"
+    assert ws.sql_file_params("06_splits") == ["train_fraction", "validation_fraction", "split_seed",
+                                               "group_key", "stratify"]
+    with pytest.raises(ws.WorkspaceError, match="not found"):
+        ws.sql_path("99_nothing")
+
+
+def test_write_table_replace_and_append(con):
+    import pandas as pd
+
+    assert ws.write_table(con, "t", pd.DataFrame({"a": [1, 2]})) == 2
+    ws.write_table(con, "t", pd.DataFrame({"a": [3]}), mode="append")
+    assert con.execute("select sum(a) from t").fetchone()[0] == 6
+    with pytest.raises(ValueError, match="mode"):
+        ws.write_table(con, "t", pd.DataFrame({"a": [1]}), mode="upsert")
+
+
+def test_snapshot_time_travel(con):
+    con.execute("create table t as select 1 as a")
+    snap = ws.snapshot_id(con)
+    con.execute("insert into t values (2)")
+    assert ws.snapshot_id(con) > snap
+    assert con.execute(f"select count(*) from t at (version => {snap})").fetchone()[0] == 1
+
+
+def test_retry_only_on_races():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise duckdb.TransactionException("Failed to commit: database is locked")
+        return "ok"
+
+    assert ws.retry(flaky) == "ok" and len(calls) == 3
+    with pytest.raises(duckdb.CatalogException):
+        ws.retry(lambda: (_ for _ in ()).throw(duckdb.CatalogException("no table")))
+
+
+WRITER = textwrap.dedent("""
+    import sys, workbench
+    from workbench.workspace import transaction
+    con = workbench.connect(sys.argv[1])
+    who, n = sys.argv[2], int(sys.argv[3])
+    for i in range(n):
+        transaction(con, lambda c: c.execute("insert into events values (?, ?)", [who, i]))
+    print("done", who)
+""")
+
+
+def test_two_processes_write_at_once_without_loss(workspace):
+    con = workbench.connect(workspace)
+    con.execute("create table events (who varchar, i integer)")
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(workspace), who, "60"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for who in ("a", "b")]
+    outs = [p.communicate(timeout=180) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    got = con.execute("select who, count(*), count(distinct i) from events group by who order by who").fetchall()
+    assert got == [("a", 60, 60), ("b", 60, 60)]
+
+
+def test_sqlalchemy_engine_shares_the_workspace(con):
+    import sqlalchemy
+
+    con.execute("create table t as select 42 as answer")
+    eng = ws.sqlalchemy_engine(con)
+    assert sqlalchemy.inspect(eng).get_table_names() == ["t"]
+    with eng.connect() as c:
+        assert c.exec_driver_sql("select answer from t").fetchone()[0] == 42

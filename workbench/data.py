@@ -1,0 +1,373 @@
+"""Data preparation: ingest raw files, clean and deduplicate, split — SQL over the workspace.
+
+    workbench ingest data/sample/messages.csv data/sample/messages_app.jsonl --table stg_messages
+    python -c "import workbench, workbench.data as d; d.build_spine(workbench.connect())"
+
+Ingest never aborts on a malformed row and never drops one silently: each lands in
+``ingest_rejects`` with its file, line and reason. Every parsed row gets a stable ``source_row_id``
+(``'<file name>:<line>'``). Cleaning, dedup and splits are the SQL files in ``sql/`` (one per table),
+run with ``run_sql_file``, so the same SQL runs from a ``%%sql`` cell, headless, and on Spark.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import duckdb
+
+from .workspace import WorkspaceError, run_sql_file, sql_literal, table_exists, transaction
+
+FORMATS = ("csv", "jsonl", "parquet")
+REJECTS_DDL = """
+create table if not exists ingest_rejects (
+    source_row_id varchar,   -- '<file name>:<line>'
+    table_name varchar,      -- the table the row was meant for
+    source_file varchar,     -- full path as given
+    source_line bigint,      -- 1-based line (CSV: the record's line as DuckDB counts records)
+    reason varchar,
+    raw_line varchar,        -- the offending line (invalid bytes replaced)
+    ingested_at timestamp
+)
+"""
+
+
+class IngestError(WorkspaceError):
+    """A file could not be ingested at all (missing, unreadable, unknown format)."""
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    name = str(path).lower()
+    for suffix, fmt in ((".csv", "csv"), (".tsv", "csv"), (".jsonl", "jsonl"), (".ndjson", "jsonl"),
+                        (".json", "jsonl"), (".parquet", "parquet"), (".pq", "parquet")):
+        if name.endswith(suffix) or name.endswith(suffix + ".gz"):
+            return fmt
+    raise IngestError(f"{path}: cannot tell the format from the name; pass --format csv|jsonl|parquet")
+
+
+def _q(path: str | os.PathLike) -> str:
+    return sql_literal(str(path))
+
+
+# ---------------------------------------------------------------------------------------- readers
+# Each reader returns (select SQL of parsed rows, list of reject tuples). Parsed rows carry
+# source_line; every source column is VARCHAR (typing happens in the cleaning SQL, with reasons).
+
+def _csv(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[str, list[tuple]]:
+    """CSV via DuckDB's reader with ``store_rejects``: bad rows go to ``reject_errors``.
+
+    DuckDB numbers CSV records by line (header = line 1). It reports a rejected record's line, and
+    parsed rows come out in file order, so the k-th parsed row's line is ``k + 1`` plus the number of
+    rejected records before it: an ASOF join on the rejects' positions.
+    """
+    delim = "\t" if path.name.lower().endswith((".tsv", ".tsv.gz")) else ","
+    header = _csv_header(path, delim)
+    columns = "{" + ", ".join(f"{sql_literal(c)}: 'VARCHAR'" for c in header) + "}"
+    # No dialect sniffing: one malformed line can make the sniffer pick a wrong dialect for the
+    # whole file. RFC 4180 with the header's columns, every value VARCHAR.
+    opts = (f"auto_detect = false, header = true, columns = {columns}, delim = {sql_literal(delim)}, "
+            "quote = '\"', escape = '\"', store_rejects = true, "
+            "rejects_table = 'wb_reject_errors', rejects_scan = 'wb_reject_scans', "
+            "strict_mode = true, null_padding = false, max_line_size = 4194304, parallel = true")
+    con.execute(f"create or replace temp table wb_csv_rows as "
+                f"select row_number() over () as wb_ordinal, * from read_csv({_q(path)}, {opts})")
+    rej = con.execute(
+        "select distinct line, error_type, error_message, csv_line from temp.wb_reject_errors order by line"
+    ).fetchall()
+    # rejects: several errors can hit one record; keep one row per line with all reasons joined
+    by_line: dict[int, list] = {}
+    for line, etype, msg, raw in rej:
+        entry = by_line.setdefault(int(line), [{}, raw])
+        entry[0].setdefault(etype.lower().replace("_", " "), msg)  # one reason per error type
+    rejects = [(line, "; ".join(f"{t}: {m}" for t, m in sorted(reasons.items())), raw)
+               for line, (reasons, raw) in sorted(by_line.items())]
+    con.execute("create or replace temp table wb_csv_reject_lines (j bigint, a bigint)")
+    if rejects:
+        # a_j = parsed rows before the j-th reject = line_j - 1 (header) - j
+        con.executemany("insert into temp.wb_csv_reject_lines values (?, ?)",
+                        _reject_positions([line for line, _, _ in rejects], first_data_line=2))
+    cols = [r[0] for r in con.execute("describe temp.wb_csv_rows").fetchall() if r[0] != "wb_ordinal"]
+    select = ", ".join(f'r."{c}"' for c in cols)
+    sql = (f"select r.wb_ordinal + 1 + coalesce(x.j, 0) as source_line, {select} "
+           "from temp.wb_csv_rows r asof left join temp.wb_csv_reject_lines x on r.wb_ordinal > x.a")
+    con.execute("drop table if exists temp.wb_reject_errors; drop table if exists temp.wb_reject_scans")
+    return sql, rejects
+
+
+def _reject_positions(lines: list[int], first_data_line: int) -> list[tuple[int, int]]:
+    """``(j, a_j)`` for the sorted rejected lines: ``a_j`` rows were parsed before the j-th reject.
+
+    The k-th parsed row's line is ``k + first_data_line - 1 + max{j : a_j < k}`` (an ASOF join on
+    ``a``). Consecutive rejects share an ``a``; only the last of them (largest j) is kept, since an
+    ASOF join picks any one of equal keys.
+    """
+    by_a: dict[int, int] = {}
+    for j, line in enumerate(sorted(lines), 1):
+        by_a[line - first_data_line - (j - 1)] = j
+    return [(j, a) for a, j in by_a.items()]
+
+
+def _csv_header(path: Path, delim: str) -> list[str]:
+    import csv
+    import gzip
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as f:
+        row = next(csv.reader(f, delimiter=delim), None)
+    if not row or not any(c.strip() for c in row):
+        raise IngestError(f"{path}: line 1: no header row (CSV files need one)")
+    names: list[str] = []
+    for i, c in enumerate(row, 1):
+        name = c.strip().lstrip("\ufeff") or f"column{i}"
+        if name in names:
+            raise IngestError(f"{path}: line 1: column {name!r} appears twice in the header")
+        names.append(name)
+    return names
+
+
+def _jsonl(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[str, list[tuple]]:
+    """JSONL read as lines (so every line has its number), then parsed with DuckDB's JSON functions.
+
+    A line that is not valid UTF-8, not valid JSON, or not a JSON object is a reject with its line.
+    Blank lines are not rows. Columns are the union of the keys of the valid objects, first seen first.
+    """
+    opts = ("columns = {'raw_line': 'VARCHAR'}, header = false, delim = '\\x1e', quote = '', escape = '', "
+            "store_rejects = true, rejects_table = 'wb_reject_errors', rejects_scan = 'wb_reject_scans', "
+            "max_line_size = 4194304, strict_mode = false, parallel = true")
+    con.execute(f"create or replace temp table wb_json_lines as "
+                f"select row_number() over () as wb_ordinal, raw_line from read_csv({_q(path)}, {opts})")
+    bad = con.execute(
+        "select distinct line, error_type, error_message, csv_line from temp.wb_reject_errors order by line"
+    ).fetchall()
+    # lines the reader rejected (invalid UTF-8) are absent from wb_json_lines: shift like CSV
+    shift = _reject_positions([int(line) for line, *_ in bad], first_data_line=1)
+    con.execute("create or replace temp table wb_json_shift (j bigint, a bigint)")
+    if shift:
+        con.executemany("insert into temp.wb_json_shift values (?, ?)", shift)
+    con.execute("""
+        create or replace temp table wb_json_parsed as
+        select l.wb_ordinal + coalesce(x.j, 0) as source_line, l.raw_line,
+               case when not json_valid(l.raw_line) then 'malformed JSON'
+                    when json_type(l.raw_line::json) <> 'OBJECT' then 'not a JSON object: ' || json_type(l.raw_line::json)
+               end as reason
+        from temp.wb_json_lines l asof left join temp.wb_json_shift x on l.wb_ordinal > x.a
+        where trim(l.raw_line) <> ''
+    """)
+    rejects = [(int(line), f"{et.lower().replace('_', ' ')}: {msg}", raw) for line, et, msg, raw in bad]
+    rejects += con.execute("select source_line, reason, raw_line from temp.wb_json_parsed "
+                           "where reason is not null order by source_line").fetchall()
+    keys: list[str] = []
+    for (key_list,) in con.execute("""
+            select json_keys(raw_line::json) as ks from temp.wb_json_parsed where reason is null
+            group by ks order by min(source_line)""").fetchall():
+        keys += [k for k in key_list if k not in keys]
+    cols = ", ".join(f"json_extract_string(raw_line::json, {sql_literal('$.' + _json_path_key(k))}) as \"{k}\""
+                     for k in keys)
+    sql = ("select source_line" + (", " + cols if cols else "")
+           + " from temp.wb_json_parsed where reason is null")
+    con.execute("drop table if exists temp.wb_reject_errors; drop table if exists temp.wb_reject_scans")
+    return sql, sorted(rejects)
+
+
+def _json_path_key(key: str) -> str:
+    return '"' + key.replace('"', '\\"') + '"'
+
+
+def _parquet(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[str, list[tuple]]:
+    cols = [r[0] for r in con.execute(f"describe select * from read_parquet({_q(path)})").fetchall()]
+    select = ", ".join(f'cast("{c}" as varchar) as "{c}"' for c in cols)
+    return f"select file_row_number + 1 as source_line, {select} from read_parquet({_q(path)}, file_row_number = true)", []
+
+
+READERS = {"csv": _csv, "jsonl": _jsonl, "parquet": _parquet}
+
+
+# ---------------------------------------------------------------------------------------- ingest
+
+def ingest(con: duckdb.DuckDBPyConnection, files: Sequence[str | os.PathLike] | str, *, table: str,
+           fmt: str = "auto", mode: str = "replace") -> dict[str, Any]:
+    """Load files into ``table`` (+ ``ingest_rejects``) in one transaction; returns a per-file report.
+
+    ``mode='replace'`` rebuilds the table (and its rejects) from these files; ``'append'`` adds them,
+    refusing a file whose rows are already in the table (same ``source_row_id``).
+    """
+    if isinstance(files, (str, os.PathLike)):
+        files = [files]
+    if not files:
+        raise IngestError("no input files given")
+    if mode not in ("replace", "append"):
+        raise IngestError(f"mode must be 'replace' or 'append', not {mode!r}")
+    if not table.replace("_", "").isalnum():
+        raise IngestError(f"table name {table!r}: use letters, digits and underscores")
+    paths = [Path(f) for f in files]
+    for p in paths:
+        if not p.is_file():
+            raise IngestError(f"{p}: no such file")
+    names = [p.name for p in paths]
+    if len(set(names)) != len(names):
+        raise IngestError(f"two input files share a name ({names}); source_row_id needs unique names")
+    fmts = [detect_format(p) if fmt == "auto" else fmt for p in paths]
+    for p, f in zip(paths, fmts):
+        if f not in FORMATS:
+            raise IngestError(f"{p}: unknown format {f!r} (use one of {FORMATS})")
+
+    # Parse every file first (temp tables, outside the workspace), then write all in one transaction.
+    parts, report = [], {}
+    for i, (p, f) in enumerate(zip(paths, fmts)):
+        try:
+            sql, rejects = READERS[f](con, p)
+        except duckdb.Error as exc:
+            raise IngestError(f"{p}: cannot read as {f}: {exc}") from exc
+        con.execute(f"create or replace temp table wb_part_{i} as "
+                    f"select {sql_literal(p.name)} || ':' || source_line as source_row_id, "
+                    f"{sql_literal(str(p))} as source_file, * from ({sql})")
+        n = con.execute(f"select count(*) from temp.wb_part_{i}").fetchone()[0]
+        parts.append((i, p, rejects))
+        report[str(p)] = {"format": f, "rows": int(n), "rejected": len(rejects)}
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+    def write(c: duckdb.DuckDBPyConnection) -> None:
+        c.execute(REJECTS_DDL)
+        union = " union all by name ".join(f"select * from temp.wb_part_{i}" for i, _, _ in parts)
+        if mode == "replace" or not table_exists(c, table):
+            c.execute(f'create or replace table "{table}" as {union}')
+            c.execute("delete from ingest_rejects where table_name = ?", [table])
+        else:
+            dup = c.execute(f'select count(*) from "{table}" t join ({union}) n using (source_row_id)').fetchone()[0]
+            if dup:
+                raise IngestError(f"{table}: {dup} rows of these files were ingested before (same "
+                                  "source_row_id); use mode='replace' to reload")
+            c.execute(f'insert into "{table}" by name {union}')
+        rows = [(f"{p.name}:{line}", table, str(p), line, reason, _printable(raw), now)
+                for _, p, rejects in parts for line, reason, raw in rejects]
+        if rows:
+            c.executemany("insert into ingest_rejects values (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    try:
+        transaction(con, write, what=f"ingesting into {table}")
+    finally:
+        for i, _, _ in parts:
+            con.execute(f"drop table if exists temp.wb_part_{i}")
+    return report
+
+
+def _printable(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", errors="replace")
+    return str(raw)[:2000]
+
+
+# ---------------------------------------------------------------------------------------- pipeline
+
+SAMPLE_FILES = {  # table -> sample files that feed it
+    "stg_messages": ["messages.csv", "messages_app.jsonl"],
+    "stg_pool": ["unlabeled_pool.jsonl"],
+    "stg_kb_articles": ["kb_articles.jsonl"],
+    "stg_customers": ["customers.csv"],
+}
+
+
+def ingest_sample(con: duckdb.DuckDBPyConnection, sample_dir: str | os.PathLike) -> dict[str, Any]:
+    """Ingest every file of a sample data folder into its staging table."""
+    d = Path(sample_dir)
+    return {table: ingest(con, [d / f for f in files], table=table) for table, files in SAMPLE_FILES.items()}
+
+
+CLEAN_SQL = ["02_int_messages", "02_examples", "02_corpus_documents", "02_label_pool", "02_row_fate"]
+CLEAN_DEFAULTS = {"max_chars": 4000, "min_chars": 3}
+SPLIT_DEFAULTS = {"train_fraction": 0.8, "validation_fraction": 0.1, "split_seed": 42,
+                  "group_key": "", "stratify": True}
+
+
+def clean(con: duckdb.DuckDBPyConnection, **params: Any) -> None:
+    """Run the cleaning SQL files (normalize, filter with reasons, dedup, row accounting)."""
+    p = {**CLEAN_DEFAULTS, **params}
+    for name in CLEAN_SQL:
+        run_sql_file(con, name, p)
+
+
+SPLIT_GROUP_KEYS = ("", "customer_id", "message_id", "channel", "region", "age_band")
+
+
+def split(con: duckdb.DuckDBPyConnection, *, reset: bool = False, **params: Any) -> dict[str, int]:
+    """Assign new examples to train/validation/test (old assignments never move); returns counts.
+
+    ``reset=True`` forgets earlier assignments first (everything is split again)."""
+    unknown = set(params) - set(SPLIT_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown split parameter(s) {sorted(unknown)}; known: {sorted(SPLIT_DEFAULTS)}")
+    p = {**SPLIT_DEFAULTS, **params}
+    if p["group_key"] not in SPLIT_GROUP_KEYS:
+        raise ValueError(f"group_key {p['group_key']!r}: use one of {SPLIT_GROUP_KEYS}")
+    if reset:
+        transaction(con, lambda c: c.execute("drop table if exists splits"), what="resetting splits")
+    tf, vf = float(p["train_fraction"]), float(p["validation_fraction"])
+    if not (0 < tf < 1 and 0 <= vf < 1 and tf + vf <= 1):
+        raise ValueError(f"split fractions train={tf}, validation={vf}: need 0 < train, train + validation <= 1")
+    con.execute("""create table if not exists splits (
+        example_id varchar, split varchar, seed bigint, batch_id bigint, assigned_at timestamp)""")
+    run_sql_file(con, "06_splits", p)
+    run_sql_file(con, "06_split_leakage", {})
+    return dict(con.execute("select split, count(*) from splits group by split order by split").fetchall())
+
+
+def sample_dir(path: str | os.PathLike | None = None, *, rows: int = 3000, seed: int = 7) -> Path:
+    """A folder of raw files: ``path`` if given, else the bundled sample under the workspace
+    (``<workspace>/sample/rows<N>-seed<S>``), generated on first use."""
+    from .sample import write_sample
+    from .workspace import home
+
+    if path:
+        p = Path(path)
+        if not p.is_dir():
+            raise IngestError(f"sample_dir {p}: no such folder")
+        return p
+    p = home() / "sample" / f"rows{rows}-seed{seed}"
+    if not (p / "BIAS.md").exists():  # BIAS.md is written last: its presence means a complete set
+        write_sample(p, rows=rows, seed=seed)
+    return p
+
+
+DATASETS = {"messages": "stg_messages", "label_pool": "stg_pool", "corpus": "stg_kb_articles"}
+
+
+def check_row_fate(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, int]]:
+    """Check the accounting contract: per data set, ``row_fate`` rows = parsed rows + rejected rows,
+    and each input row has exactly one fate. Raises ``WorkspaceError`` naming the data set otherwise."""
+    out = {}
+    for dataset, stg in DATASETS.items():
+        if not table_exists(con, stg):
+            continue
+        parsed = con.execute(f'select count(*) from "{stg}"').fetchone()[0]
+        rejected = con.execute("select count(*) from ingest_rejects where table_name = ?", [stg]).fetchone()[0]
+        fates = dict(con.execute("select fate, count(*) from row_fate where dataset = ? group by fate",
+                                 [dataset]).fetchall())
+        distinct = con.execute("select count(distinct source_row_id) from row_fate where dataset = ?",
+                               [dataset]).fetchone()[0]
+        total = sum(fates.values())
+        if total != parsed + rejected or distinct != total:
+            raise WorkspaceError(f"row_fate for {dataset}: {total} fates ({distinct} distinct rows) but "
+                                 f"{parsed} parsed + {rejected} rejected input rows")
+        out[dataset] = {"input_rows": parsed + rejected, **fates}
+    return out
+
+
+def build_spine(con: duckdb.DuckDBPyConnection, raw_dir: str | os.PathLike | None = None, *,
+                rows: int = 600, seed: int = 7, **params: Any) -> None:
+    """Generate (if needed) and ingest the sample data, clean it and split it: the spine in one call.
+
+    ``params`` may set the cleaning (``min_chars``, ``max_chars``) and split parameters."""
+    ingest_sample(con, sample_dir(raw_dir, rows=rows, seed=seed))
+    clean(con, **{k: v for k, v in params.items() if k in CLEAN_DEFAULTS})
+    split(con, **{k: v for k, v in params.items() if k in SPLIT_DEFAULTS})
+
+
+def leakage(con: duckdb.DuckDBPyConnection) -> int:
+    return int(con.execute("select count(*) from split_leakage").fetchone()[0])
+
+
+def fate_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    return dict(con.execute("select fate, count(*) from row_fate group by fate order by fate").fetchall())
