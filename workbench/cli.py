@@ -4,6 +4,7 @@
     workbench sql "select * from row_fate limit 5" --format table
     workbench demo-data --rows 5000 --out data/sample
     workbench ingest data/sample/messages.csv --table stg_messages
+    workbench bias report --table examples --group age_band --label intent
 """
 from __future__ import annotations
 
@@ -80,6 +81,28 @@ def _cmd_ingest(args) -> int:
     return 0
 
 
+def _cmd_bias(args) -> int:
+    from .bias import BiasConfig
+    from .bias_report import data_bias_report, model_bias_report
+    from .workspace import connect
+
+    con = connect(args.workspace)
+    cfg = BiasConfig(**{k: v for k, v in (("min_group_size", args.min_group_size), ("n_boot", args.n_boot),
+                                          ("dpl_threshold", args.dpl_threshold)) if v is not None})
+    if args.bias_command == "report":
+        reference = json.loads(args.reference) if args.reference else None
+        report = data_bias_report(con, table=args.table, group_cols=args.group, label_col=args.label,
+                                  strata_col=args.strata, reference=reference, config=cfg, html=not args.no_html)
+    else:
+        report = model_bias_report(con, args.run_id, args.group, split=args.split, config=cfg,
+                                   html=not args.no_html)
+    print(report.summary())
+    print(f"bias_metrics rows: {len(report.metrics)} (report_id {report.report_id})")
+    if report.html_path:
+        print(f"html: {report.html_path}")
+    return 1 if args.fail_on_warning and report.warnings else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description=__doc__.split("\n\n")[0])
     p.add_argument("--workspace", help="workspace folder (default: $WORKBENCH_HOME or ./workspace)")
@@ -110,6 +133,25 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--format", choices=["auto", "csv", "jsonl", "parquet"], default="auto")
     i.add_argument("--mode", choices=["replace", "append"], default="replace")
     i.set_defaults(func=_cmd_ingest)
+
+    b = sub.add_parser("bias", help="bias reports: data and labels, or a run's predictions")
+    bsub = b.add_subparsers(dest="bias_command", required=True)
+    br = bsub.add_parser("report", help="representation, label bias and labeling bias of a table")
+    br.add_argument("--table", default="examples")
+    br.add_argument("--label", default="intent", help="label column")
+    br.add_argument("--strata", help="column CDDL conditions on")
+    br.add_argument("--reference", help='expected shares as JSON: \'{"age_band": {"65+": 0.25, ...}}\'')
+    bm = bsub.add_parser("model", help="per-group metrics and parity of a run's predictions (Fairlearn)")
+    bm.add_argument("--run-id", required=True)
+    bm.add_argument("--split", default="test")
+    for q in (br, bm):
+        q.add_argument("--group", action="append", required=True, metavar="COLUMN", help="group column (repeatable)")
+        q.add_argument("--min-group-size", type=int)
+        q.add_argument("--dpl-threshold", type=float)
+        q.add_argument("--n-boot", type=int, help="bootstrap resamples for model intervals")
+        q.add_argument("--no-html", action="store_true", help="do not write the HTML report")
+        q.add_argument("--fail-on-warning", action="store_true", help="exit 1 when the report has warnings")
+        q.set_defaults(func=_cmd_bias)
 
     return p
 
