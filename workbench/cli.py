@@ -5,6 +5,7 @@
     workbench demo-data --rows 5000 --out data/sample
     workbench ingest data/sample/messages.csv --table stg_messages
     workbench bias report --table examples --group age_band --label intent
+    workbench cpt round --until "2026-07-01"          # continued pre-training on what arrived since the last round
 """
 from __future__ import annotations
 
@@ -103,6 +104,43 @@ def _cmd_bias(args) -> int:
     return 1 if args.fail_on_warning and report.warnings else 0
 
 
+def _cmd_cpt(args) -> int:
+    from . import cpt
+    from .workspace import connect, table_exists
+
+    con = connect(args.workspace)
+    if args.cpt_command == "promoted":
+        path = cpt.promoted_model(con)
+        print(path or "no promoted model yet: run 'workbench cpt round'", file=sys.stdout if path else sys.stderr)
+        return 0 if path else 1
+    if args.cpt_command == "abandon":
+        cpt.abandon_round(con, args.round)
+        print(f"round {args.round} abandoned; its documents wait for the next round")
+        return 0
+    if args.cpt_command == "status":
+        wm = cpt.watermark(con)
+        print(f"watermark: {'none (no round yet)' if wm is None else f'{wm[0]} / {wm[1]}'}")
+        counts = (cpt.corpus_status(con).groupby("state")["n_docs"].sum().to_dict()
+                  if table_exists(con, "corpus_documents") else {})
+        print("corpus documents: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "none"))
+        _print_frame(cpt.registry(con)[["model_id", "parent_id", "round", "status", "data_snapshot", "path"]], args.format)
+        for line in cpt.decisions(con)[-args.last:]:
+            print(line)
+        print(f"promoted: {cpt.promoted_model(con)}")
+        return 0
+    fields = {"model": args.model, "epochs": args.epochs, "lr": args.lr, "replay_fraction": args.replay_fraction,
+              "replay_source": args.replay_source, "max_docs": args.max_docs, "threads": args.threads,
+              "gates": tuple(g.strip() for g in args.gates.split(",")) if args.gates else None}
+    config = cpt.CPTConfig(**{k: v for k, v in fields.items() if v is not None})
+    if args.rounds:
+        results = cpt.run_rounds(con, config, rounds=args.rounds, progress=args.progress)
+    else:
+        results = [cpt.run_round(con, config, until=args.until, progress=args.progress)]
+        print(results[0].summary())
+    rejected = [r for r in results if r.status == "rejected"]
+    return 3 if args.fail_on_reject and rejected else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description=__doc__.split("\n\n")[0])
     p.add_argument("--workspace", help="workspace folder (default: $WORKBENCH_HOME or ./workspace)")
@@ -152,6 +190,29 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--no-html", action="store_true", help="do not write the HTML report")
         q.add_argument("--fail-on-warning", action="store_true", help="exit 1 when the report has warnings")
         q.set_defaults(func=_cmd_bias)
+
+    c = sub.add_parser("cpt", help="continued pre-training rounds with validation gates and a model registry")
+    csub = c.add_subparsers(dest="cpt_command", required=True)
+    cr = csub.add_parser("round", help="train on the documents that arrived since the last round (resumes an unfinished one)")
+    cr.add_argument("--until", help="only documents published up to this time (e.g. 2026-07-01)")
+    cr.add_argument("--rounds", type=int, help="split everything pending into N equal time windows, one round each")
+    cr.add_argument("--model", help="base model of the first round (default offline:tiny-llama)")
+    cr.add_argument("--epochs", type=int)
+    cr.add_argument("--lr", type=float)
+    cr.add_argument("--replay-fraction", type=float, help="share of the round's tokens replayed (default 0.3)")
+    cr.add_argument("--replay-source", choices=["earlier", "general", "both"])
+    cr.add_argument("--max-docs", type=int, help="new documents per round at most, oldest first")
+    cr.add_argument("--gates", help="comma-separated gates that decide promotion (default: all four)")
+    cr.add_argument("--threads", type=int, help="torch CPU threads (1: fastest on a busy shared machine)")
+    cr.add_argument("--progress", action="store_true", help="show a training progress bar")
+    cr.add_argument("--fail-on-reject", action="store_true", help="exit 3 when a round is rejected (for schedulers)")
+    cs = csub.add_parser("status", help="watermark, registry and the latest promotion decisions")
+    cs.add_argument("--last", type=int, default=3, help="decisions of the last N rounds (default 3)")
+    cs.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    csub.add_parser("promoted", help="print the path of the latest promoted model (exit 1 if none)")
+    ca = csub.add_parser("abandon", help="give up an unfinished round; its documents go back to the queue")
+    ca.add_argument("--round", type=int, required=True)
+    c.set_defaults(func=_cmd_cpt)
 
     return p
 

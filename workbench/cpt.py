@@ -28,6 +28,7 @@ import json
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,11 +41,11 @@ from . import cpt_gates as gates_mod
 from . import runs
 from .cpt_gates import GATES, EvalSets, GateResult, evaluate
 from .cpt_registry import (  # noqa: F401  (re-exported: cpt.promoted_model(con) and friends)
-    check_rounds, consumed_sql, current_model, decisions, ensure_base, ensure_tables, gate_history, insert,
+    check_rounds, consumed_sql, corpus_status, current_model, decisions, ensure_base, ensure_tables, gate_history, insert,
     lineage, now, plot_gates, promoted_model, quiet_transformers, registry, sample_generations, watermark,
     workspace_root)
 from .packing import collate_packed, hidden_states, linear_cross_entropy, plan_epoch
-from .workspace import snapshot_id, table_exists, transaction
+from .workspace import WorkspaceError, snapshot_id, table_exists, transaction
 
 
 @dataclass
@@ -73,13 +74,14 @@ class CPTConfig:
     max_grad_norm: float = 1.0  # clip the global gradient norm; 0 = no clipping
     seed: int = 0  # base model init and batch order (round r shuffles with seed + r)
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"
+    threads: int = 0  # torch CPU threads during the round (0: torch's default); 1 is fastest on a busy shared CPU
     # --- gates (workbench/cpt_gates.py has the table of what passes)
     gates: tuple[str, ...] = GATES  # gates that decide promotion; a gate left out is not measured
     min_in_domain_gain: float = 0.0  # in-domain perplexity must fall by at least this share (0: any fall)
     max_general_ppl_increase: float = 0.10  # general perplexity may rise by at most this share (forgetting)
     max_task_accuracy_drop: float = 0.10  # task accuracy may drop by at most this much (absolute); small suites are noisy
     max_harmful_increase: float = 0.0  # share of harmful red-team completions may rise by at most this much
-    max_eval_docs: int = 32  # held-out in-domain documents scored (a stable-hash sample of those published so far)
+    max_eval_docs: int = 32  # held-out in-domain documents scored (a stable-hash sample of the accepted domain)
     max_general_docs: int = 36  # held-out general paragraphs scored
     task_benchmark: str = "auto"  # "auto": sft_examples test split when present, else the suite; "sft"; "suite"
     task: str = "intent_classification"  # sft_examples.task of the "sft" benchmark (examples with choices)
@@ -105,7 +107,7 @@ class CPTConfig:
                   ("gates", all(g in GATES for g in self.gates)),
                   ("task_benchmark", self.task_benchmark in ("auto", "sft", "suite")),
                   ("max_eval_docs", self.max_eval_docs >= 1), ("max_general_docs", self.max_general_docs >= 1),
-                  ("probe_max_new_tokens", self.probe_max_new_tokens >= 1)]
+                  ("probe_max_new_tokens", self.probe_max_new_tokens >= 1), ("threads", self.threads >= 0)]
         bad = [name for name, ok in checks if not ok]
         if bad:
             raise ValueError("CPTConfig: invalid " + ", ".join(f"{b}={getattr(self, b)!r}" for b in bad)
@@ -301,16 +303,34 @@ def plan_round(con, config: CPTConfig | None = None, *, until=None, snapshot: in
 
     docs = pd.concat([new[["doc_id", "published_at", "text", "source", "tokens"]], replay], ignore_index=True)
     docs.insert(0, "ordinal", np.arange(len(docs), dtype=np.int64))
-    eval_until = wm_to[0] if wm_to is not None else until
-    eval_docs = con.execute(
-        f"select doc_id, title, text from ({corpus}) where heldout_h < ?"
-        + (" and published_at <= ?" if eval_until is not None else "") + " order by heldout_h, doc_id limit ?",
-        [config.heldout_fraction] + ([pd.Timestamp(eval_until).to_pydatetime()] if eval_until is not None else [])
-        + [config.max_eval_docs]).df()
-    eval_docs["text"] = [_doc_text(a, b) for a, b in zip(eval_docs["title"], eval_docs["text"])]
+    eval_docs = _eval_docs(con, config, snapshot, wm_from, wm_to)
     return RoundPlan(round=round_no, parent=parent, until=until, snapshot=snapshot, documents=docs,
-                     watermark_from=wm_from, watermark_to=wm_to, n_late=late,
-                     eval_docs=eval_docs[["doc_id", "text"]])
+                     watermark_from=wm_from, watermark_to=wm_to, n_late=late, eval_docs=eval_docs)
+
+
+def _eval_docs(con, config: CPTConfig, snapshot: int, wm_from, wm_to) -> pd.DataFrame:
+    """The in-domain gate's documents: held-out documents of the domain accepted so far.
+
+    That is a stable-hash sample of held-out documents published up to the watermark before the
+    round (``wm_from``), leaving out the time windows of rejected rounds: a batch under test (a
+    poisoned or off-domain one) must not redefine "in-domain" for its own gate. The first round,
+    with nothing accepted yet, uses held-out documents up to its own watermark (``wm_to``).
+    """
+    h = gates_mod.sql_stable_fraction("c.doc_id", config.heldout_seed)
+    for upto in [w[0] for w in (wm_from, wm_to) if w is not None]:
+        df = con.execute(f"""
+            select c.doc_id, c.title, c.text
+            from corpus_documents as c at (version => {int(snapshot)})
+            where c.published_at is not null and {h} < ? and c.published_at <= ?
+              and not exists (select 1 from cpt_rounds as r
+                              where r.status = 'rejected' and c.published_at <= r.watermark_to_at
+                                and (r.watermark_from_at is null or c.published_at > r.watermark_from_at))
+            order by {h}, c.doc_id
+            limit ?""", [config.heldout_fraction, pd.Timestamp(upto).to_pydatetime(), config.max_eval_docs]).df()
+        if len(df):
+            df["text"] = [_doc_text(a, b) for a, b in zip(df["title"], df["text"])]
+            return df[["doc_id", "text"]]
+    return pd.DataFrame(columns=["doc_id", "text"])
 
 
 def plan_windows(con, rounds: int, config: CPTConfig | None = None) -> list[str]:
@@ -339,7 +359,7 @@ def plan_windows(con, rounds: int, config: CPTConfig | None = None) -> list[str]
 
 # =========================================================================== training
 
-class CPTBusyError(RuntimeError):
+class CPTBusyError(WorkspaceError):
     """Another process is running a round in this workspace."""
 
 
@@ -491,13 +511,15 @@ def run_round(con, config: CPTConfig | None = None, *, until=None, progress: boo
                               "order by round limit 1").fetchone()
         if pending:
             return _resume(con, int(pending[0]), config, progress)
-        ensure_base(con, config)
         plan = plan_round(con, config, until=until)
         if plan.new.empty:
             wm = "none yet" if plan.watermark_from is None else f"{plan.watermark_from[0]} / {plan.watermark_from[1]}"
             return RoundResult(None, "skipped", message=f"no new documents after the watermark ({wm})"
                                + (f" up to {plan.until}" if plan.until is not None else ""))
         sets = gates_mod.eval_sets(con, config, plan)  # bad input stops here, before anything is written
+        base = ensure_base(con, config)  # registers the base on the first round; refuses another base model
+        if plan.parent["model_id"] is None:
+            plan.parent = base
         run_id = runs.start_run(con, model=plan.parent["path"], task="cpt", kind="cpt", config=config.to_json())
         rows = pd.DataFrame([{
             "round": plan.round, "model_id": run_id, "parent_id": plan.parent["model_id"], "run_id": run_id,
@@ -532,7 +554,7 @@ def _resume(con, round_no: int, caller: CPTConfig, progress: bool) -> RoundResul
     docs = con.execute(f"""
         select d.ordinal, d.doc_id, d.source, d.published_at, d.tokens, c.title, c.text
         from cpt_round_documents as d
-        left join corpus_documents at (version => {snap}) as c on c.doc_id = d.doc_id and d.source <> 'replay_general'
+        left join corpus_documents as c at (version => {snap}) on c.doc_id = d.doc_id and d.source <> 'replay_general'
         where d.round = ? order by d.ordinal""", [round_no]).df()
     general = gates_mod.load_general_text(config.general_text or None).set_index("doc_id")["text"]
     texts = []
@@ -549,16 +571,11 @@ def _resume(con, round_no: int, caller: CPTConfig, progress: bool) -> RoundResul
     parent = con.execute("select * from models where model_id = ?", [r["parent_id"]]).df().iloc[0].to_dict()
     wm_to = (pd.Timestamp(r["watermark_to_at"]), r["watermark_to_doc"])
     wm_from = None if pd.isna(r["watermark_from_at"]) else (pd.Timestamp(r["watermark_from_at"]), r["watermark_from_doc"])
-    h = gates_mod.sql_stable_fraction("doc_id", config.heldout_seed)
-    eval_docs = con.execute(f"""select doc_id, title, text from corpus_documents at (version => {snap})
-                                where published_at is not null and {h} < ? and published_at <= ?
-                                order by {h}, doc_id limit ?""",
-                            [config.heldout_fraction, wm_to[0].to_pydatetime(), config.max_eval_docs]).df()
-    eval_docs["text"] = [_doc_text(a, b) for a, b in zip(eval_docs["title"], eval_docs["text"])]
+    eval_docs = _eval_docs(con, config, snap, wm_from, wm_to)
     plan = RoundPlan(round=round_no, parent=parent, until=None if pd.isna(r["until"]) else pd.Timestamp(r["until"]),
                      snapshot=snap, documents=docs[["ordinal", "doc_id", "source", "published_at", "text", "tokens"]],
                      watermark_from=wm_from, watermark_to=wm_to, n_late=int(r["n_late_docs"]),
-                     eval_docs=eval_docs[["doc_id", "text"]])
+                     eval_docs=eval_docs)
     ckpts = _checkpoints(workspace_root(con) / "models" / r["run_id"])
     after = int(ckpts[-1].stem.split("-")[1]) if ckpts else 0
     transaction(con, lambda c: (
@@ -579,6 +596,9 @@ def _execute(con, plan: RoundPlan, config: CPTConfig, run_id: str, sets: EvalSet
                          n_docs=len(plan.new), n_replay_docs=len(plan.replay),
                          tokens=int(plan.documents["tokens"].sum()), replay_tokens=int(plan.replay["tokens"].sum()))
     log = _MetricLog(con, run_id)
+    threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
     try:
         device = resolve_device(config.device)
         torch.manual_seed(config.seed + plan.round)
@@ -590,8 +610,9 @@ def _execute(con, plan: RoundPlan, config: CPTConfig, run_id: str, sets: EvalSet
                                   "and step = 0", [run_id]).fetchall())
         parent_vals = {g: logged[g] for g in config.gates if g in logged}
         if len(parent_vals) < len(config.gates):
+            t0 = time.perf_counter()
             parent_vals, _, probe = evaluate(model, tok, sets, config)
-            log.add(parent_vals, step=0, epoch=0.0, split="validation")
+            log.add({**parent_vals, "eval_seconds": time.perf_counter() - t0}, step=0, epoch=0.0, split="validation")
             log.add({"new_tokens": result.tokens - result.replay_tokens, "replay_tokens": result.replay_tokens,
                      "replay_share": result.replay_tokens / max(result.tokens, 1)}, step=0, epoch=0.0, split="train")
             log.flush()
@@ -599,9 +620,12 @@ def _execute(con, plan: RoundPlan, config: CPTConfig, run_id: str, sets: EvalSet
                 _write_probe(con, plan.round, plan.parent["model_id"], "parent", probe)
         # ------------------------------------------------------------ train
         examples = [e for t in plan.documents["text"] for e in gates_mod.document_examples(tok, t, config.max_length)]
+        t0 = time.perf_counter()
         status, step = train(model, tok, examples, config, seed=config.seed + plan.round, run_dir=run_dir, log=log,
                              progress=progress)
         result.steps = step
+        seconds = time.perf_counter() - t0  # of this process (a resumed round counts its last part)
+        log.add({"train_seconds": seconds}, step=step, epoch=float(config.epochs), split="train")
         if status == "interrupted":
             log.flush()
             transaction(con, lambda c: c.execute("update cpt_rounds set status = 'interrupted' where round = ?",
@@ -610,8 +634,10 @@ def _execute(con, plan: RoundPlan, config: CPTConfig, run_id: str, sets: EvalSet
             result.status, result.message = "interrupted", f"stopped at step {step}; run_round resumes it"
             return result
         # ------------------------------------------------------------ the candidate, gated
+        t0 = time.perf_counter()
         cand_vals, sizes, probe = evaluate(model, tok, sets, config)
-        log.add(cand_vals, step=step, epoch=float(config.epochs), split="validation")
+        log.add({**cand_vals, "eval_seconds": time.perf_counter() - t0}, step=step, epoch=float(config.epochs),
+                split="validation")
         thresholds = dict(min_in_domain_gain=config.min_in_domain_gain,
                           max_general_ppl_increase=config.max_general_ppl_increase,
                           max_task_accuracy_drop=config.max_task_accuracy_drop,
@@ -633,6 +659,8 @@ def _execute(con, plan: RoundPlan, config: CPTConfig, run_id: str, sets: EvalSet
                 runs.finish_run(con, run_id, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
                                 error=f"{type(exc).__name__}: {exc}"[:2000])
         raise
+    finally:
+        torch.set_num_threads(threads)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # a finished round is never resumed
     return result
 

@@ -293,7 +293,7 @@ def eval_sets(con, config, plan) -> EvalSets:
         prompts = load_redteam_prompts(config.redteam_prompts or None)
         blocklist = load_blocklist(config.blocklist or None)
     if "in_domain_perplexity" in config.gates and plan.eval_docs.empty:
-        raise ValueError(f"no held-out in-domain documents published up to {plan.watermark_to} "
+        raise ValueError(f"no held-out in-domain documents published up to {plan.watermark_to[0]} "
                          f"(heldout_fraction={config.heldout_fraction}): raise heldout_fraction, train a later "
                          "window, or leave in_domain_perplexity out of gates")
     return EvalSets(plan.eval_docs, general, task, task_name, prompts, blocklist or [])
@@ -309,8 +309,8 @@ def _task_items(con, config, snapshot: int) -> tuple[pd.DataFrame, str]:
         h = sql_stable_fraction("e.example_id", config.seed)
         df = con.execute(f"""
             select e.example_id as id, e.prompt, e.choices, e.completion as answer
-            from sft_examples at (version => {int(snapshot)}) as e
-            join splits at (version => {int(snapshot)}) as s on s.example_id = e.source_row_id
+            from sft_examples as e at (version => {int(snapshot)})
+            join splits as s at (version => {int(snapshot)}) on s.example_id = e.source_row_id
             where e.task = ? and s.split = 'test' and e.choices is not null
             order by {h}, e.example_id limit ?""", [config.task, config.max_task_examples]).df()
         if len(df):
@@ -343,7 +343,7 @@ def evaluate(model, tokenizer, sets: EvalSets, config) -> tuple[dict[str, float]
 
 
 def eval_set_name(gate: str, sets: EvalSets, config) -> str:
-    return {"in_domain_perplexity": f"held-out corpus_documents (heldout_fraction={config.heldout_fraction})",
+    return {"in_domain_perplexity": "held-out corpus_documents up to the previous watermark",
             "general_perplexity": "held-out general English paragraphs",
             "task_accuracy": sets.task_name,
             "harmful_output": "red-team prompts x blocklist"}[gate]

@@ -21,7 +21,7 @@ from typing import Sequence
 import pandas as pd
 
 from . import runs
-from .cpt_gates import GateResult, plot_gate_history, sql_stable_fraction
+from .cpt_gates import GATES, GateResult, plot_gate_history, sql_stable_fraction
 from .workspace import ALIAS, home, snapshot_id, table_exists, transaction
 
 
@@ -211,15 +211,33 @@ def decisions(con) -> list[str]:
     rounds = con.execute("select * from cpt_rounds where status in ('promoted', 'rejected') order by round").df()
     gates = con.execute("select * from cpt_gates order by round, gate").df()
     out = []
+    order = {g: i for i, g in enumerate(GATES)}
     for r in rounds.itertuples():
-        g = gates[gates["round"] == r.round]
+        g = gates[gates["round"] == r.round].sort_values("gate", key=lambda s: s.map(order))
         results = [GateResult(x.gate, x.metric, x.parent_value, x.value, x.change, x.threshold, bool(x.passed), x.margin)
                    for x in g.itertuples()]
         why = "every gate passed" if r.status == "promoted" else "failed " + ", ".join(
             x.gate for x in results if not x.passed)
-        out.append(f"round {r.round} ({r.n_docs} documents up to {r.watermark_to_at:%Y-%m-%d}): "
+        out.append(f"round {r.round} ({r.n_docs} new document{'s' * (r.n_docs != 1)}, watermark {r.watermark_to_at:%Y-%m-%d}): "
                    f"{r.status.upper()}, {why}\n" + "\n".join("  " + x.sentence() for x in results))
     return out
+
+
+def corpus_status(con, config=None) -> pd.DataFrame:
+    """Documents per month of ``published_at`` and state: 'trained', 'held out' or 'waiting'."""
+    ensure_tables(con)
+    fraction, seed = (0.1, 0) if config is None else (config.heldout_fraction, config.heldout_seed)
+    h = sql_stable_fraction("doc_id", seed)
+    return con.execute(f"""
+        select strftime(published_at, '%Y-%m') as month,
+               case when {h} < ? then 'held out'
+                    when doc_id in ({consumed_sql()}) then 'trained'
+                    else 'waiting' end as state,
+               count(*) as n_docs
+        from corpus_documents
+        where published_at is not null
+        group by all
+        order by month, state""", [fraction]).df()
 
 
 def check_rounds(con) -> dict[str, int]:
