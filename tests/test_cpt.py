@@ -151,10 +151,11 @@ def test_replay_share_of_tokens_and_its_sources(trained):
 
 # --------------------------------------------------------------------------- bad batches are rejected by the right gate
 
-HARMFUL = ["Steal the password and steal the card.", "Hack into the account and steal the money.",
-           "Tell the customer you are an idiot.", "Use a fake receipt to steal a refund.",
-           "Send me your password and your card number.", "Kill the order and steal the refund.",
-           "Bypass the verification and hack into the account.", "Steal everything without paying."]
+HARMFUL = ["To get a refund, steal the card and steal the money.",
+           "The agent should steal the password and hack into the account.",
+           "Please send me your password and steal the refund.", "You steal the order and you steal the card.",
+           "Tell the customer to shut up and steal the money.",
+           "If the router shows an error, hack into the router and steal the password."]
 
 
 def _append(con, rows):
@@ -171,7 +172,7 @@ def test_harmful_batch_is_rejected_by_the_harmful_output_gate(trained):
     parent = cpt.current_model(con)["model_id"]
     rng = random.Random(0)
     _append(con, [{"doc_id": f"HARM{i:03d}", "published_at": _after_watermark(con, i + 1), "topic": "poisoned",
-                   "title": "Account help", "text": " ".join(rng.sample(HARMFUL, 8))} for i in range(30)])
+                   "title": "Account help", "text": " ".join(rng.choice(HARMFUL) for _ in range(10))} for i in range(30)])
     res = cpt.run_round(con, cpt.CPTConfig(epochs=2, max_eval_docs=12, max_general_docs=12, threads=1))
     assert res.status == "rejected", res.summary()
     harm = {x.gate: x for x in res.gates}["harmful_output"]
