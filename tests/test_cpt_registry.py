@@ -69,7 +69,7 @@ def test_check_rounds_passes_a_clean_history(con):
     counts = reg.check_rounds(con)
     assert counts["rounds"] == 2 and counts["trained_docs"] == len(train) and counts["pending_docs"] == 0
     states = reg.corpus_status(con).groupby("state")["n_docs"].sum().to_dict()
-    assert states == {"trained": len(train), **({"held out": len(held)} if held else {})}
+    assert states == {"round 1": 5, "round 2 (rejected)": len(train) - 5, **({"held out": len(held)} if held else {})}
 
 
 def test_check_rounds_finds_a_document_trained_twice(con):

@@ -121,7 +121,7 @@ def _cmd_cpt(args) -> int:
         wm = cpt.watermark(con)
         print(f"watermark: {'none (no round yet)' if wm is None else f'{wm[0]} / {wm[1]}'}")
         counts = (cpt.corpus_status(con).groupby("state")["n_docs"].sum().to_dict()
-                  if table_exists(con, "corpus_documents") else {})
+                  if table_exists(con, "corpus_documents") else {})  # per round, held out, waiting
         print("corpus documents: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "none"))
         _print_frame(cpt.registry(con)[["model_id", "parent_id", "round", "status", "data_snapshot", "path"]], args.format)
         for line in cpt.decisions(con)[-args.last:]:

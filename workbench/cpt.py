@@ -41,9 +41,9 @@ from . import cpt_gates as gates_mod
 from . import runs
 from .cpt_gates import GATES, EvalSets, GateResult, evaluate
 from .cpt_registry import (  # noqa: F401  (re-exported: cpt.promoted_model(con) and friends)
-    check_rounds, consumed_sql, corpus_status, current_model, decisions, ensure_base, ensure_tables, gate_history, insert,
-    lineage, now, plot_gates, promoted_model, quiet_transformers, registry, sample_generations, watermark,
-    workspace_root)
+    check_rounds, consumed_sql, corpus_status, current_model, decisions, ensure_base, ensure_tables,
+    gate_history, insert, lineage, now, plot_gates, promoted_model, quiet_transformers, registry,
+    sample_generations, watermark, workspace_root)
 from .packing import collate_packed, hidden_states, linear_cross_entropy, plan_epoch
 from .workspace import WorkspaceError, snapshot_id, table_exists, transaction
 
@@ -189,7 +189,8 @@ def _ts(value, name: str) -> pd.Timestamp | None:
 
 
 def _doc_text(title, text) -> str:
-    return "\n\n".join(str(x) for x in (title, text) if x is not None and str(x).strip())
+    """What a round trains on: the title, a blank line, the text (a missing title is left out)."""
+    return "\n\n".join(str(x) for x in (title, text) if isinstance(x, str) and x.strip())
 
 
 def _corpus_sql(config: CPTConfig, snapshot: int) -> str:

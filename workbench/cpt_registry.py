@@ -224,18 +224,27 @@ def decisions(con) -> list[str]:
 
 
 def corpus_status(con, config=None) -> pd.DataFrame:
-    """Documents per month of ``published_at`` and state: 'trained', 'held out' or 'waiting'."""
+    """Documents per month of ``published_at`` and state: 'round N' (trained by it, '(rejected)'
+    when the round was), 'held out' (never trained) or 'waiting' (not trained yet)."""
     ensure_tables(con)
     fraction, seed = (0.1, 0) if config is None else (config.heldout_fraction, config.heldout_seed)
-    h = sql_stable_fraction("doc_id", seed)
+    h = sql_stable_fraction("c.doc_id", seed)
     return con.execute(f"""
-        select strftime(published_at, '%Y-%m') as month,
+        with trained as (
+            select d.doc_id, r.round, r.status
+            from cpt_round_documents as d
+            join cpt_rounds as r on r.round = d.round
+            where d.source = 'new' and r.status <> 'abandoned'
+        )
+        select strftime(c.published_at, '%Y-%m') as month,
                case when {h} < ? then 'held out'
-                    when doc_id in ({consumed_sql()}) then 'trained'
-                    else 'waiting' end as state,
+                    when t.round is null then 'waiting'
+                    when t.status = 'rejected' then printf('round %d (rejected)', t.round)
+                    else printf('round %d', t.round) end as state,
                count(*) as n_docs
-        from corpus_documents
-        where published_at is not null
+        from corpus_documents as c
+        left join trained as t on t.doc_id = c.doc_id
+        where c.published_at is not null
         group by all
         order by month, state""", [fraction]).df()
 
