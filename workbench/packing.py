@@ -226,16 +226,25 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for s in range(0, hidden.shape[0], chunk):
             h, y = hidden[s:s + chunk], targets[s:s + chunk]
             logits = (h @ weight.T).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
-            g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            picked = logits.gather(1, y[:, None]).squeeze(1)
+            top = logits.amax(dim=-1, keepdim=True)
+            e = logits.sub_(top).exp_()  # in place: one chunk of logits alive, 5 passes over it in all
+            z = e.sum(dim=-1, keepdim=True)
+            total += (top.squeeze(1) + z.log().squeeze(1) - picked).sum()
+            if not (need_h or need_w):
+                continue
+            g = e.div_(z)  # softmax
             g[torch.arange(len(y), device=g.device), y] -= 1.0
             g = g.to(hidden.dtype)
             if need_h:
                 grad_h[s:s + chunk] = g @ weight
             if need_w:
-                gw = (g.T @ h).float()
-                grad_w = gw if grad_w is None else grad_w.add_(gw)
+                if grad_w is None:
+                    grad_w = (g.T @ h).float()
+                elif g.dtype == torch.float32:
+                    grad_w.addmm_(g.T, h)
+                else:
+                    grad_w += (g.T @ h).float()
         ctx.save_for_backward(grad_h, grad_w)
         return total
 
