@@ -4,6 +4,7 @@
     workbench sql "select * from row_fate limit 5" --format table
     workbench demo-data --rows 5000 --out data/sample
     workbench ingest data/sample/messages.csv --table stg_messages
+    workbench sft --set epochs=4 --set lora=true        # causal-LM fine-tuning (docs/finetune.md)
 """
 from __future__ import annotations
 
@@ -80,6 +81,35 @@ def _cmd_ingest(args) -> int:
     return 0
 
 
+def _cmd_sft(args) -> int:
+    import dataclasses
+
+    from .finetune import SFTConfig, config_from_strings, train_sft
+    from .workspace import connect
+
+    con = connect(args.workspace)
+    try:
+        if args.resume:  # the run's own config, with any --set applied on top
+            row = con.execute("select config_json from runs where run_id = ?", [args.resume]).fetchone()
+            if row is None:
+                raise ValueError(f"no run {args.resume!r} in the runs table")
+            names = {f.name for f in dataclasses.fields(SFTConfig)}
+            saved = {k: v for k, v in json.loads(row[0]).items() if k in names}
+            saved["stop_at_step"] = None  # the interruption is over unless --set asks for another
+            config = config_from_strings(args.set or [], base=SFTConfig(**saved))
+        else:
+            config = config_from_strings(args.set or [])
+        if args.task:
+            config = dataclasses.replace(config, task=args.task)
+        if args.model:
+            config = dataclasses.replace(config, model=args.model)
+        res = train_sft(con, config, resume_from=args.resume, progress=not args.no_progress)
+    finally:
+        con.close()
+    print(json.dumps({k: v for k, v in dataclasses.asdict(res).items() if k != "metrics"}, indent=2, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description=__doc__.split("\n\n")[0])
     p.add_argument("--workspace", help="workspace folder (default: $WORKBENCH_HOME or ./workspace)")
@@ -110,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--format", choices=["auto", "csv", "jsonl", "parquet"], default="auto")
     i.add_argument("--mode", choices=["replace", "append"], default="replace")
     i.set_defaults(func=_cmd_ingest)
+
+    f = sub.add_parser("sft", help="supervised fine-tuning of a causal LM on sft_examples + splits")
+    f.add_argument("--task", help="sft_examples.task (default intent_classification)")
+    f.add_argument("--model", help="offline:tiny-llama (default), a Hugging Face id or a local folder")
+    f.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any SFTConfig field (repeatable)")
+    f.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run from its last checkpoint")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    f.set_defaults(func=_cmd_sft)
 
     return p
 

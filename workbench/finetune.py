@@ -98,6 +98,31 @@ class SFTConfig:
                              + " (token_budget must be >= max_length; see the field comments)")
 
 
+def config_from_strings(pairs: Sequence[str], base: SFTConfig | None = None) -> SFTConfig:
+    """An ``SFTConfig`` from ``FIELD=VALUE`` strings (CLI ``--set``), typed by the field's default."""
+    cfg = base or SFTConfig()
+    fields = {f.name: f for f in dataclasses.fields(SFTConfig)}
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        default = getattr(SFTConfig(), key)
+        if raw.lower() in ("none", "null"):
+            changes[key] = None
+        elif isinstance(default, bool):
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"--set {key}: expected true or false, not {raw!r}")
+            changes[key] = raw.lower() in ("true", "1", "yes")
+        elif isinstance(default, int) or key in ("max_train_examples", "max_eval_examples", "stop_at_step"):
+            changes[key] = int(raw)
+        elif isinstance(default, float) or key == "peak_tflops":
+            changes[key] = float(raw)
+        else:
+            changes[key] = raw
+    return dataclasses.replace(cfg, **changes)
+
+
 @dataclass
 class SFTResult:
     run_id: str
@@ -373,7 +398,7 @@ def evaluate(model, tokenizer, frame: pd.DataFrame, config: SFTConfig) -> tuple[
     model.eval()
     try:
         ctx = torch.compiler.set_stance("force_eager") if hasattr(torch.compiler, "set_stance") else contextlib.nullcontext()
-        with ctx, _autocast(model):
+        with ctx, _autocast(model), _attn_implementation(model, "sdpa"):
             pad = tokenizer.pad_token_id
             examples = [tokenize_example(tokenizer, p, c, max_length=config.max_length)
                         for p, c in zip(frame["prompt"], frame["completion"])]
@@ -400,6 +425,20 @@ def evaluate(model, tokenizer, frame: pd.DataFrame, config: SFTConfig) -> tuple[
         return metrics, pred_df
     finally:
         model.train(was_training)
+
+
+@contextlib.contextmanager
+def _attn_implementation(model, impl: str):
+    """Evaluate with SDPA when training uses flex attention (generation shapes change every step)."""
+    before = model.config._attn_implementation
+    if before != "flex_attention":
+        yield
+        return
+    model.set_attn_implementation(impl)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
 
 
 def _autocast(model):
@@ -482,7 +521,7 @@ def train_step(model, batches: Sequence[PackedBatch], optimizer, *, max_grad_nor
         b = b.to(device, non_blocking=True)
         with _autocast(model):
             h = hidden_states(model, b)
-        loss = linear_cross_entropy(h, lm_head, b.targets, chunk=loss_chunk)
+        loss = linear_cross_entropy(h, lm_head, b.targets, chunk=loss_chunk, index=b.trained_index)
         (loss / n_trained).backward()
         loss_sum += loss.detach()
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -683,18 +722,25 @@ def train_sft(con, config: SFTConfig, *, resume_from: str | None = None, progres
         if state["step"] == 0 and config.eval_at_start and resume_ckpt is None:
             run_eval(0, 0.0)
         win = {"t": 0.0, "real": 0, "trained": 0, "pad": 0}
+        ready: dict[int, list[PackedBatch]] = {}
+
+        def make_batches(s: int) -> list[PackedBatch]:
+            return [collate_packed(train_ex, rows, pad_id=tokenizer.pad_token_id, pad_to=pad_to,
+                                   pin_memory=device.type == "cuda") for rows in schedule[s - 1][2]]
+
         for step in range(state["step"] + 1, total_steps + 1):
-            epoch, idx, micro, n_in_epoch = schedule[step - 1]
+            epoch, idx, _, n_in_epoch = schedule[step - 1]
             frac_epoch = epoch + (idx + 1) / n_in_epoch
             t0 = time.perf_counter()
-            batches = [collate_packed(train_ex, rows, pad_id=tokenizer.pad_token_id, pad_to=pad_to,
-                                      pin_memory=device.type == "cuda") for rows in micro]
+            batches = ready.pop(step, None) or make_batches(step)
             n_trained = sum(b.n_trained for b in batches)
             lr = scheduler.get_last_lr()[0]
             loss_t, grad_norm = train_step(model, batches, optimizer, max_grad_norm=config.max_grad_norm,
                                            loss_chunk=config.loss_chunk)
             scheduler.step()
-            train_loss = loss_t.item()  # one host sync per optimizer step
+            if step < total_steps:  # build the next step's batches while the device still computes
+                ready[step + 1] = make_batches(step + 1)
+            train_loss = loss_t.item()  # the one host sync per optimizer step
             win["t"] += time.perf_counter() - t0
             win["real"] += sum(b.n_real for b in batches)
             win["trained"] += n_trained
@@ -720,7 +766,7 @@ def train_sft(con, config: SFTConfig, *, resume_from: str | None = None, progres
                 save_checkpoint(step)
             if state["stopped_early"]:
                 break
-            if config.stop_at_step is not None and step >= config.stop_at_step and step < total_steps:
+            if step == config.stop_at_step and step < total_steps:
                 status = "interrupted"
                 break
     except BaseException as exc:
