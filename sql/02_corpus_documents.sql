@@ -15,8 +15,8 @@ normalized as (
         trim(published_at) as published_at_raw,
         try_cast(trim(published_at) as timestamp) as published_at,
         trim(coalesce(topic, '')) as topic,
-        trim(regexp_replace(nfc_normalize(coalesce(title, '')), '\s+', ' ', 'g')) as title,
-        trim(regexp_replace(nfc_normalize(coalesce(body, '')), '\s+', ' ', 'g')) as text
+        trim(regexp_replace(nfc_normalize(coalesce(title, '')), '\s{2,}|[^\S ]', ' ', 'g')) as title,
+        trim(regexp_replace(nfc_normalize(coalesce(body, '')), '\s{2,}|[^\S ]', ' ', 'g')) as text
     from source
 ),
 

@@ -268,3 +268,29 @@ def test_notebook_10_cells_from_the_docs_run_headless(con, workspace, tmp_path):
     out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     sql_out = "".join(str(o.get("data", {}).get("text/plain", "")) for o in out.cells[-1].outputs)
     assert "age_band=65+" in sql_out and "accuracy" in sql_out
+
+
+def test_labeling_bias_reads_current_answers_of_the_label_set(con):
+    """Undo of a relabel restores the first answer; a free-text answer in another label set does not
+    hide the intent label (read through the labeling workflow's labels_current view)."""
+    from workbench import bias_report, labeling
+    from workbench.workspace import write_table
+
+    items = pd.DataFrame({"item_id": ["i1", "i2"], "text": ["a", "b"], "age_band": ["65+", "30-44"]})
+    write_table(con, "label_pool", items)
+    intents = ["refund", "billing"]
+    a = labeling.LabelingSession(con, "ann", "intent", intents)
+    a.submit("refund", item_id="i1")
+    a.submit("billing", item_id="i1")   # relabel ...
+    a.undo()                             # ... undone: the current answer is 'refund' again
+    a.submit("billing", item_id="i2")
+    labeling.LabelingSession(con, "ann", "reply", None).submit("Sorry about that.", item_id="i1")
+    b = labeling.LabelingSession(con, "bob", "intent", intents)
+    b.submit("refund", item_id="i1")
+    b.submit("billing", item_id="i2")
+    report = bias_report.data_bias_report(con, table="label_pool", group_cols=["age_band"], label_col="text",
+                                          label_values=intents, write=False, html=False)
+    lab = report.metrics[report.metrics["scope"] == "labeling"]
+    overall = lab[(lab["facet"] == "(all)") & (lab["metric"] == "agreement")]["value"].iloc[0]
+    assert overall == 1.0  # both annotators agree on both items once undo and label sets are respected
+    assert any("on 2 items (2 with 2+ labels)" in n for n in report.notes), report.notes

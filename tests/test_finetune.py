@@ -204,7 +204,8 @@ def test_resume_after_the_process_is_killed(con, workspace, tmp_path):
 @pytest.mark.slow
 def test_early_stopping_ends_after_patience_evaluations_without_improvement(con):
     make_intent_tables(con)
-    res = train_sft(con, small(epochs=3, lr=1e-9, eval_every=1, eval_at_start=True, patience=2), progress=False)
+    # lr so small that no weight changes: validation metrics stay exactly equal (no improvement)
+    res = train_sft(con, small(epochs=3, lr=1e-30, eval_every=1, eval_at_start=True, patience=2), progress=False)
     assert res.stopped_early and res.steps == 2 and res.best_step == 0
 
 
@@ -295,3 +296,47 @@ def test_a_tokenizer_without_pad_or_eos_gets_them(con, tmp_path):
     model, saved = load_model(res.model_path)
     assert saved.eos_token is not None and saved.pad_token is not None and saved.pad_token != saved.eos_token
     assert model.get_input_embeddings().weight.shape[0] == len(saved) == len(tok) + 2
+
+
+def test_evaluation_of_a_flex_attention_model_runs_on_sdpa_and_switches_back():
+    """The CUDA training path uses flex attention; evaluation (generation) switches to SDPA and back."""
+    from workbench.finetune import evaluate, load_tokenizer_and_model
+
+    frame = pd.DataFrame({"example_id": ["a", "b"], "prompt": ["Message: my account is locked\nIntent:",
+                                                              "Message: refund please\nIntent:"],
+                          "completion": ["account_access", "refund"], "choices": [list(INTENTS)] * 2})
+    cfg = SFTConfig(max_new_tokens=3)
+    tok, flex, _ = load_tokenizer_and_model("offline:tiny-llama", attn_implementation="flex_attention")
+    _, sdpa, _ = load_tokenizer_and_model("offline:tiny-llama", attn_implementation="sdpa")
+    m_flex, p_flex = evaluate(flex, tok, frame, cfg)
+    m_sdpa, p_sdpa = evaluate(sdpa, tok, frame, cfg)
+    assert flex.config._attn_implementation == "flex_attention"
+    assert m_flex == pytest.approx(m_sdpa) and list(p_flex["prediction"]) == list(p_sdpa["prediction"])
+
+
+def test_config_from_strings_types_values_and_rejects_unknown_fields():
+    from workbench.finetune import config_from_strings
+
+    cfg = config_from_strings(["epochs=3", "lora=true", "lr=1e-4", "max_eval_examples=none", "model=/m"])
+    assert (cfg.epochs, cfg.lora, cfg.lr, cfg.max_eval_examples, cfg.model) == (3, True, 1e-4, None, "/m")
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        config_from_strings(["epoch=3"])
+    with pytest.raises(ValueError, match="true or false"):
+        config_from_strings(["lora=maybe"])
+
+
+@pytest.mark.slow
+def test_cli_sft_trains_and_resumes(con, workspace, capsys):
+    import json
+
+    from workbench.cli import main
+
+    make_intent_tables(con)
+    opts = ["--set", "epochs=1", "--set", "token_budget=128", "--set", "max_length=48", "--set", "eval_at_start=false",
+            "--set", "max_eval_examples=4", "--set", "max_new_tokens=4", "--no-progress"]
+    assert main(["--workspace", str(workspace), "sft", *opts, "--set", "stop_at_step=2"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["status"] == "interrupted"
+    assert main(["--workspace", str(workspace), "sft", "--resume", first["run_id"], "--no-progress"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert done["run_id"] == first["run_id"] and done["status"] == "completed" and done["test_accuracy"] is not None

@@ -505,7 +505,7 @@ def data_bias_report(con: duckdb.DuckDBPyConnection, *, table: str = "examples",
                      intersections: bool = True, labels_table: str = "labels", items_table: str = "label_pool",
                      final_table: str = "labels_final", label_values: Iterable[str] | None = None,
                      config: BiasConfig | None = None, write: bool = True, html: bool = True,
-                     report_id: str | None = None) -> BiasReport:
+                     report_id: str | None = None, label_set: str = "intent") -> BiasReport:
     """Representation, pre-training label bias and labeling bias of a workspace table.
 
     Counts are aggregated in DuckDB (``group by``), so the table may be larger than memory.
@@ -542,7 +542,8 @@ def data_bias_report(con: duckdb.DuckDBPyConnection, *, table: str = "examples",
     notes: list[str] = []
     if label_values is None:
         label_values = sorted(counts[label_col].dropna().astype(str).unique())
-    labeling = _labeling(con, labels_table, items_table, final_table, group_cols, label_values, cfg, notes)
+    labeling = _labeling(con, labels_table, items_table, final_table, group_cols, label_values, cfg, notes,
+                         label_set)
     findings += labeling_findings(labeling, cfg) if labeling is not None else []
     metrics = pd.concat([_representation_rows(report_id, rep), _metric_rows(report_id, "label", label_metrics)]
                         + ([_metric_rows(report_id, "labeling", labeling)] if labeling is not None else []),
@@ -579,7 +580,8 @@ def _label_table(m: pd.DataFrame) -> pd.DataFrame:
     return t[[c for c in ["column", "facet", "n", "CI", "KL", "JS", "LP", "TVD", "KS"] if c in t.columns]]
 
 
-def _labeling(con, labels_table, items_table, final_table, group_cols, label_values, cfg, notes):
+def _labeling(con, labels_table, items_table, final_table, group_cols, label_values, cfg, notes,
+              label_set="intent"):
     if not table_exists(con, labels_table):
         notes.append(f"labeling bias skipped: no table {labels_table!r} in the workspace (notebook 03 writes it).")
         return None
@@ -591,8 +593,17 @@ def _labeling(con, labels_table, items_table, final_table, group_cols, label_val
     if "item_id" not in item_cols or not have:
         notes.append(f"labeling bias skipped: {items_table!r} lacks item_id or the group columns {group_cols}.")
         return None
-    labels = con.execute(f"select * from {_quote(labels_table)}").df()
-    current = bias.current_labels(labels, label_values)
+    if labels_table == "labels" and table_exists(con, "labels_current"):
+        # the labeling workflow's own view of each annotator's current answer per label set: it
+        # resolves undo of a relabel and keeps free-text answers of another label set apart
+        current = con.execute("select item_id, annotator, value from labels_current "
+                              "where label_set = ? and kind = 'label'", [label_set]).df()
+        if label_values is not None:
+            current = current[current["value"].astype(str).isin({str(v) for v in label_values})]
+        current["value"] = current["value"].astype(str)
+    else:  # an append-only labels table from elsewhere: latest row per item and annotator
+        labels = con.execute(f"select * from {_quote(labels_table)}").df()
+        current = bias.current_labels(labels, label_values)
     if current.empty:
         notes.append(f"labeling bias skipped: {labels_table!r} holds no current label.")
         return None

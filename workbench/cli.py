@@ -4,8 +4,12 @@
     workbench sql "select * from row_fate limit 5" --format table
     workbench demo-data --rows 5000 --out data/sample
     workbench ingest data/sample/messages.csv --table stg_messages
+    workbench label import export.csv --label-set intent --annotator-column annotator
+    workbench train-classifier --epochs 2 --max-train-examples 800 && workbench evaluate
     workbench bias report --table examples --group age_band --label intent
     workbench cpt round --until "2026-07-01"          # continued pre-training on what arrived since the last round
+    workbench features search "plan tenure"
+    workbench sft --set epochs=4 --set lora=true        # causal-LM fine-tuning (docs/finetune.md)
 """
 from __future__ import annotations
 
@@ -82,6 +86,77 @@ def _cmd_ingest(args) -> int:
     return 0
 
 
+def _cmd_label(args) -> int:
+    from . import labeling as L
+    from .workspace import connect
+
+    con = connect(args.workspace)
+    if args.label_command == "import":
+        try:
+            report = L.import_labels(
+                con, args.file, label_set=args.label_set, item_column=args.item_column,
+                value_column=args.value_column, annotator_column=None if args.annotator else args.annotator_column,
+                annotator=args.annotator, created_at_column=args.created_at_column,
+                choices=args.choices.split(",") if args.choices else None, pool=args.pool)
+        except L.LabelImportError as exc:
+            print(f"workbench label import: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(report, indent=2))
+    elif args.label_command == "status":
+        L.ensure_tables(con)
+        sets = [args.label_set] if args.label_set else [
+            r[0] for r in con.execute("select label_set from label_sets order by label_set").fetchall()]
+        for ls in sets:
+            print(f"label set {ls}:")
+            _print_frame(L.queue_status(con, ls, L.QueueConfig(pool=args.pool, max_items=args.max_items)), args.format)
+        if not sets:
+            print("(no label sets yet)")
+    else:
+        _print_frame(L.build_labels_final(con), args.format)
+def _cmd_templates(args) -> int:
+    from . import templates as T
+
+    if args.action in ("list", "search"):
+        found = (T.list_templates(args.task, table=args.table) if args.action == "list"
+                 else T.search(args.text, task=args.task))
+        df = T.catalog(found)
+        if args.format == "table" and len(df):
+            df = df[["id", "name", "task", "task_type", "table", "choices", "description"]]
+        _print_frame(df, args.format)
+        return 0
+    if args.action == "validate":
+        con = None
+        if args.table:
+            from .workspace import connect
+            con = connect(args.workspace)
+        probs = T.validate(con=con, table=args.table, task=args.task)
+        for prob in probs:
+            print(f"error: {prob}", file=sys.stderr)
+        n = len(T.list_templates(args.task, table=None if args.task else args.table))
+        where = f"workspace table {args.table!r}" if args.table else "the documented table contract"
+        print(f"{n} template(s) checked against {where}: "
+              + (f"{len(probs)} problem(s)" if probs else "all valid"))
+        return 1 if probs else 0
+    if args.action == "show":
+        t = T.get(args.id)
+        row = T.SAMPLE_ROWS.get(t.table, [{}])[0]
+        print(f"# {t.label}: task {t.task} ({t.task_type}), table {t.table}, columns {list(t.columns)}")
+        if t.answer_choices:
+            print(f"# answer choices: {list(t.answer_choices)}")
+        for part, text in T.render(t, row).items():
+            if text is not None:
+                print(f"--- {part} (sample row {row.get(t.key)})\n{text}")
+        return 0
+    if args.action == "apply":
+        from .template_sql import apply_templates
+        from .workspace import connect
+        out = apply_templates(connect(args.workspace), args.task or ["intent_classification"], choice=args.choice,
+                              seed=args.seed, limit=args.limit or None)
+        _print_frame(out, "table")
+        return 0
+    raise ValueError(f"unknown templates action {args.action!r}")
+
+
 def _cmd_bias(args) -> int:
     from .bias import BiasConfig
     from .bias_report import data_bias_report, model_bias_report
@@ -102,6 +177,89 @@ def _cmd_bias(args) -> int:
     if report.html_path:
         print(f"html: {report.html_path}")
     return 1 if args.fail_on_warning and report.warnings else 0
+def _cmd_features(args) -> int:
+    from . import features as fs
+    from .workspace import connect
+
+    con = connect(args.workspace)
+    try:
+        if args.action == "list":
+            _print_frame(fs.list_groups(con, all_versions=args.all_versions), args.format)
+        elif args.action == "search":
+            _print_frame(fs.search(con, " ".join(args.query), limit=args.limit), args.format)
+        else:
+            lin = fs.lineage(con, args.group, args.version)
+            d = lin["definition"]
+            print(f"{lin['group']} v{lin['version']}  table {lin['table']} (view fs_{lin['group']} = newest)")
+            print(f"  {d['description']}\n  owner: {d['owner'] or '-'}   tags: {', '.join(d['tags']) or '-'}")
+            print(f"  entity keys: {', '.join(d['entity_keys'])}   event time: {d['event_time']}")
+            print("\ncolumns (statistics computed at write time):")
+            _print_frame(fs.describe(con, args.group, args.version), args.format)
+            print("\nvalidation checks:")
+            _print_frame(fs.check_results(con, args.group, args.version), args.format)
+            print("\nversions:")
+            _print_frame(fs.versions(con, args.group), args.format)
+            print(f"\nlineage: reads {', '.join(lin['source_tables']) or '?'} at snapshot {lin['data_snapshot']}"
+                  + (f" (sql/{lin['source_file']})" if lin["source_file"] else "") + "\n" + lin["source_sql"])
+    except fs.FeatureError as exc:
+        print(f"workbench features: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        con.close()
+    return 0
+
+
+def _cmd_train_classifier(args) -> int:
+    from .classifier import config_from_args, train_classifier
+    from .workspace import connect
+
+    config = None if args.resume else config_from_args(args)  # a resumed run keeps its stored config
+    result = train_classifier(connect(args.workspace), config, resume_from=args.resume, progress=not args.quiet)
+    print(result.summary())
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from . import evaluate
+    from .workspace import connect
+
+    con = connect(args.workspace)
+    if args.compare:
+        _print_frame(evaluate.compare_runs(con, kind=args.kind, digits=3), args.format)
+        return 0
+    run_id = args.run_id or evaluate.latest_run(con, args.kind)
+    print(evaluate.run_summary(con, run_id))
+    _print_frame(evaluate.class_report(con, run_id, args.split).round(3), args.format)
+    return 0
+
+
+def _cmd_sft(args) -> int:
+    import dataclasses
+
+    from .finetune import SFTConfig, config_from_strings, train_sft
+    from .workspace import connect
+
+    con = connect(args.workspace)
+    try:
+        if args.resume:  # the run's own config, with any --set applied on top
+            row = con.execute("select config_json from runs where run_id = ?", [args.resume]).fetchone()
+            if row is None:
+                raise ValueError(f"no run {args.resume!r} in the runs table")
+            names = {f.name for f in dataclasses.fields(SFTConfig)}
+            saved = {k: v for k, v in json.loads(row[0]).items() if k in names}
+            saved["stop_at_step"] = None  # the interruption is over unless --set asks for another
+            config = config_from_strings(args.set or [], base=SFTConfig(**saved))
+        else:
+            config = config_from_strings(args.set or [])
+        if args.task:
+            config = dataclasses.replace(config, task=args.task)
+        if args.model:
+            config = dataclasses.replace(config, model=args.model)
+        res = train_sft(con, config, resume_from=args.resume, progress=not args.no_progress)
+    finally:
+        con.close()
+    print(json.dumps({k: v for k, v in dataclasses.asdict(res).items() if k != "metrics"}, indent=2, default=str))
+    return 0
 
 
 def _cmd_cpt(args) -> int:
@@ -172,6 +330,50 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--mode", choices=["replace", "append"], default="replace")
     i.set_defaults(func=_cmd_ingest)
 
+    lb = sub.add_parser("label", help="labels: import another tool's export, queue status, build labels_final")
+    lsub = lb.add_subparsers(dest="label_command", required=True)
+    li = lsub.add_parser("import", help="append labels from a CSV/JSONL export (all rows valid, or nothing)")
+    li.add_argument("file")
+    li.add_argument("--label-set", default="intent", help="label set the values belong to (default intent)")
+    li.add_argument("--item-column", default="item_id")
+    li.add_argument("--value-column", default="value")
+    li.add_argument("--annotator-column", default="annotator")
+    li.add_argument("--annotator", help="one annotator name for every row (instead of --annotator-column)")
+    li.add_argument("--created-at-column", help="column with each label's timestamp (default: import time)")
+    li.add_argument("--choices", help="comma-separated allowed values (registers the label set)")
+    li.add_argument("--pool", default="label_pool", help="item ids must exist in this table (when it exists)")
+    ls_ = lsub.add_parser("status", help="per annotator: assigned, done, skipped, remaining")
+    ls_.add_argument("--label-set", help="one label set (default: all)")
+    ls_.add_argument("--pool", default="label_pool")
+    ls_.add_argument("--max-items", type=int, default=60, help="queue size of open queues (as in notebook 03)")
+    lf = lsub.add_parser("final", help="rebuild labels_final from labels (majority vote, adjudication)")
+    for q in (ls_, lf):
+        q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    li.set_defaults(func=_cmd_label)
+    ls_.set_defaults(func=_cmd_label)
+    lf.set_defaults(func=_cmd_label)
+    t = sub.add_parser("templates", help="the prompt template library: list, search, validate, show, apply")
+    tsub = t.add_subparsers(dest="action", required=True)
+    tl = tsub.add_parser("list", help="list templates")
+    tl.add_argument("--task", help="only this task (e.g. intent_classification)")
+    tl.add_argument("--table", help="only templates over this table")
+    ts = tsub.add_parser("search", help="templates whose id, name, description or text contain every word")
+    ts.add_argument("text")
+    ts.add_argument("--task")
+    for sp in (tl, ts):
+        sp.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    tv = tsub.add_parser("validate", help="check the library (exit 1 on any problem)")
+    tv.add_argument("--table", help="check against this workspace table (default: the documented contract)")
+    tv.add_argument("--task", help="only this task's templates (with --table: applied to that table)")
+    tw = tsub.add_parser("show", help="a template rendered on a built-in sample row")
+    tw.add_argument("id", help="template id or name")
+    ta = tsub.add_parser("apply", help="render templates into sft_examples in the workspace")
+    ta.add_argument("--task", action="append", help="task to render (repeatable; default intent_classification)")
+    ta.add_argument("--choice", default="random", help="'random' (one per row, seeded), 'all', or a template id")
+    ta.add_argument("--seed", type=int, default=7)
+    ta.add_argument("--limit", type=int, default=0, help="source rows per task (0 = all)")
+    t.set_defaults(func=_cmd_templates)
+
     b = sub.add_parser("bias", help="bias reports: data and labels, or a run's predictions")
     bsub = b.add_subparsers(dest="bias_command", required=True)
     br = bsub.add_parser("report", help="representation, label bias and labeling bias of a table")
@@ -190,6 +392,44 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--no-html", action="store_true", help="do not write the HTML report")
         q.add_argument("--fail-on-warning", action="store_true", help="exit 1 when the report has warnings")
         q.set_defaults(func=_cmd_bias)
+    f = sub.add_parser("features", help="feature store: list, search and show feature groups")
+    fsub = f.add_subparsers(dest="action", required=True)
+    fl = fsub.add_parser("list", help="feature groups (newest version of each)")
+    fl.add_argument("--all-versions", action="store_true", help="every version, not just the newest")
+    fq = fsub.add_parser("search", help="ranked search over group and feature names, descriptions, tags")
+    fq.add_argument("query", nargs="+")
+    fq.add_argument("--limit", type=int, default=20)
+    fw = fsub.add_parser("show", help="one group: columns, statistics, checks, versions, lineage")
+    fw.add_argument("group")
+    fw.add_argument("--version", type=int, help="default: the newest")
+    for sp in (fl, fq, fw):
+        sp.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    f.set_defaults(func=_cmd_features)
+
+    from .classifier import add_config_arguments
+
+    tc = sub.add_parser("train-classifier", help="fine-tune a sequence classifier on examples + splits "
+                                                 "(default: the offline MiniLM); see docs/finetune_classifier.md")
+    add_config_arguments(tc)
+    tc.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run from its checkpoint")
+    tc.add_argument("--quiet", action="store_true", help="no progress bar")
+    tc.set_defaults(func=_cmd_train_classifier)
+
+    ev = sub.add_parser("evaluate", help="a run's test accuracy vs the majority baseline and per-class report")
+    ev.add_argument("run_id", nargs="?", help="run id (default: the latest completed run of --kind)")
+    ev.add_argument("--kind", help="classifier, sft, ... (default: any)")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--compare", action="store_true", help="one row per run instead")
+    ev.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    f = sub.add_parser("sft", help="supervised fine-tuning of a causal LM on sft_examples + splits")
+    f.add_argument("--task", help="sft_examples.task (default intent_classification)")
+    f.add_argument("--model", help="offline:tiny-llama (default), a Hugging Face id or a local folder")
+    f.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any SFTConfig field (repeatable)")
+    f.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run from its last checkpoint")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    f.set_defaults(func=_cmd_sft)
 
     c = sub.add_parser("cpt", help="continued pre-training rounds with validation gates and a model registry")
     csub = c.add_subparsers(dest="cpt_command", required=True)

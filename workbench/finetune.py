@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from . import runs
-from .packing import (IGNORE, PackedBatch, collate_packed, document_logprobs, hidden_states,
+from .packing import (PackedBatch, collate_packed, document_logprobs, hidden_states,
                       linear_cross_entropy, plan_epoch, tokenize_example)
 from .workspace import snapshot_id, table_exists, transaction, write_table
 
@@ -42,6 +42,7 @@ class SFTConfig:
     model: str = "offline:tiny-llama"  # "offline:<name>" builds a small Llama from a config (no download); else a HF id or folder
     task: str = "intent_classification"  # sft_examples.task to train on
     # --- sequence and batch shape
+    max_train_examples: int | None = None  # cap on train examples (a seeded random subset); None = all. Time grows linearly
     max_length: int = 128  # tokens per example; a longer prompt loses its start, the completion is checked (overlength)
     overlength: str = "error"  # completion+EOS longer than max_length: "error" (stop, report) | "truncate" (cut, EOS lost) | "drop"
     token_budget: int = 512  # tokens per packed row; larger: fewer rows, but CPU attention cost grows with row length squared
@@ -89,11 +90,37 @@ class SFTConfig:
                   ("metric", self.metric in ("accuracy", "choice_accuracy", "loss")),
                   ("precision", self.precision in ("auto", "fp32", "bf16-mixed", "bf16")),
                   ("compile", self.compile in ("auto", "on", "off")),
-                  ("checkpoint_every", self.checkpoint_every >= 1), ("eval_every", self.eval_every >= 0)]
+                  ("checkpoint_every", self.checkpoint_every >= 1), ("eval_every", self.eval_every >= 0),
+                  ("max_train_examples", self.max_train_examples is None or self.max_train_examples >= 1)]
         bad = [name for name, ok in checks if not ok]
         if bad:
             raise ValueError("SFTConfig: invalid " + ", ".join(f"{b}={getattr(self, b)!r}" for b in bad)
                              + " (token_budget must be >= max_length; see the field comments)")
+
+
+def config_from_strings(pairs: Sequence[str], base: SFTConfig | None = None) -> SFTConfig:
+    """An ``SFTConfig`` from ``FIELD=VALUE`` strings (CLI ``--set``), typed by the field's default."""
+    cfg = base or SFTConfig()
+    fields = {f.name: f for f in dataclasses.fields(SFTConfig)}
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        default = getattr(SFTConfig(), key)
+        if raw.lower() in ("none", "null"):
+            changes[key] = None
+        elif isinstance(default, bool):
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"--set {key}: expected true or false, not {raw!r}")
+            changes[key] = raw.lower() in ("true", "1", "yes")
+        elif isinstance(default, int) or key in ("max_train_examples", "max_eval_examples", "stop_at_step"):
+            changes[key] = int(raw)
+        elif isinstance(default, float) or key == "peak_tflops":
+            changes[key] = float(raw)
+        else:
+            changes[key] = raw
+    return dataclasses.replace(cfg, **changes)
 
 
 @dataclass
@@ -371,7 +398,7 @@ def evaluate(model, tokenizer, frame: pd.DataFrame, config: SFTConfig) -> tuple[
     model.eval()
     try:
         ctx = torch.compiler.set_stance("force_eager") if hasattr(torch.compiler, "set_stance") else contextlib.nullcontext()
-        with ctx, _autocast(model):
+        with ctx, _autocast(model), _attn_implementation(model, "sdpa"):
             pad = tokenizer.pad_token_id
             examples = [tokenize_example(tokenizer, p, c, max_length=config.max_length)
                         for p, c in zip(frame["prompt"], frame["completion"])]
@@ -398,6 +425,20 @@ def evaluate(model, tokenizer, frame: pd.DataFrame, config: SFTConfig) -> tuple[
         return metrics, pred_df
     finally:
         model.train(was_training)
+
+
+@contextlib.contextmanager
+def _attn_implementation(model, impl: str):
+    """Evaluate with SDPA when training uses flex attention (generation shapes change every step)."""
+    before = model.config._attn_implementation
+    if before != "flex_attention":
+        yield
+        return
+    model.set_attn_implementation(impl)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
 
 
 def _autocast(model):
@@ -462,6 +503,32 @@ def _lr_lambda(total_steps: int, warmup: int, min_ratio: float):
         progress = (step - warmup) / max(1, total_steps - warmup)
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return f
+
+
+def train_step(model, batches: Sequence[PackedBatch], optimizer, *, max_grad_norm: float = 1.0,
+               loss_chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One optimizer step over micro-batches; returns (mean token loss, grad norm) as device tensors.
+
+    The loss is normalized over the trained tokens of ALL micro-batches (sum of token losses /
+    total trained tokens), so accumulating k micro-batches equals one batch k times as large. No
+    host sync happens here: on CUDA the CPU prepares the next batch while the GPU works.
+    """
+    device = next(model.parameters()).device
+    lm_head = model.get_output_embeddings()
+    n_trained = max(1, sum(b.n_trained for b in batches))
+    loss_sum = torch.zeros((), device=device)
+    for b in batches:
+        b = b.to(device, non_blocking=True)
+        with _autocast(model):
+            h = hidden_states(model, b)
+        loss = linear_cross_entropy(h, lm_head, b.targets, chunk=loss_chunk, index=b.trained_index)
+        (loss / n_trained).backward()
+        loss_sum += loss.detach()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm) if max_grad_norm > 0 else None
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum / n_trained, grad_norm
 
 
 def _flops_per_token(model, mean_doc_len: float, full_ft: bool) -> float:
@@ -548,10 +615,13 @@ def train_sft(con, config: SFTConfig, *, resume_from: str | None = None, progres
     _set_seed(config.seed)
     tokenizer, model, added = load_tokenizer_and_model(config.model, seed=config.seed, attn_implementation=attn,
                                                        dtype=dtype)
-    train_ex, parts["train"] = tokenize_split(tokenizer, parts["train"], config, "train")
-    _, parts["validation"] = tokenize_split(tokenizer, parts["validation"], config, "validation")
     classification = is_classification(parts["train"])
     baseline = majority_baseline(parts["train"], parts["test"]) if classification else None
+    if config.max_train_examples is not None and len(parts["train"]) > config.max_train_examples:
+        parts["train"] = parts["train"].sample(n=config.max_train_examples, random_state=config.seed)\
+            .sort_values("example_id").reset_index(drop=True)
+    train_ex, parts["train"] = tokenize_split(tokenizer, parts["train"], config, "train")
+    _, parts["validation"] = tokenize_split(tokenizer, parts["validation"], config, "validation")
     val_frame = parts["validation"] if config.max_eval_examples is None else parts["validation"].head(config.max_eval_examples)
     lengths = [len(e["input_ids"]) for e in train_ex]
 
@@ -563,7 +633,6 @@ def train_sft(con, config: SFTConfig, *, resume_from: str | None = None, progres
     compile_on = config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
     if compile_on:
         model.get_decoder().compile(dynamic=False)
-    lm_head = model.get_output_embeddings()
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -604,14 +673,14 @@ def train_sft(con, config: SFTConfig, *, resume_from: str | None = None, progres
             c.execute("delete from predictions where run_id = ?", [run_id]),
             c.execute("update runs set status = 'running', finished_at = null, error = null where run_id = ?", [run_id])),
             what="rewinding the run to its checkpoint")
-    better = (lambda a, b: a < b) if config.metric == "loss" else (lambda a, b: a > b)
 
     def run_eval(step: int, epoch: float) -> None:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             m, _ = evaluate(model, tokenizer, val_frame, config)
         log.add(m, step=step, epoch=epoch, split="validation")
-        value = m.get(config.metric, m["accuracy"])
-        if state["best"] is None or better(value, state["best"]):
+        # higher is better; accuracy ties go to the lower validation loss
+        value = [-m["loss"]] if config.metric == "loss" else [m.get(config.metric, m["accuracy"]), -m["loss"]]
+        if state["best"] is None or value > state["best"]:
             state.update(best=value, best_step=step, bad_evals=0)
             if config.keep_best:
                 _atomic_save(_trainable_state(model), run_dir / f"best-{step:07d}.pt")
@@ -653,28 +722,25 @@ def train_sft(con, config: SFTConfig, *, resume_from: str | None = None, progres
         if state["step"] == 0 and config.eval_at_start and resume_ckpt is None:
             run_eval(0, 0.0)
         win = {"t": 0.0, "real": 0, "trained": 0, "pad": 0}
+        ready: dict[int, list[PackedBatch]] = {}
+
+        def make_batches(s: int) -> list[PackedBatch]:
+            return [collate_packed(train_ex, rows, pad_id=tokenizer.pad_token_id, pad_to=pad_to,
+                                   pin_memory=device.type == "cuda") for rows in schedule[s - 1][2]]
+
         for step in range(state["step"] + 1, total_steps + 1):
-            epoch, idx, micro, n_in_epoch = schedule[step - 1]
+            epoch, idx, _, n_in_epoch = schedule[step - 1]
             frac_epoch = epoch + (idx + 1) / n_in_epoch
             t0 = time.perf_counter()
-            batches = [collate_packed(train_ex, rows, pad_id=tokenizer.pad_token_id, pad_to=pad_to,
-                                      pin_memory=device.type == "cuda") for rows in micro]
+            batches = ready.pop(step, None) or make_batches(step)
             n_trained = sum(b.n_trained for b in batches)
-            loss_sum = torch.zeros((), device=device)
-            for b in batches:
-                b = b.to(device, non_blocking=True)
-                with _autocast(model):
-                    h = hidden_states(model, b)
-                loss = linear_cross_entropy(h, lm_head, b.targets, chunk=config.loss_chunk)
-                (loss / max(n_trained, 1)).backward()  # sum over tokens / tokens of the whole step
-                loss_sum += loss.detach()
-            grad_norm = (torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                         if config.max_grad_norm > 0 else None)
             lr = scheduler.get_last_lr()[0]
-            optimizer.step()
+            loss_t, grad_norm = train_step(model, batches, optimizer, max_grad_norm=config.max_grad_norm,
+                                           loss_chunk=config.loss_chunk)
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            train_loss = loss_sum.item() / max(n_trained, 1)  # one host sync per optimizer step
+            if step < total_steps:  # build the next step's batches while the device still computes
+                ready[step + 1] = make_batches(step + 1)
+            train_loss = loss_t.item()  # the one host sync per optimizer step
             win["t"] += time.perf_counter() - t0
             win["real"] += sum(b.n_real for b in batches)
             win["trained"] += n_trained
@@ -700,7 +766,7 @@ def train_sft(con, config: SFTConfig, *, resume_from: str | None = None, progres
                 save_checkpoint(step)
             if state["stopped_early"]:
                 break
-            if config.stop_at_step is not None and step >= config.stop_at_step and step < total_steps:
+            if step == config.stop_at_step and step < total_steps:
                 status = "interrupted"
                 break
     except BaseException as exc:

@@ -121,6 +121,7 @@ class PackedBatch:
     position_ids: torch.Tensor  # restart at 0 for each example
     targets: torch.Tensor       # next token within the same example, -100 = no loss
     doc_ids: torch.Tensor       # example index within its row; padding gets its own id
+    trained_index: torch.Tensor  # flat positions (row * length + t) that carry a loss, known on the host
     example_index: list[list[int]]  # per row, the caller's example indices in order
     n_real: int                 # non-pad tokens
     n_pad: int                  # pad tokens (rows padded to a common length)
@@ -129,7 +130,7 @@ class PackedBatch:
     def to(self, device, non_blocking: bool = False) -> "PackedBatch":
         mv = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
         return PackedBatch(mv(self.input_ids), mv(self.position_ids), mv(self.targets), mv(self.doc_ids),
-                           self.example_index, self.n_real, self.n_pad, self.n_trained)
+                           mv(self.trained_index), self.example_index, self.n_real, self.n_pad, self.n_trained)
 
 
 def collate_packed(examples: Sequence[dict], rows: Sequence[Sequence[int]], *, pad_id: int,
@@ -158,7 +159,8 @@ def collate_packed(examples: Sequence[dict], rows: Sequence[Sequence[int]], *, p
             t += n
         doc[r, t:] = len(row)  # padding: one more "document", attends only to itself
         pos[r, t:] = np.arange(width - t)
-    tensors = [torch.from_numpy(a) for a in (ids, pos, tgt, doc)]
+    # positions with a loss, computed here so the device never has to sync on a boolean mask
+    tensors = [torch.from_numpy(a) for a in (ids, pos, tgt, doc, np.flatnonzero(tgt.reshape(-1) != IGNORE))]
     if pin_memory:
         tensors = [t.pin_memory() for t in tensors]
     return PackedBatch(*tensors, example_index=[list(r) for r in rows], n_real=sum(lens),
@@ -226,16 +228,25 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for s in range(0, hidden.shape[0], chunk):
             h, y = hidden[s:s + chunk], targets[s:s + chunk]
             logits = (h @ weight.T).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
-            g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            picked = logits.gather(1, y[:, None]).squeeze(1)
+            top = logits.amax(dim=-1, keepdim=True)
+            e = logits.sub_(top).exp_()  # in place: one chunk of logits alive, 5 passes over it in all
+            z = e.sum(dim=-1, keepdim=True)
+            total += (top.squeeze(1) + z.log().squeeze(1) - picked).sum()
+            if not (need_h or need_w):
+                continue
+            g = e.div_(z)  # softmax
             g[torch.arange(len(y), device=g.device), y] -= 1.0
             g = g.to(hidden.dtype)
             if need_h:
                 grad_h[s:s + chunk] = g @ weight
             if need_w:
-                gw = (g.T @ h).float()
-                grad_w = gw if grad_w is None else grad_w.add_(gw)
+                if grad_w is None:
+                    grad_w = (g.T @ h).float()
+                elif g.dtype == torch.float32:
+                    grad_w.addmm_(g.T, h)
+                else:
+                    grad_w += (g.T @ h).float()
         ctx.save_for_backward(grad_h, grad_w)
         return total
 
@@ -248,14 +259,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor, *,
-                         chunk: int = 4096) -> torch.Tensor:
+                         chunk: int = 4096, index: torch.Tensor | None = None) -> torch.Tensor:
     """Summed cross-entropy of the loss-bearing positions (``targets != -100``), chunked.
 
     ``hidden`` is ``[..., d]`` and ``targets`` the matching ``[...]``; returns a float32 scalar
     (divide by the number of trained tokens of the whole accumulated batch yourself).
+    ``index`` (flat loss-bearing positions, e.g. ``PackedBatch.trained_index``) avoids the host
+    sync that boolean indexing costs on CUDA.
     """
-    keep = targets != IGNORE
-    h, y = hidden[keep], targets[keep]
+    if index is None:
+        keep = targets != IGNORE
+        h, y = hidden[keep], targets[keep]
+    else:
+        h, y = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index), targets.reshape(-1).index_select(0, index)
     weight = lm_head.weight
     if getattr(lm_head, "bias", None) is not None:
         raise ValueError("linear_cross_entropy supports lm_head without bias (Llama, Qwen, Mistral, ...)")

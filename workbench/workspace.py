@@ -103,17 +103,42 @@ def catalog_path(path: str | os.PathLike | None = None) -> Path:
 
 
 def _ensure_created(root: Path) -> None:
-    """Create the DuckLake catalog with its data folder on first use (DuckLake stores the path)."""
-    if catalog_path(root).exists():
+    """Create the workspace's DuckLake catalog on first use, atomically.
+
+    The catalog is built complete under a temporary name and then linked into place (``os.link``
+    fails if another process won the race), so no process ever opens a half-made catalog. It is an
+    SQLite database in WAL mode: in the default rollback-journal mode a reader that has not finished
+    (a half-fetched result, a jupysql result cut at ``displaylimit`` in an idle notebook) blocks every
+    other process's commit; in WAL mode readers never block the writer. The mode is persistent, set
+    before DuckDB opens the file; Python's sqlite3 never touches a live catalog.
+    """
+    import sqlite3
+
+    catalog = catalog_path(root)
+    if catalog.exists():
         return
     (root / "data").mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(config=_config())
+    tmp = catalog.with_name(f".{catalog.name}.{os.getpid()}.{random.randrange(1 << 30)}")
     try:
-        retry(lambda: con.execute(
-            f"ATTACH IF NOT EXISTS 'ducklake:sqlite:{catalog_path(root)}' AS {ALIAS} (DATA_PATH '{root / 'data'}/')"),
-            what="creating the workspace")
+        c = sqlite3.connect(tmp)
+        try:
+            c.execute("pragma journal_mode=wal")
+        finally:
+            c.close()
+        con = duckdb.connect(config=_config())
+        try:
+            con.execute(f"ATTACH 'ducklake:sqlite:{tmp}' AS {ALIAS} (DATA_PATH '{root / 'data'}/')")
+            con.execute(f"DETACH {ALIAS}")
+        finally:
+            con.close()
+        try:
+            os.link(tmp, catalog)
+        except FileExistsError:
+            pass  # another process created it first: use theirs
     finally:
-        con.close()
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{tmp}{suffix}")
 
 
 def connect(path: str | os.PathLike | None = None, *, threads: int | None = None) -> duckdb.DuckDBPyConnection:
@@ -252,11 +277,11 @@ def run_sql_file(con: duckdb.DuckDBPyConnection, name: str | os.PathLike,
 # --------------------------------------------------------------------------- small helpers
 
 def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    # fetchall, not fetchone: a result left half-read keeps a catalog read transaction open
     return bool(con.execute(
-        "select count(*) from duckdb_tables() where database_name = ? and table_name = ?",
-        [ALIAS, name]).fetchone()[0] or con.execute(
-        "select count(*) from duckdb_views() where database_name = ? and view_name = ?",
-        [ALIAS, name]).fetchone()[0])
+        "select (select count(*) from duckdb_tables() where database_name = $db and table_name = $t)"
+        " + (select count(*) from duckdb_views() where database_name = $db and view_name = $t)",
+        {"db": ALIAS, "t": name}).fetchall()[0][0])
 
 
 def snapshot_id(con: duckdb.DuckDBPyConnection) -> int:
@@ -264,7 +289,7 @@ def snapshot_id(con: duckdb.DuckDBPyConnection) -> int:
 
     ``select * from t at (version => N)`` reads a table as it was at that snapshot.
     """
-    return int(con.execute(f"select id from {ALIAS}.current_snapshot()").fetchone()[0])
+    return int(con.execute(f"select id from {ALIAS}.current_snapshot()").fetchall()[0][0])
 
 
 def write_table(con: duckdb.DuckDBPyConnection, name: str, data: Any, *, mode: str = "replace") -> int:
@@ -280,6 +305,6 @@ def write_table(con: duckdb.DuckDBPyConnection, name: str, data: Any, *, mode: s
             else:
                 c.execute(f'insert into "{name}" by name select * from "{view}"')
         transaction(con, body, what=f"writing {name}")
-        return int(con.execute(f'select count(*) from "{view}"').fetchone()[0])
+        return int(con.execute(f'select count(*) from "{view}"').fetchall()[0][0])
     finally:
         con.unregister(view)
