@@ -10,6 +10,7 @@
     workbench cpt round --until "2026-07-01"          # continued pre-training on what arrived since the last round
     workbench features search "plan tenure"
     workbench sft --set epochs=4 --set lora=true        # causal-LM fine-tuning (docs/finetune.md)
+    workbench sweep run --space '{"learning_rate": [1e-4, 3e-4]}' --trials 4
 """
 from __future__ import annotations
 
@@ -203,6 +204,32 @@ def _cmd_features(args) -> int:
                   + (f" (sql/{lin['source_file']})" if lin["source_file"] else "") + "\n" + lin["source_sql"])
     except fs.FeatureError as exc:
         print(f"workbench features: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        con.close()
+    return 0
+
+
+def _cmd_sweep(args) -> int:
+    from . import sweep as sw
+    from .workspace import connect
+
+    con = connect(args.workspace)
+    try:
+        if args.action == "list":
+            _print_frame(sw.list_sweeps(con), args.format)
+            return 0
+        if args.action == "run":
+            budget = {"trials": args.trials, "seconds": args.seconds}
+            res = sw.sweep(json.loads(args.space) if args.space else None, budget, args.metric, con=con,
+                           strategy=args.strategy, trainer=args.trainer, seed=args.seed, sweep_id=args.sweep_id,
+                           config=json.loads(args.config) if args.config else None, evaluate_test=not args.no_test)
+        else:
+            res = sw.load_sweep(con, args.sweep_id)
+            print(res.summary())
+        _print_frame(res.trials.drop(columns=["started_at", "finished_at"]), args.format)
+    except (sw.SweepError, json.JSONDecodeError) as exc:
+        print(f"workbench sweep: {exc}", file=sys.stderr)
         return 2
     finally:
         con.close()
@@ -453,6 +480,27 @@ def build_parser() -> argparse.ArgumentParser:
     ca = csub.add_parser("abandon", help="give up an unfinished round; its documents go back to the queue")
     ca.add_argument("--round", type=int, required=True)
     c.set_defaults(func=_cmd_cpt)
+
+    w = sub.add_parser("sweep", help="hyperparameter sweeps: chosen on validation, test evaluated once")
+    wsub = w.add_subparsers(dest="action", required=True)
+    wr = wsub.add_parser("run", help="run (or, with --sweep-id, resume) a sweep")
+    wr.add_argument("--space", help='search space as JSON, e.g. \'{"learning_rate": {"low": 3e-5, "high": 3e-4, '
+                                    '"log": true}, "epochs": [1, 2]}\' (default: the trainer\'s default space)')
+    wr.add_argument("--trials", type=int, default=8, help="trial budget (0: no cap)")
+    wr.add_argument("--seconds", type=float, default=0, help="wall-clock budget (0: no cap)")
+    wr.add_argument("--strategy", choices=["grid", "random", "tpe"], help="default tpe (or the resumed sweep's)")
+    wr.add_argument("--metric", default="validation_accuracy", help="validation metric to choose on")
+    wr.add_argument("--trainer", choices=["classifier", "sft"], help="default classifier")
+    wr.add_argument("--config", help='fixed trial config as JSON, e.g. \'{"max_train_examples": 300}\'')
+    wr.add_argument("--seed", type=int)
+    wr.add_argument("--sweep-id", help="resume this sweep")
+    wr.add_argument("--no-test", action="store_true", help="do not evaluate the chosen trial on test yet")
+    wl = wsub.add_parser("list", help="sweeps, newest first")
+    ws = wsub.add_parser("show", help="one sweep: summary and trials, best first")
+    ws.add_argument("sweep_id")
+    for q in (wr, wl, ws):
+        q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    w.set_defaults(func=_cmd_sweep)
 
     return p
 
