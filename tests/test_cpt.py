@@ -380,3 +380,25 @@ def test_one_round_at_a_time_and_bad_input_stops_before_writing(con):
     with cpt.round_lock(con):
         with pytest.raises(cpt.CPTBusyError, match="another continued pre-training round is running"):
             cpt.run_round(con, cpt.CPTConfig(**SMALL))
+
+
+def test_an_abandoned_round_gives_its_documents_back(con):
+    _small_corpus(con, n=20)
+    first = cpt.run_round(con, cpt.CPTConfig(**SMALL, stop_at_step=1), until="2026-03-01")
+    assert first.status == "interrupted"
+    taken = con.execute("select doc_id from cpt_round_documents where source = 'new' order by ordinal").df()["doc_id"]
+    cpt.abandon_round(con, 1)
+    assert con.execute("select status from cpt_rounds where round = 1").fetchone() == ("abandoned",)
+    assert con.execute("select status, error from runs where run_id = ?", [first.model_id]).fetchone() == ("failed", "abandoned")
+    assert not (cpt.workspace_root(con) / "models" / first.model_id).exists()
+    plan = cpt.plan_round(con, cpt.CPTConfig(**SMALL), until="2026-03-01")
+    assert plan.round == 2 and plan.new["doc_id"].tolist() == taken.tolist()
+    with pytest.raises(ValueError, match=r"round 1 is not unfinished \(status 'abandoned'\)"):
+        cpt.abandon_round(con, 1)
+
+
+def test_continued_pretraining_is_a_default_pipeline_step_before_fine_tuning():
+    names = [s.name for s in pipeline.select(pipeline.steps(), None, None)]
+    assert "08_continued_pretraining" in names
+    later = [n for n in names if n[:2] > "08"]
+    assert all(n > "08_continued_pretraining" for n in later)  # 09 fine-tuning runs after it
