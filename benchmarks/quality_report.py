@@ -16,7 +16,6 @@ import os
 import platform
 import tempfile
 import time
-from pathlib import Path
 
 import duckdb
 
@@ -80,10 +79,8 @@ def main() -> None:
     args = ap.parse_args()
     ws = args.workspace or tempfile.mkdtemp(prefix="wb-bench-quality-")
     con = workbench.connect(ws)
-    # a shared machine: let DuckDB spill to disk beyond this instead of taking most of the RAM (the
-    # default spill folder, "<database path>.tmp", is not a valid path for a DuckLake-attached database)
+    # a shared machine: DuckDB spills to disk (<workspace>/.tmp) beyond this instead of taking most of the RAM
     con.execute(f"set memory_limit = '{args.memory_limit}'")
-    con.execute(f"set temp_directory = '{Path(ws).absolute() / 'duckdb_tmp'}'")
     if workbench.table_exists(con, "bench_messages") and \
             con.execute("select count(*) from bench_messages").fetchone()[0] == args.rows:
         print(f"reusing bench_messages in {ws}")

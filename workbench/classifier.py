@@ -71,6 +71,8 @@ class ClassifierConfig:
     keep_checkpoint: bool = False     # keep checkpoint.pt (weights + optimizer, ~4x the model) after completion
     flush_every_s: float = 20.0       # seconds between run_metrics writes while training (rows also land at
                                       # every evaluation); 0 = write each row at once (one commit per log)
+    evaluate_test: bool = True        # score the test split once at the end; False for sweep trials, which
+                                      # must never see test (the sweep scores its chosen trial once, later)
 
 
 @dataclass
@@ -79,13 +81,16 @@ class ClassifierResult:
     model_path: str                   # saved model + tokenizer: load with predict(model_path, texts)
     best_step: int                    # optimizer step of the kept weights (0 = untrained)
     validation_accuracy: float        # at best_step
-    test_accuracy: float              # computed once, with the kept weights
-    majority_baseline: float          # test accuracy of always predicting the most frequent train label
+    test_accuracy: float | None       # computed once, with the kept weights (None: evaluate_test=False)
+    majority_baseline: float | None   # test accuracy of always predicting the most frequent train label
     labels: list[str]
     stopped_early: bool = False
     steps: int = 0                    # optimizer steps taken
 
     def summary(self) -> str:
+        if self.test_accuracy is None:
+            return (f"validation accuracy {self.validation_accuracy:.3f} at step {self.best_step}; test not "
+                    f"evaluated (evaluate_test=False); run {self.run_id}")
         return (f"test accuracy {self.test_accuracy:.3f} vs majority baseline {self.majority_baseline:.3f} "
                 f"(validation {self.validation_accuracy:.3f} at step {self.best_step}; run {self.run_id})")
 
@@ -574,11 +579,15 @@ def _train(con, cfg: ClassifierConfig, snap: int, resume_from: str | None, progr
         # ---- test once, with the weights chosen on validation
         model.load_state_dict(st["best_state"])
         val_acc, val_pred = st["best_val_acc"], st["best_val_pred"]  # from the evaluation that chose them
-        test_loss, test_acc, test_pred = _evaluate(model, tok, test, device, cfg.eval_batch_size)
-        baseline = majority_baseline(train.labels, test.labels) if test.ids else float("nan")
-        runs.log_metrics(con, run_id, {"loss": test_loss, "accuracy": test_acc, "majority_baseline": baseline},
-                         step=st["best_step"], epoch=st["best_epoch"], split="test")
-        for name, sp, pred in (("validation", val, val_pred), ("test", test, test_pred)):
+        scored = [("validation", val, val_pred)]
+        test_acc = baseline = None
+        if cfg.evaluate_test:
+            test_loss, test_acc, test_pred = _evaluate(model, tok, test, device, cfg.eval_batch_size)
+            baseline = majority_baseline(train.labels, test.labels) if test.ids else float("nan")
+            runs.log_metrics(con, run_id, {"loss": test_loss, "accuracy": test_acc, "majority_baseline": baseline},
+                             step=st["best_step"], epoch=st["best_epoch"], split="test")
+            scored.append(("test", test, test_pred))
+        for name, sp, pred in scored:
             if sp.ids:
                 runs.write_predictions(con, run_id, name, pd.DataFrame({
                     "example_id": sp.ids, "prompt": sp.texts,

@@ -7,7 +7,10 @@
     workbench label import export.csv --label-set intent --annotator-column annotator
     workbench train-classifier --epochs 2 --max-train-examples 800 && workbench evaluate
     workbench bias report --table examples --group age_band --label intent
+    workbench cpt round --until "2026-07-01"          # continued pre-training on what arrived since the last round
     workbench features search "plan tenure"
+    workbench sft --set epochs=4 --set lora=true        # causal-LM fine-tuning (docs/finetune.md)
+    workbench sweep run --space '{"learning_rate": [1e-4, 3e-4]}' --trials 4
 """
 from __future__ import annotations
 
@@ -245,6 +248,32 @@ def _cmd_features(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from . import sweep as sw
+    from .workspace import connect
+
+    con = connect(args.workspace)
+    try:
+        if args.action == "list":
+            _print_frame(sw.list_sweeps(con), args.format)
+            return 0
+        if args.action == "run":
+            budget = {"trials": args.trials, "seconds": args.seconds}
+            res = sw.sweep(json.loads(args.space) if args.space else None, budget, args.metric, con=con,
+                           strategy=args.strategy, trainer=args.trainer, seed=args.seed, sweep_id=args.sweep_id,
+                           config=json.loads(args.config) if args.config else None, evaluate_test=not args.no_test)
+        else:
+            res = sw.load_sweep(con, args.sweep_id)
+            print(res.summary())
+        _print_frame(res.trials.drop(columns=["started_at", "finished_at"]), args.format)
+    except (sw.SweepError, json.JSONDecodeError) as exc:
+        print(f"workbench sweep: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        con.close()
+    return 0
+
+
 def _cmd_train_classifier(args) -> int:
     from .classifier import config_from_args, train_classifier
     from .workspace import connect
@@ -267,6 +296,72 @@ def _cmd_evaluate(args) -> int:
     print(evaluate.run_summary(con, run_id))
     _print_frame(evaluate.class_report(con, run_id, args.split).round(3), args.format)
     return 0
+
+
+def _cmd_sft(args) -> int:
+    import dataclasses
+
+    from .finetune import SFTConfig, config_from_strings, train_sft
+    from .workspace import connect
+
+    con = connect(args.workspace)
+    try:
+        if args.resume:  # the run's own config, with any --set applied on top
+            row = con.execute("select config_json from runs where run_id = ?", [args.resume]).fetchone()
+            if row is None:
+                raise ValueError(f"no run {args.resume!r} in the runs table")
+            names = {f.name for f in dataclasses.fields(SFTConfig)}
+            saved = {k: v for k, v in json.loads(row[0]).items() if k in names}
+            saved["stop_at_step"] = None  # the interruption is over unless --set asks for another
+            config = config_from_strings(args.set or [], base=SFTConfig(**saved))
+        else:
+            config = config_from_strings(args.set or [])
+        if args.task:
+            config = dataclasses.replace(config, task=args.task)
+        if args.model:
+            config = dataclasses.replace(config, model=args.model)
+        res = train_sft(con, config, resume_from=args.resume, progress=not args.no_progress)
+    finally:
+        con.close()
+    print(json.dumps({k: v for k, v in dataclasses.asdict(res).items() if k != "metrics"}, indent=2, default=str))
+    return 0
+
+
+def _cmd_cpt(args) -> int:
+    from . import cpt
+    from .workspace import connect, table_exists
+
+    con = connect(args.workspace)
+    if args.cpt_command == "promoted":
+        path = cpt.promoted_model(con)
+        print(path or "no promoted model yet: run 'workbench cpt round'", file=sys.stdout if path else sys.stderr)
+        return 0 if path else 1
+    if args.cpt_command == "abandon":
+        cpt.abandon_round(con, args.round)
+        print(f"round {args.round} abandoned; its documents wait for the next round")
+        return 0
+    if args.cpt_command == "status":
+        wm = cpt.watermark(con)
+        print(f"watermark: {'none (no round yet)' if wm is None else f'{wm[0]} / {wm[1]}'}")
+        counts = (cpt.corpus_status(con).groupby("state")["n_docs"].sum().to_dict()
+                  if table_exists(con, "corpus_documents") else {})  # per round, held out, waiting
+        print("corpus documents: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "none"))
+        _print_frame(cpt.registry(con)[["model_id", "parent_id", "round", "status", "data_snapshot", "path"]], args.format)
+        for line in cpt.decisions(con)[-args.last:]:
+            print(line)
+        print(f"promoted: {cpt.promoted_model(con)}")
+        return 0
+    fields = {"model": args.model, "epochs": args.epochs, "lr": args.lr, "replay_fraction": args.replay_fraction,
+              "replay_source": args.replay_source, "max_docs": args.max_docs, "threads": args.threads,
+              "gates": tuple(g.strip() for g in args.gates.split(",")) if args.gates else None}
+    config = cpt.CPTConfig(**{k: v for k, v in fields.items() if v is not None})
+    if args.rounds:
+        results = cpt.run_rounds(con, config, rounds=args.rounds, progress=args.progress)
+    else:
+        results = [cpt.run_round(con, config, until=args.until, progress=args.progress)]
+        print(results[0].summary())
+    rejected = [r for r in results if r.status == "rejected"]
+    return 3 if args.fail_on_reject and rejected else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -411,6 +506,58 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--compare", action="store_true", help="one row per run instead")
     ev.add_argument("--format", choices=["table", "csv", "json"], default="table")
     ev.set_defaults(func=_cmd_evaluate)
+
+    f = sub.add_parser("sft", help="supervised fine-tuning of a causal LM on sft_examples + splits")
+    f.add_argument("--task", help="sft_examples.task (default intent_classification)")
+    f.add_argument("--model", help="offline:tiny-llama (default), a Hugging Face id or a local folder")
+    f.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any SFTConfig field (repeatable)")
+    f.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run from its last checkpoint")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    f.set_defaults(func=_cmd_sft)
+
+    c = sub.add_parser("cpt", help="continued pre-training rounds with validation gates and a model registry")
+    csub = c.add_subparsers(dest="cpt_command", required=True)
+    cr = csub.add_parser("round", help="train on the documents that arrived since the last round (resumes an unfinished one)")
+    cr.add_argument("--until", help="only documents published up to this time (e.g. 2026-07-01)")
+    cr.add_argument("--rounds", type=int, help="split everything pending into N equal time windows, one round each")
+    cr.add_argument("--model", help="base model of the first round (default offline:tiny-llama)")
+    cr.add_argument("--epochs", type=int)
+    cr.add_argument("--lr", type=float)
+    cr.add_argument("--replay-fraction", type=float, help="share of the round's tokens replayed (default 0.3)")
+    cr.add_argument("--replay-source", choices=["earlier", "general", "both"])
+    cr.add_argument("--max-docs", type=int, help="new documents per round at most, oldest first")
+    cr.add_argument("--gates", help="comma-separated gates that decide promotion (default: all four)")
+    cr.add_argument("--threads", type=int, help="torch CPU threads (1: fastest on a busy shared machine)")
+    cr.add_argument("--progress", action="store_true", help="show a training progress bar")
+    cr.add_argument("--fail-on-reject", action="store_true", help="exit 3 when a round is rejected (for schedulers)")
+    cs = csub.add_parser("status", help="watermark, registry and the latest promotion decisions")
+    cs.add_argument("--last", type=int, default=3, help="decisions of the last N rounds (default 3)")
+    cs.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    csub.add_parser("promoted", help="print the path of the latest promoted model (exit 1 if none)")
+    ca = csub.add_parser("abandon", help="give up an unfinished round; its documents go back to the queue")
+    ca.add_argument("--round", type=int, required=True)
+    c.set_defaults(func=_cmd_cpt)
+
+    w = sub.add_parser("sweep", help="hyperparameter sweeps: chosen on validation, test evaluated once")
+    wsub = w.add_subparsers(dest="action", required=True)
+    wr = wsub.add_parser("run", help="run (or, with --sweep-id, resume) a sweep")
+    wr.add_argument("--space", help='search space as JSON, e.g. \'{"learning_rate": {"low": 3e-5, "high": 3e-4, '
+                                    '"log": true}, "epochs": [1, 2]}\' (default: the trainer\'s default space)')
+    wr.add_argument("--trials", type=int, default=8, help="trial budget (0: no cap)")
+    wr.add_argument("--seconds", type=float, default=0, help="wall-clock budget (0: no cap)")
+    wr.add_argument("--strategy", choices=["grid", "random", "tpe"], help="default tpe (or the resumed sweep's)")
+    wr.add_argument("--metric", default="validation_accuracy", help="validation metric to choose on")
+    wr.add_argument("--trainer", choices=["classifier", "sft"], help="default classifier")
+    wr.add_argument("--config", help='fixed trial config as JSON, e.g. \'{"max_train_examples": 300}\'')
+    wr.add_argument("--seed", type=int)
+    wr.add_argument("--sweep-id", help="resume this sweep")
+    wr.add_argument("--no-test", action="store_true", help="do not evaluate the chosen trial on test yet")
+    wl = wsub.add_parser("list", help="sweeps, newest first")
+    ws = wsub.add_parser("show", help="one sweep: summary and trials, best first")
+    ws.add_argument("sweep_id")
+    for q in (wr, wl, ws):
+        q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    w.set_defaults(func=_cmd_sweep)
 
     return p
 

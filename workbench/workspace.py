@@ -13,6 +13,7 @@ Layout of a workspace folder (default ``./workspace`` or ``$WORKBENCH_HOME``)::
     data/            Parquet files of every table
     runs/            executed notebooks of ``workbench run`` (one folder per run id)
     models/          saved models and tokenizers (one folder per run id)
+    .tmp/            DuckDB's spill folder for queries larger than memory
     sample/          the generated sample data set (``workbench demo-data``)
 """
 from __future__ import annotations
@@ -86,10 +87,14 @@ def extension_directory() -> str:
     return str(target)
 
 
-def _config(threads: int | None = None) -> dict:
+def _config(threads: int | None = None, root: Path | None = None) -> dict:
     cfg = {"extension_directory": extension_directory(),
            "autoinstall_known_extensions": False,  # never reach for the network
            "autoload_known_extensions": True}
+    if root is not None:
+        # where DuckDB spills when a query outgrows memory_limit; its default is derived from the
+        # database path, which for a 'ducklake:sqlite:...' path is no folder at all
+        cfg["temp_directory"] = str(root / ".tmp")
     if threads:
         cfg["threads"] = threads
     return cfg
@@ -149,7 +154,7 @@ def connect(path: str | os.PathLike | None = None, *, threads: int | None = None
     """
     root = home(path)
     _ensure_created(root)
-    return retry(lambda: duckdb.connect(f"ducklake:sqlite:{catalog_path(root)}", config=_config(threads)),
+    return retry(lambda: duckdb.connect(f"ducklake:sqlite:{catalog_path(root)}", config=_config(threads, root)),
                  what="opening the workspace")
 
 
