@@ -63,8 +63,11 @@ def stable_hash(text: str) -> int:
 
 
 def hex8_sql(hex_expr: str) -> str:
-    """The first 8 hex digits of a hex string as an integer, in portable SQL (no ``'0x..'::bigint``)."""
-    return "(" + " + ".join(f"(strpos('0123456789abcdef', substr({hex_expr}, {k}, 1)) - 1) * {16 ** (8 - k)}"
+    """The first 8 hex digits of a hex string as an integer, in portable SQL (no ``'0x..'::bigint``).
+
+    Digits are cast to bigint before multiplying: 8 * 16^7 overflows a 32-bit int (Spark's ANSI mode
+    raises)."""
+    return "(" + " + ".join(f"(cast(strpos('0123456789abcdef', substr({hex_expr}, {k}, 1)) as bigint) - 1) * {16 ** (8 - k)}"
                             for k in range(1, 9)) + ")"
 
 
