@@ -118,7 +118,8 @@ def test_generation_is_the_same_left_padded_in_a_batch_or_alone(con):
 
 
 def test_normalize_answer_matches_wordpiece_decoding():
-    assert normalize_answer("technical _ issue") == normalize_answer(" Technical_issue.") == "technical_issue"
+    assert normalize_answer("technical _ issue") == normalize_answer(" Technical_issue.") == "technical issue"
+    assert normalize_answer("Technical  issue") == "technical issue"  # a plain-words template's label
     assert normalize_answer("account _ access") != normalize_answer("account")
 
 
