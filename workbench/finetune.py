@@ -531,6 +531,8 @@ def train_step(model, batches: Sequence[PackedBatch], optimizer, *, max_grad_nor
         b = b.to(device, non_blocking=True)
         with _autocast(model):
             h = hidden_states(model, b)
+        if getattr(model, "_wb_autocast", False):
+            h = h.to(torch.bfloat16)  # bf16-mixed: the lm_head matmuls in bf16 too (fp32 softmax, fp32 weight grads)
         loss = linear_cross_entropy(h, lm_head, b.targets, chunk=loss_chunk, index=b.trained_index)
         (loss / n_trained).backward()
         loss_sum += loss.detach()
@@ -811,10 +813,13 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
     if config.keep_best and best_file.exists():
         _load_trainable(model, torch.load(best_file, map_location="cpu", weights_only=False))
     final_step = state["step"]
+    # final metrics are logged at the step whose weights they score
+    tested = state["best_step"] if config.keep_best and best_file.exists() else final_step
+    tested_epoch = 0.0 if tested == 0 else schedule[tested - 1][0] + (schedule[tested - 1][1] + 1) / schedule[tested - 1][3]
     val_m, val_pred = evaluate(model, tokenizer, parts["validation"], config)
-    log.add({f"final_{k}": v for k, v in val_m.items()}, step=final_step, epoch=config.epochs, split="validation")
+    log.add({f"final_{k}": v for k, v in val_m.items()}, step=tested, epoch=tested_epoch, split="validation")
     test_m, test_pred = (evaluate(model, tokenizer, parts["test"], config) if len(parts["test"]) else ({}, None))
-    log.add({**test_m, "majority_baseline": baseline}, step=final_step, epoch=config.epochs, split="test")
+    log.add({**test_m, "majority_baseline": baseline}, step=tested, epoch=tested_epoch, split="test")
     log.flush()
     keep = ["example_id", "prompt", "prediction", "label", "correct"]
     runs.write_predictions(con, run_id, "validation", val_pred[keep])
