@@ -49,7 +49,7 @@ class SFTConfig:
     micro_batch_size: int = 2  # packed rows per forward pass; larger: faster per token, more memory
     grad_accum: int = 1  # micro-batches per optimizer step; the loss is normalized over all of them
     # --- optimization
-    epochs: int = 6  # passes over the training split (early stopping may end sooner)
+    epochs: int = 3  # passes over the training split (early stopping may end sooner)
     lr: float = 2e-3  # peak learning rate; from-scratch tiny models ~1e-3..3e-3, full FT of pretrained ~2e-5, LoRA ~2e-4
     warmup_steps: int = 10  # linear warmup from 0; too few: early instability, too many: wasted steps
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at the last step
@@ -68,11 +68,13 @@ class SFTConfig:
     eval_batch_size: int = 32  # prompts per generation batch
     max_new_tokens: int = 8  # greedy generation length; must cover the longest label + EOS
     metric: str = "accuracy"  # early stopping / model choice: "accuracy" (generation), "choice_accuracy", "loss"
-    patience: int = 3  # evaluations without improvement before stopping; 0 = never stop early
+    patience: int = 2  # evaluations in a row without a better metric before stopping; 0 = never stop early
     keep_best: bool = True  # end with the weights of the best evaluation, not the last step
     # --- run control
     seed: int = 0  # model init, LoRA init, batch order: same seed, data and config give the same metrics on CPU
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1"
+    threads: int = 1  # CPU intra-op threads during the run (0: torch's setting); on a busy shared 2-core machine 1 thread
+                      # ran 10x faster than 2 contending ones; on an idle machine 0 (all cores) is faster
     precision: str = "auto"  # "auto" (bf16-mixed on CUDA, fp32 on CPU) | "fp32" | "bf16-mixed" (autocast) | "bf16" (bf16 weights)
     attn_implementation: str = "auto"  # "auto": flex_attention on CUDA (block-sparse document mask), sdpa on CPU
     compile: str = "auto"  # "auto": torch.compile the decoder on CUDA only ("on"/"off" to force); compiling costs a minute upfront
@@ -91,7 +93,8 @@ class SFTConfig:
                   ("precision", self.precision in ("auto", "fp32", "bf16-mixed", "bf16")),
                   ("compile", self.compile in ("auto", "on", "off")),
                   ("checkpoint_every", self.checkpoint_every >= 1), ("eval_every", self.eval_every >= 0),
-                  ("max_train_examples", self.max_train_examples is None or self.max_train_examples >= 1)]
+                  ("max_train_examples", self.max_train_examples is None or self.max_train_examples >= 1),
+                  ("threads", self.threads >= 0)]
         bad = [name for name, ok in checks if not ok]
         if bad:
             raise ValueError("SFTConfig: invalid " + ", ".join(f"{b}={getattr(self, b)!r}" for b in bad)
@@ -161,8 +164,10 @@ def load_sft_frame(con, task: str, snapshot: int | None = None) -> pd.DataFrame:
         if not table_exists(con, t):
             raise SFTDataError(f"table {t!r} not found in the workspace: run the templates (05) and split (06) steps first")
     at = "" if snapshot is None else f" at (version => {int(snapshot)})"
+    cols = {r[0] for r in con.execute(f"select * from sft_examples{at} limit 0").description}
+    system = "e.system" if "system" in cols else "null"
     df = con.execute(f"""
-        select e.example_id, e.source_row_id, e.prompt, e.completion, e.choices, s.split
+        select e.example_id, e.source_row_id, e.prompt, e.completion, e.choices, {system} as system, s.split
         from sft_examples as e{at}
         join splits as s{at} on s.example_id = e.source_row_id
         where e.task = ?
@@ -171,7 +176,10 @@ def load_sft_frame(con, task: str, snapshot: int | None = None) -> pd.DataFrame:
         tasks = [r[0] for r in con.execute(f"select distinct task from sft_examples{at} order by 1").fetchall()]
         raise SFTDataError(f"no sft_examples joined to splits for task {task!r} (tasks present: {tasks})")
     df["example_id"] = df["example_id"].astype(str)
-    return df
+    # a system message (chat templates) goes in front of the prompt for plain causal LMs
+    has_sys = df["system"].notna() & (df["system"].astype(str).str.len() > 0)
+    df.loc[has_sys, "prompt"] = df.loc[has_sys, "system"].astype(str) + "\n\n" + df.loc[has_sys, "prompt"]
+    return df.drop(columns="system")
 
 
 def check_frame(df: pd.DataFrame, task: str) -> dict[str, pd.DataFrame]:
@@ -186,9 +194,9 @@ def check_frame(df: pd.DataFrame, task: str) -> dict[str, pd.DataFrame]:
         raise SFTDataError(f"task {task!r}: {len(nulls)} sft_examples with a null prompt or completion, "
                            f"e.g. example_id {nulls['example_id'].iloc[0]!r}")
     if is_classification(df):
-        seen = set(parts["train"]["completion"])
+        seen = set(parts["train"]["completion"].map(normalize_answer))
         for s in ("validation", "test"):
-            unseen = parts[s][~parts[s]["completion"].isin(seen)]
+            unseen = parts[s][~parts[s]["completion"].map(normalize_answer).isin(seen)]
             if len(unseen):
                 counts = unseen["completion"].value_counts().to_dict()
                 raise SFTDataError(f"task {task!r}: labels in {s} never appear in train: {counts} "
@@ -235,12 +243,14 @@ def majority_baseline(train: pd.DataFrame, test: pd.DataFrame) -> float | None:
 
 
 def normalize_answer(text: str) -> str:
-    """Normalized form for exact match: NFKC, lowercase, no space next to punctuation, no end period.
+    """Normalized form for exact match: NFKC, lowercase, ``_`` as a space, no space next to
+    punctuation, single spaces, no final period.
 
-    WordPiece decoding writes ``technical_issue`` as ``technical _ issue``; both normalize alike.
+    ``technical_issue``, ``technical issue`` (a plain-words template) and ``technical _ issue``
+    (WordPiece decoding) all normalize to ``technical issue``.
     """
-    s = unicodedata.normalize("NFKC", str(text)).lower().strip()
-    s = re.sub(r"\s*([^\w\s]|_)\s*", r"\1", s)
+    s = unicodedata.normalize("NFKC", str(text)).lower().replace("_", " ").strip()
+    s = re.sub(r"\s*([^\w\s])\s*", r"\1", s)
     return re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
 
 
@@ -521,6 +531,8 @@ def train_step(model, batches: Sequence[PackedBatch], optimizer, *, max_grad_nor
         b = b.to(device, non_blocking=True)
         with _autocast(model):
             h = hidden_states(model, b)
+        if getattr(model, "_wb_autocast", False):
+            h = h.to(torch.bfloat16)  # bf16-mixed: the lm_head matmuls in bf16 too (fp32 softmax, fp32 weight grads)
         loss = linear_cross_entropy(h, lm_head, b.targets, chunk=loss_chunk, index=b.trained_index)
         (loss / n_trained).backward()
         loss_sum += loss.detach()
@@ -584,9 +596,19 @@ def train_sft(con, config: SFTConfig, *, resume_from: str | None = None, progres
     ``resume_from=<run_id>`` continues an interrupted or crashed run from its newest checkpoint,
     on the same data snapshot, and ends exactly where the uninterrupted run would have.
     """
+    config.validate()
+    before = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        return _train_sft(con, config, resume_from=resume_from, progress=progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: bool) -> SFTResult:
     from tqdm.auto import tqdm
 
-    config.validate()
     runs.ensure_tables(con)
     # ---------------------------------------------------------------- resume: the run's own data and config
     snapshot, resume_ckpt = None, None
@@ -658,7 +680,7 @@ def train_sft(con, config: SFTConfig, *, resume_from: str | None = None, progres
         run_id = resume_from
     run_dir = runs.model_dir(run_id)
     log = _Metrics(con, run_id)
-    state = {"step": 0, "best": None, "best_step": None, "bad_evals": 0, "stopped_early": False}
+    state = {"step": 0, "best": None, "best_metric": None, "best_step": None, "bad_evals": 0, "stopped_early": False}
     if resume_ckpt is not None:
         ck = torch.load(resume_ckpt, map_location="cpu", weights_only=False)
         _load_trainable(model, ck["model"])
@@ -678,13 +700,16 @@ def train_sft(con, config: SFTConfig, *, resume_from: str | None = None, progres
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             m, _ = evaluate(model, tokenizer, val_frame, config)
         log.add(m, step=step, epoch=epoch, split="validation")
-        # higher is better; accuracy ties go to the lower validation loss
+        # higher is better; for choosing the model, accuracy ties go to the lower validation loss
         value = [-m["loss"]] if config.metric == "loss" else [m.get(config.metric, m["accuracy"]), -m["loss"]]
         if state["best"] is None or value > state["best"]:
-            state.update(best=value, best_step=step, bad_evals=0)
+            state.update(best=value, best_step=step)
             if config.keep_best:
                 _atomic_save(_trainable_state(model), run_dir / f"best-{step:07d}.pt")
                 prune_best()
+        # patience counts evaluations where the metric itself did not improve
+        if state["best_metric"] is None or value[0] > state["best_metric"]:
+            state.update(best_metric=value[0], bad_evals=0)
         else:
             state["bad_evals"] += 1
         if progress:
@@ -788,10 +813,13 @@ def train_sft(con, config: SFTConfig, *, resume_from: str | None = None, progres
     if config.keep_best and best_file.exists():
         _load_trainable(model, torch.load(best_file, map_location="cpu", weights_only=False))
     final_step = state["step"]
+    # final metrics are logged at the step whose weights they score
+    tested = state["best_step"] if config.keep_best and best_file.exists() else final_step
+    tested_epoch = 0.0 if tested == 0 else schedule[tested - 1][0] + (schedule[tested - 1][1] + 1) / schedule[tested - 1][3]
     val_m, val_pred = evaluate(model, tokenizer, parts["validation"], config)
-    log.add({f"final_{k}": v for k, v in val_m.items()}, step=final_step, epoch=config.epochs, split="validation")
+    log.add({f"final_{k}": v for k, v in val_m.items()}, step=tested, epoch=tested_epoch, split="validation")
     test_m, test_pred = (evaluate(model, tokenizer, parts["test"], config) if len(parts["test"]) else ({}, None))
-    log.add({**test_m, "majority_baseline": baseline}, step=final_step, epoch=config.epochs, split="test")
+    log.add({**test_m, "majority_baseline": baseline}, step=tested, epoch=tested_epoch, split="test")
     log.flush()
     keep = ["example_id", "prompt", "prediction", "label", "correct"]
     runs.write_predictions(con, run_id, "validation", val_pred[keep])
