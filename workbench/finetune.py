@@ -877,3 +877,5 @@ def generate(model_path_or_run, prompts: Sequence[str] | str, max_new_tokens: in
                          batch_size=batch_size)
     finally:
         model.train(was)
+
+from .sweep import sweep  # noqa: E402,F401  (workbench.finetune.sweep: tune on validation, test once)
