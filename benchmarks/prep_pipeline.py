@@ -139,8 +139,9 @@ def child(engine: str, data: Path) -> None:
         t0 = time.perf_counter()
         kept = ENGINES[engine](data, Path(tmp))
         secs = time.perf_counter() - t0
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"engine": engine, "seconds": secs, "kept": kept, "peak_mb": peak_mb}))
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"engine": engine, "seconds": secs, "kept": kept, "peak_mb": ru.ru_maxrss / 1024,
+                      "cpu_s": ru.ru_utime + ru.ru_stime}))
 
 
 def main() -> None:
@@ -171,12 +172,13 @@ def main() -> None:
         r = json.loads(p.stdout.strip().splitlines()[-1])
         results[engine] = r
         print(f"{engine:10s} {r['seconds']:8.1f} s  {input_rows / r['seconds']:12,.0f} rows/s  "
-              f"peak {r['peak_mb']:7.0f} MB  kept {r['kept']:,}")
+              f"cpu {r['cpu_s']:7.1f} s  peak {r['peak_mb']:7.0f} MB  kept {r['kept']:,}")
     if "workbench" in results:
         base = results["workbench"]["seconds"]
         for engine, r in results.items():
             if engine != "workbench":
-                print(f"workbench is {r['seconds'] / base:.2f}x faster than {engine}")
+                print(f"workbench vs {engine}: {r['seconds'] / base:.2f}x the speed (wall), "
+                      f"{r['cpu_s'] / results['workbench']['cpu_s']:.2f}x less CPU")
     print(f"input lines: {input_rows:,}; cpu cores: {os.cpu_count()}; python {sys.version.split()[0]}")
 
 

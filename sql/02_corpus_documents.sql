@@ -19,8 +19,8 @@ normalized as (
                 then try_cast(trim(published_at) as timestamp)
         end as published_at,
         trim(coalesce(topic, '')) as topic,
-        trim(regexp_replace(nfc_normalize(coalesce(title, '')), '\s+', ' ', 'g')) as title,
-        trim(regexp_replace(nfc_normalize(coalesce(body, '')), '\s+', ' ', 'g')) as text
+        trim(regexp_replace(nfc_normalize(coalesce(title, '')), '\s{2,}|[^\S ]', ' ', 'g')) as title,
+        trim(regexp_replace(nfc_normalize(coalesce(body, '')), '\s{2,}|[^\S ]', ' ', 'g')) as text
     from source
 ),
 

@@ -21,7 +21,7 @@ normalized as (
         lower(trim(channel)) as channel,
         lower(trim(region)) as region,
         trim(age_band) as age_band,
-        trim(regexp_replace(nfc_normalize(coalesce(text, '')), '\s+', ' ', 'g')) as text_ws
+        trim(regexp_replace(nfc_normalize(coalesce(text, '')), '\s{2,}|[^\S ]', ' ', 'g')) as text_ws
     from source
 ),
 

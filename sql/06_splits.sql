@@ -8,6 +8,7 @@
 -- split follows u; with it, units are ranked by u within their label and the first
 -- floor(n * train + 0.5) go to train, the next ones to validation, so every label gets the requested
 -- fractions to within one unit. A new example whose group was assigned before joins that group's split.
+-- Digits are cast to bigint before multiplying: 8 * 16^7 overflows a 32-bit int (Spark's ANSI mode raises).
 insert into splits (example_id, split, seed, batch_id, assigned_at)
 with examples_in as (
     select
@@ -74,14 +75,14 @@ fractions as (
         unit_key,
         stratum,
         (
-            (strpos('0123456789abcdef', substr(h, 1, 1)) - 1) * 268435456
-            + (strpos('0123456789abcdef', substr(h, 2, 1)) - 1) * 16777216
-            + (strpos('0123456789abcdef', substr(h, 3, 1)) - 1) * 1048576
-            + (strpos('0123456789abcdef', substr(h, 4, 1)) - 1) * 65536
-            + (strpos('0123456789abcdef', substr(h, 5, 1)) - 1) * 4096
-            + (strpos('0123456789abcdef', substr(h, 6, 1)) - 1) * 256
-            + (strpos('0123456789abcdef', substr(h, 7, 1)) - 1) * 16
-            + (strpos('0123456789abcdef', substr(h, 8, 1)) - 1)
+            (cast(strpos('0123456789abcdef', substr(h, 1, 1)) as bigint) - 1) * 268435456
+            + (cast(strpos('0123456789abcdef', substr(h, 2, 1)) as bigint) - 1) * 16777216
+            + (cast(strpos('0123456789abcdef', substr(h, 3, 1)) as bigint) - 1) * 1048576
+            + (cast(strpos('0123456789abcdef', substr(h, 4, 1)) as bigint) - 1) * 65536
+            + (cast(strpos('0123456789abcdef', substr(h, 5, 1)) as bigint) - 1) * 4096
+            + (cast(strpos('0123456789abcdef', substr(h, 6, 1)) as bigint) - 1) * 256
+            + (cast(strpos('0123456789abcdef', substr(h, 7, 1)) as bigint) - 1) * 16
+            + (cast(strpos('0123456789abcdef', substr(h, 8, 1)) as bigint) - 1)
         ) / cast(4294967296 as double) as u  -- double on both engines (Spark: decimal)
     from hashed
 ),

@@ -62,3 +62,20 @@ def test_every_notebook_parameter_is_documented():
         section = doc.split(f"### {s.name}", 1)[1].split("\n### ", 1)[0]
         for name in s.parameters:
             assert f"`{name}`" in section, f"{s.name}: parameter {name} is not documented in docs/pipeline.md"
+
+
+def test_papermill_parses_every_parameter_line(caplog):
+    """papermill's own parser (used for --help-notebook and to warn on unknown -p names) reads every line."""
+    import logging
+
+    from papermill.translators import PythonTranslator
+
+    for s in pipeline.steps():
+        nb = json.loads(s.path.read_text())
+        cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+        src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        with caplog.at_level(logging.WARNING, logger="papermill"):
+            caplog.clear()
+            names = [p.name for p in PythonTranslator.inspect({"source": src})]
+        assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()], (s.name, caplog.text)
+        assert sorted(names) == sorted(s.parameters), s.name

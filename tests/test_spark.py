@@ -66,6 +66,7 @@ def schema(con, db: str, table: str) -> list[tuple[str, str]]:
 def test_re2_patterns_become_equivalent_java_patterns():
     j = wbspark.java_regex
     assert j(r"\s+") == "[\\t\\n\\f\\r ]+"                    # RE2's \s has no \v
+    assert j(r"[^\S ]") == "[^[^\\t\\n\\f\\r ] ]"               # whitespace but a space
     assert j(r"a$") == "a\\z" and j(r"(?m)a$") == "(?m)a$"     # Java's $ also matches before a final \n
     assert j("a.b") == "a[^\\n]b" and j("[.]") == "[.]"        # Java's . also stops at \r
     assert "(?<=[0-9A-Za-z_])" in j(r"\bx")                    # Java 17's \b counts é as a word char
@@ -133,6 +134,7 @@ select
     ltrim(s) as ltrimmed,
     regexp_replace(s, '\\b(?:\\d[ -]?){12,18}\\d\\b', '<CARD>', 'g') as card,
     regexp_replace(s, '\\s+', '_', 'g') as ws,
+    regexp_replace(s, '\\s{2,}|[^\\S ]', '_', 'g') as ws2,
     regexp_replace(s, '([a-z]+)([0-9]+)', '\\2\\1', 'g') as swapped,
     regexp_matches(s, 'e$') as ends_e,
     regexp_matches(s, '^cr.x') as dot,

@@ -121,3 +121,19 @@ def test_sqlalchemy_engine_shares_the_workspace(con):
     assert sqlalchemy.inspect(eng).get_table_names() == ["t"]
     with eng.connect() as c:
         assert c.exec_driver_sql("select answer from t").fetchone()[0] == 42
+
+
+def test_catalog_in_wal_mode_so_an_open_reader_never_blocks_writers(workspace):
+    import sqlite3
+
+    con = workbench.connect(workspace)
+    mode = sqlite3.connect(workspace / "wb.sqlite").execute("pragma journal_mode").fetchone()[0]
+    assert mode == "wal"
+    con.execute("create table t as select range as i from range(100000)")
+    con.execute("create table events (who varchar, i integer)")
+    pending = con.execute("select * from t")  # a half-read result, as an idle notebook leaves one
+    pending.fetchmany(10)
+    p = subprocess.run([sys.executable, "-c", WRITER, str(workspace), "other", "3"], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert workbench.connect(workspace).execute("select count(*) from events").fetchall()[0][0] == 3

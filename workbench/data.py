@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import duckdb
+import pandas as pd
 
 from .workspace import WorkspaceError, run_sql_file, sql_literal, table_exists, transaction
 
@@ -70,7 +71,7 @@ def _q(path: str | os.PathLike) -> str:
 # Each reader returns (select SQL of parsed rows, list of reject tuples). Parsed rows carry
 # source_line; every source column is VARCHAR (typing happens in the cleaning SQL, with reasons).
 
-def _csv(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[str, list[tuple]]:
+def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str, list[tuple]]:
     """CSV via DuckDB's reader with ``store_rejects``: bad rows go to ``reject_errors``.
 
     DuckDB numbers CSV records by line (header = line 1). It reports a rejected record's line, and
@@ -86,7 +87,7 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[str, list[tuple]]:
             "quote = '\"', escape = '\"', store_rejects = true, "
             "rejects_table = 'wb_reject_errors', rejects_scan = 'wb_reject_scans', "
             "strict_mode = true, null_padding = false, max_line_size = 4194304, parallel = true")
-    con.execute(f"create or replace temp table wb_csv_rows as "
+    con.execute(f"create or replace temp table wb_csv_rows{tag} as "
                 f"select row_number() over () as wb_ordinal, * from read_csv({_q(path)}, {opts})")
     rej = con.execute(
         "select distinct line, error_type, error_message, csv_line from temp.wb_reject_errors order by line"
@@ -98,15 +99,15 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[str, list[tuple]]:
         entry[0].setdefault(etype.lower().replace("_", " "), msg)  # one reason per error type
     rejects = [(line, "; ".join(f"{t}: {m}" for t, m in sorted(reasons.items())), raw)
                for line, (reasons, raw) in sorted(by_line.items())]
-    con.execute("create or replace temp table wb_csv_reject_lines (j bigint, a bigint)")
+    con.execute(f"create or replace temp table wb_csv_reject_lines{tag} (j bigint, a bigint)")
     if rejects:
         # a_j = parsed rows before the j-th reject = line_j - 1 (header) - j
-        con.executemany("insert into temp.wb_csv_reject_lines values (?, ?)",
+        con.executemany(f"insert into temp.wb_csv_reject_lines{tag} values (?, ?)",
                         _reject_positions([line for line, _, _ in rejects], first_data_line=2))
-    cols = [r[0] for r in con.execute("describe temp.wb_csv_rows").fetchall() if r[0] != "wb_ordinal"]
+    cols = [r[0] for r in con.execute(f"describe temp.wb_csv_rows{tag}").fetchall() if r[0] != "wb_ordinal"]
     select = ", ".join(f'r."{c}"' for c in cols)
     sql = (f"select r.wb_ordinal + 1 + coalesce(x.j, 0) as source_line, {select} "
-           "from temp.wb_csv_rows r asof left join temp.wb_csv_reject_lines x on r.wb_ordinal > x.a")
+           f"from temp.wb_csv_rows{tag} r asof left join temp.wb_csv_reject_lines{tag} x on r.wb_ordinal > x.a")
     con.execute("drop table if exists temp.wb_reject_errors; drop table if exists temp.wb_reject_scans")
     return sql, rejects
 
@@ -147,7 +148,7 @@ def _header_names(row: list[str] | None, path: Path) -> list[str]:
     return names
 
 
-def _jsonl(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[str, list[tuple]]:
+def _jsonl(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str, list[tuple]]:
     """JSONL read as lines (so every line has its number), then parsed with DuckDB's JSON functions.
 
     A line that is not valid UTF-8, not valid JSON, or not a JSON object is a reject with its line.
@@ -156,37 +157,37 @@ def _jsonl(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[str, list[tuple]
     opts = ("columns = {'raw_line': 'VARCHAR'}, header = false, delim = '\\x1e', quote = '', escape = '', "
             "store_rejects = true, rejects_table = 'wb_reject_errors', rejects_scan = 'wb_reject_scans', "
             "max_line_size = 4194304, strict_mode = false, parallel = true")
-    con.execute(f"create or replace temp table wb_json_lines as "
+    con.execute(f"create or replace temp table wb_json_lines{tag} as "
                 f"select row_number() over () as wb_ordinal, raw_line from read_csv({_q(path)}, {opts})")
     bad = con.execute(
         "select distinct line, error_type, error_message, csv_line from temp.wb_reject_errors order by line"
     ).fetchall()
     # lines the reader rejected (invalid UTF-8) are absent from wb_json_lines: shift like CSV
     shift = _reject_positions([int(line) for line, *_ in bad], first_data_line=1)
-    con.execute("create or replace temp table wb_json_shift (j bigint, a bigint)")
+    con.execute(f"create or replace temp table wb_json_shift{tag} (j bigint, a bigint)")
     if shift:
-        con.executemany("insert into temp.wb_json_shift values (?, ?)", shift)
-    con.execute("""
-        create or replace temp table wb_json_parsed as
+        con.executemany(f"insert into temp.wb_json_shift{tag} values (?, ?)", shift)
+    con.execute(f"""
+        create or replace temp table wb_json_parsed{tag} as
         select l.wb_ordinal + coalesce(x.j, 0) as source_line, l.raw_line,
                case when not json_valid(l.raw_line) then 'malformed JSON'
-                    when json_type(l.raw_line::json) <> 'OBJECT' then 'not a JSON object: ' || json_type(l.raw_line::json)
+                    when json_type(l.raw_line) <> 'OBJECT' then 'not a JSON object: ' || json_type(l.raw_line)
                end as reason
-        from temp.wb_json_lines l asof left join temp.wb_json_shift x on l.wb_ordinal > x.a
+        from temp.wb_json_lines{tag} l asof left join temp.wb_json_shift{tag} x on l.wb_ordinal > x.a
         where trim(l.raw_line) <> ''
     """)
     rejects = [(int(line), f"{et.lower().replace('_', ' ')}: {msg}", raw) for line, et, msg, raw in bad]
-    rejects += con.execute("select source_line, reason, raw_line from temp.wb_json_parsed "
+    rejects += con.execute(f"select source_line, reason, raw_line from temp.wb_json_parsed{tag} "
                            "where reason is not null order by source_line").fetchall()
     keys: list[str] = []
-    for (key_list,) in con.execute("""
-            select json_keys(raw_line::json) as ks from temp.wb_json_parsed where reason is null
+    for (key_list,) in con.execute(f"""
+            select json_keys(raw_line) as ks from temp.wb_json_parsed{tag} where reason is null
             group by ks order by min(source_line)""").fetchall():
         keys += [k for k in key_list if k not in keys]
-    cols = ", ".join(f"json_extract_string(raw_line::json, {sql_literal('$.' + _json_path_key(k))}) as \"{k}\""
-                     for k in keys)
-    sql = ("select source_line" + (", " + cols if cols else "")
-           + " from temp.wb_json_parsed where reason is null")
+    # one parse per line into a struct of VARCHARs (numbers and nested values keep their JSON text)
+    structure = "{" + ", ".join(f"{_json_path_key(k)}: \"VARCHAR\"" for k in keys) + "}"
+    sql = ("select source_line" + (f", unnest(from_json(raw_line, {sql_literal(structure)}))" if keys else "")
+           + f" from temp.wb_json_parsed{tag} where reason is null")
     con.execute("drop table if exists temp.wb_reject_errors; drop table if exists temp.wb_reject_scans")
     return sql, sorted(rejects)
 
@@ -195,7 +196,7 @@ def _json_path_key(key: str) -> str:
     return '"' + key.replace('"', '\\"') + '"'
 
 
-def _parquet(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[str, list[tuple]]:
+def _parquet(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str, list[tuple]]:
     cols = [r[0] for r in con.execute(f"describe select * from read_parquet({_q(path)})").fetchall()]
     select = ", ".join(f'cast("{c}" as varchar) as "{c}"' for c in cols)
     return f"select file_row_number + 1 as source_line, {select} from read_parquet({_q(path)}, file_row_number = true)", []
@@ -238,20 +239,24 @@ def ingest(con: duckdb.DuckDBPyConnection, files: Sequence[str | os.PathLike] | 
         from .spark import ingest_spark
         return ingest_spark(con, paths, fmts, table=table, mode=mode)
 
-    # Parse every file first (temp tables, outside the workspace), then write all in one transaction.
+    # Parse every file first (temp tables and views, outside the workspace), then write all in one
+    # transaction. Each file's rows are a view over its parsed temp table: written once, into the lake.
     parts, report = [], {}
     for i, (p, f) in enumerate(zip(paths, fmts)):
         try:
-            sql, rejects = READERS[f](con, p)
+            sql, rejects = READERS[f](con, p, f"_{i}")
         except duckdb.Error as exc:
             raise IngestError(f"{p}: cannot read as {f}: {exc}") from exc
-        con.execute(f"create or replace temp table wb_part_{i} as "
+        con.execute(f"create or replace temp view wb_part_{i} as "
                     f"select {sql_literal(p.name)} || ':' || source_line as source_row_id, "
                     f"{sql_literal(str(p))} as source_file, * from ({sql})")
-        n = con.execute(f"select count(*) from temp.wb_part_{i}").fetchone()[0]
         parts.append((i, p, rejects))
-        report[str(p)] = {"format": f, "rows": int(n), "rejected": len(rejects)}
+        report[str(p)] = {"format": f, "rows": 0, "rejected": len(rejects)}
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    rejects_df = pd.DataFrame(
+        [(f"{p.name}:{line}", table, str(p), line, reason, _printable(raw), now)
+         for _, p, rejects in parts for line, reason, raw in rejects],
+        columns=["source_row_id", "table_name", "source_file", "source_line", "reason", "raw_line", "ingested_at"])
 
     def write(c: duckdb.DuckDBPyConnection) -> None:
         c.execute(REJECTS_DDL)
@@ -260,21 +265,28 @@ def ingest(con: duckdb.DuckDBPyConnection, files: Sequence[str | os.PathLike] | 
             c.execute(f'create or replace table "{table}" as {union}')
             c.execute("delete from ingest_rejects where table_name = ?", [table])
         else:
-            dup = c.execute(f'select count(*) from "{table}" t join ({union}) n using (source_row_id)').fetchone()[0]
+            dup = c.execute(f'select count(*) from "{table}" t join ({union}) n using (source_row_id)').fetchall()[0][0]
             if dup:
                 raise IngestError(f"{table}: {dup} rows of these files were ingested before (same "
                                   "source_row_id); use mode='replace' to reload")
             c.execute(f'insert into "{table}" by name {union}')
-        rows = [(f"{p.name}:{line}", table, str(p), line, reason, _printable(raw), now)
-                for _, p, rejects in parts for line, reason, raw in rejects]
-        if rows:
-            c.executemany("insert into ingest_rejects values (?, ?, ?, ?, ?, ?, ?)", rows)
+        if len(rejects_df):
+            c.register("wb_new_rejects", rejects_df)
+            c.execute("insert into ingest_rejects by name select * from wb_new_rejects")
+            c.unregister("wb_new_rejects")
+        counts = dict(c.execute(f'select source_file, count(*) from "{table}" where source_file in '
+                                f'({", ".join(sql_literal(str(p)) for _, p, _ in parts)}) group by 1').fetchall())
+        for _, p, _ in parts:
+            report[str(p)]["rows"] = int(counts.get(str(p), 0))
 
     try:
         transaction(con, write, what=f"ingesting into {table}")
-    finally:
+    finally:  # free the parsed copies (temp tables live as long as the connection)
         for i, _, _ in parts:
-            con.execute(f"drop table if exists temp.wb_part_{i}")
+            con.execute(f"drop view if exists temp.wb_part_{i}")
+        for (name,) in con.execute("select table_name from duckdb_tables() where temporary "
+                                   "and regexp_matches(table_name, '^wb_(csv|json)_.*_[0-9]+$')").fetchall():
+            con.execute(f'drop table if exists temp."{name}"')
     return report
 
 
@@ -372,12 +384,12 @@ def check_row_fate(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, int]]:
     for dataset, stg in DATASETS.items():
         if not table_exists(con, stg):
             continue
-        parsed = con.execute(f'select count(*) from "{stg}"').fetchone()[0]
-        rejected = con.execute("select count(*) from ingest_rejects where table_name = ?", [stg]).fetchone()[0]
+        parsed = con.execute(f'select count(*) from "{stg}"').fetchall()[0][0]
+        rejected = con.execute("select count(*) from ingest_rejects where table_name = ?", [stg]).fetchall()[0][0]
         fates = dict(con.execute("select fate, count(*) from row_fate where dataset = ? group by fate",
                                  [dataset]).fetchall())
         distinct = con.execute("select count(distinct source_row_id) from row_fate where dataset = ?",
-                               [dataset]).fetchone()[0]
+                               [dataset]).fetchall()[0][0]
         total = sum(fates.values())
         if total != parsed + rejected or distinct != total:
             raise WorkspaceError(f"row_fate for {dataset}: {total} fates ({distinct} distinct rows) but "
@@ -397,7 +409,7 @@ def build_spine(con: duckdb.DuckDBPyConnection, raw_dir: str | os.PathLike | Non
 
 
 def leakage(con: duckdb.DuckDBPyConnection) -> int:
-    return int(con.execute("select count(*) from split_leakage").fetchone()[0])
+    return int(con.execute("select count(*) from split_leakage").fetchall()[0][0])
 
 
 def fate_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:

@@ -22,7 +22,7 @@ from .workspace import home
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 # Steps left out of a default run (run them with --only or --with): too slow for the default budget.
-OPTIONAL_STEPS: set[str] = set()
+OPTIONAL_STEPS: set[str] = {"12_tune_hyperparameters"}
 
 
 class PipelineError(RuntimeError):

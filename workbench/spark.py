@@ -184,7 +184,7 @@ def java_regex(pattern: str) -> str:
 
     Translated: ``\\b \\B \\s \\S`` (ASCII, as in RE2), ``$`` (RE2: end of text; Java: also before a
     final newline), ``.`` (Java also stops at ``\\r``, U+0085, U+2028/9), ``[`` inside a class (Java:
-    nested class), ``(?P<name>``. Refused: POSIX classes ``[[:alpha:]]``, ``\\C``, ``\\S`` in a class.
+    nested class), ``(?P<name>``. Refused: POSIX classes ``[[:alpha:]]``, ``\\C``.
     """
     flags = re.match(r"^\(\?([a-zA-Z]+)\)", pattern)
     multiline = bool(flags and "m" in flags.group(1))
@@ -194,10 +194,12 @@ def java_regex(pattern: str) -> str:
         c = pattern[i]
         if c == "\\" and i + 1 < len(pattern):
             n = pattern[i + 1]
-            if n == "C" or (in_class and n == "S"):
-                raise SparkError(f"regex {pattern!r}: \\{n} has no java.util.regex equivalent here")
+            if n == "C":
+                raise SparkError(f"regex {pattern!r}: \\C has no java.util.regex equivalent")
             if in_class and n == "s":
                 out.append("\\t\\n\\f\\r ")
+            elif in_class and n == "S":
+                out.append("[^\\t\\n\\f\\r ]")  # a nested class: Java's class union
             elif not in_class and n in _RE2_TO_JAVA:
                 out.append(_RE2_TO_JAVA[n])
             else:

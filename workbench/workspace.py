@@ -13,6 +13,7 @@ Layout of a workspace folder (default ``./workspace`` or ``$WORKBENCH_HOME``)::
     data/            Parquet files of every table
     runs/            executed notebooks of ``workbench run`` (one folder per run id)
     models/          saved models and tokenizers (one folder per run id)
+    .tmp/            DuckDB's spill folder for queries larger than memory
     sample/          the generated sample data set (``workbench demo-data``)
 """
 from __future__ import annotations
@@ -86,10 +87,14 @@ def extension_directory() -> str:
     return str(target)
 
 
-def _config(threads: int | None = None) -> dict:
+def _config(threads: int | None = None, root: Path | None = None) -> dict:
     cfg = {"extension_directory": extension_directory(),
            "autoinstall_known_extensions": False,  # never reach for the network
            "autoload_known_extensions": True}
+    if root is not None:
+        # where DuckDB spills when a query outgrows memory_limit; its default is derived from the
+        # database path, which for a 'ducklake:sqlite:...' path is no folder at all
+        cfg["temp_directory"] = str(root / ".tmp")
     if threads:
         cfg["threads"] = threads
     return cfg
@@ -103,17 +108,42 @@ def catalog_path(path: str | os.PathLike | None = None) -> Path:
 
 
 def _ensure_created(root: Path) -> None:
-    """Create the DuckLake catalog with its data folder on first use (DuckLake stores the path)."""
-    if catalog_path(root).exists():
+    """Create the workspace's DuckLake catalog on first use, atomically.
+
+    The catalog is built complete under a temporary name and then linked into place (``os.link``
+    fails if another process won the race), so no process ever opens a half-made catalog. It is an
+    SQLite database in WAL mode: in the default rollback-journal mode a reader that has not finished
+    (a half-fetched result, a jupysql result cut at ``displaylimit`` in an idle notebook) blocks every
+    other process's commit; in WAL mode readers never block the writer. The mode is persistent, set
+    before DuckDB opens the file; Python's sqlite3 never touches a live catalog.
+    """
+    import sqlite3
+
+    catalog = catalog_path(root)
+    if catalog.exists():
         return
     (root / "data").mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(config=_config())
+    tmp = catalog.with_name(f".{catalog.name}.{os.getpid()}.{random.randrange(1 << 30)}")
     try:
-        retry(lambda: con.execute(
-            f"ATTACH IF NOT EXISTS 'ducklake:sqlite:{catalog_path(root)}' AS {ALIAS} (DATA_PATH '{root / 'data'}/')"),
-            what="creating the workspace")
+        c = sqlite3.connect(tmp)
+        try:
+            c.execute("pragma journal_mode=wal")
+        finally:
+            c.close()
+        con = duckdb.connect(config=_config())
+        try:
+            con.execute(f"ATTACH 'ducklake:sqlite:{tmp}' AS {ALIAS} (DATA_PATH '{root / 'data'}/')")
+            con.execute(f"DETACH {ALIAS}")
+        finally:
+            con.close()
+        try:
+            os.link(tmp, catalog)
+        except FileExistsError:
+            pass  # another process created it first: use theirs
     finally:
-        con.close()
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{tmp}{suffix}")
 
 
 def connect(path: str | os.PathLike | None = None, *, threads: int | None = None) -> duckdb.DuckDBPyConnection:
@@ -124,7 +154,7 @@ def connect(path: str | os.PathLike | None = None, *, threads: int | None = None
     """
     root = home(path)
     _ensure_created(root)
-    return retry(lambda: duckdb.connect(f"ducklake:sqlite:{catalog_path(root)}", config=_config(threads)),
+    return retry(lambda: duckdb.connect(f"ducklake:sqlite:{catalog_path(root)}", config=_config(threads, root)),
                  what="opening the workspace")
 
 
@@ -252,11 +282,11 @@ def run_sql_file(con: duckdb.DuckDBPyConnection, name: str | os.PathLike,
 # --------------------------------------------------------------------------- small helpers
 
 def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    # fetchall, not fetchone: a result left half-read keeps a catalog read transaction open
     return bool(con.execute(
-        "select count(*) from duckdb_tables() where database_name = ? and table_name = ?",
-        [ALIAS, name]).fetchone()[0] or con.execute(
-        "select count(*) from duckdb_views() where database_name = ? and view_name = ?",
-        [ALIAS, name]).fetchone()[0])
+        "select (select count(*) from duckdb_tables() where database_name = $db and table_name = $t)"
+        " + (select count(*) from duckdb_views() where database_name = $db and view_name = $t)",
+        {"db": ALIAS, "t": name}).fetchall()[0][0])
 
 
 def snapshot_id(con: duckdb.DuckDBPyConnection) -> int:
@@ -264,7 +294,7 @@ def snapshot_id(con: duckdb.DuckDBPyConnection) -> int:
 
     ``select * from t at (version => N)`` reads a table as it was at that snapshot.
     """
-    return int(con.execute(f"select id from {ALIAS}.current_snapshot()").fetchone()[0])
+    return int(con.execute(f"select id from {ALIAS}.current_snapshot()").fetchall()[0][0])
 
 
 def write_table(con: duckdb.DuckDBPyConnection, name: str, data: Any, *, mode: str = "replace") -> int:
@@ -280,6 +310,6 @@ def write_table(con: duckdb.DuckDBPyConnection, name: str, data: Any, *, mode: s
             else:
                 c.execute(f'insert into "{name}" by name select * from "{view}"')
         transaction(con, body, what=f"writing {name}")
-        return int(con.execute(f'select count(*) from "{view}"').fetchone()[0])
+        return int(con.execute(f'select count(*) from "{view}"').fetchall()[0][0])
     finally:
         con.unregister(view)

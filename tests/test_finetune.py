@@ -1,0 +1,344 @@
+"""Causal-LM SFT: tables written, determinism, gradient accumulation, exact resume, bad input."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from workbench import runs
+from workbench.finetune import SFTConfig, SFTDataError, generate, load_model, normalize_answer, train_sft
+from workbench.workspace import write_table
+
+INTENTS = {
+    "billing": ["I was charged twice this month", "why is my invoice higher than usual", "a fee on my bill I do not know"],
+    "refund": ["I want my money back for the order", "please refund the broken item", "when will my refund arrive"],
+    "shipping": ["my package has not arrived yet", "tracking for my delivery is stuck", "parcel sent to the wrong address"],
+    "technical_issue": ["the app crashes when I open it", "I get an error on the checkout page", "the website will not load"],
+    "account_access": ["I cannot log in to my account", "password reset email never comes", "my account is locked"],
+    "cancellation": ["please cancel my subscription", "I want to end my plan", "how do I close my membership"],
+}
+OPENERS, CLOSERS = ["hello,", "hi team,", "", "urgent:", "good morning,"], ["thanks", "please help", "", "asap"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on this shared 2-core machine two threads contend badly (10x slower steps)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+def make_intent_tables(con, n: int = 72, seed: int = 0, split_of=None) -> pd.DataFrame:
+    """Small ``sft_examples`` (intent_classification, 6 choices) and ``splits`` tables, per docs/schema.md."""
+    rng = random.Random(seed)
+    names = list(INTENTS)
+    rows, splits = [], []
+    for i in range(n):
+        intent = names[i % len(names)]
+        text = " ".join(x for x in (rng.choice(OPENERS), rng.choice(INTENTS[intent]), rng.choice(CLOSERS)) if x)
+        src = f"messages.csv:{i + 2}"
+        rows.append({"example_id": f"intent_v1:{src}", "source_row_id": src, "task": "intent_classification",
+                     "template_id": "intent_v1", "prompt": f"Message: {text}\nIntent:", "completion": intent,
+                     "choices": names})
+        k = i * 7 % 10  # 60% train, 20% validation, 20% test, every intent in each
+        split = split_of(i) if split_of else "train" if k < 6 else "validation" if k < 8 else "test"
+        splits.append({"example_id": src, "split": split, "seed": seed, "batch_id": "b0",
+                       "assigned_at": pd.Timestamp("2026-01-01")})
+    df = pd.DataFrame(rows)
+    write_table(con, "sft_examples", df)
+    write_table(con, "splits", pd.DataFrame(splits))
+    return df
+
+
+def small(**kw) -> SFTConfig:
+    base = dict(epochs=2, token_budget=128, micro_batch_size=2, max_length=48, eval_at_start=False,
+                max_eval_examples=6, max_new_tokens=5, warmup_steps=2, checkpoint_every=2, lr=3e-3, patience=0)
+    base.update(kw)
+    return SFTConfig(**base)
+
+
+def train_losses(con, run_id: str) -> list[float]:
+    return [v for (v,) in con.execute("select value from run_metrics where run_id = ? and split = 'train' and "
+                                      "metric = 'loss' order by step", [run_id]).fetchall()]
+
+
+# --------------------------------------------------------------------------- end to end
+
+@pytest.mark.slow
+def test_train_sft_records_run_metrics_predictions_and_model(con):
+    data = make_intent_tables(con)
+    res = train_sft(con, small(eval_at_start=True), progress=False)
+    run = con.execute("select status, kind, task, model_path, data_snapshot, config_json from runs where run_id = ?",
+                      [res.run_id]).fetchone()
+    assert run[:3] == ("completed", "sft", "intent_classification")
+    assert run[3] == res.model_path and Path(res.model_path, "config.json").exists()
+    assert run[4] is not None and '"token_budget": 128' in run[5]
+    m = con.execute("select split, metric, count(*) n from run_metrics where run_id = ? group by all",
+                    [res.run_id]).df().set_index(["split", "metric"])["n"]
+    assert m["train", "loss"] == res.steps and m["train", "lr"] == res.steps
+    assert m["validation", "accuracy"] == 3  # before training + 2 epoch ends
+    assert m["validation", "choice_accuracy"] == 3
+    for k in ("real_tokens_per_s", "trained_tokens_per_s", "padding_fraction", "peak_memory_gb"):
+        assert m["train", k] == 2
+    assert m["test", "accuracy"] == 1 and m["test", "majority_baseline"] == 1
+    losses = train_losses(con, res.run_id)
+    assert losses[-1] < losses[0]  # it learned something
+    pred = con.execute("select split, count(*), sum(correct::int) from predictions where run_id = ? group by 1",
+                       [res.run_id]).df().set_index("split")
+    splits = con.execute("select split, count(*) from splits group by 1").df().set_index("split").iloc[:, 0]
+    assert pred.loc["validation"].iloc[0] == splits["validation"] and pred.loc["test"].iloc[0] == splits["test"]
+    assert pred.loc["test"].iloc[1] / splits["test"] == pytest.approx(res.test_accuracy)
+    assert 0 <= res.majority_baseline <= 1 and res.best_step is not None
+    assert not list(Path(res.model_path).glob("checkpoints/*.pt"))  # completed: checkpoints cleaned up
+    # the saved model loads and generates like the in-training evaluation did
+    prompts = list(data["prompt"][:3])
+    assert generate(res.run_id, prompts, max_new_tokens=5) == generate(res.model_path, prompts, max_new_tokens=5)
+    model, tok = load_model(res.run_id)
+    assert tok.eos_token is not None and model.config.vocab_size == len(tok)
+    untrained = generate("offline:tiny-llama", prompts[:1], max_new_tokens=3)
+    assert len(untrained) == 1 and isinstance(untrained[0], str)
+
+
+def test_generation_is_the_same_left_padded_in_a_batch_or_alone(con):
+    model, tok = load_model("offline:tiny-llama")
+    prompts = ["Message: hi\nIntent:", "Message: my package has not arrived yet and it is late again\nIntent:"]
+    batched = generate((model, tok), prompts, max_new_tokens=4)
+    alone = [generate((model, tok), [p], max_new_tokens=4)[0] for p in prompts]
+    assert batched == alone
+
+
+def test_normalize_answer_matches_wordpiece_decoding():
+    assert normalize_answer("technical _ issue") == normalize_answer(" Technical_issue.") == "technical issue"
+    assert normalize_answer("Technical  issue") == "technical issue"  # a plain-words template's label
+    assert normalize_answer("account _ access") != normalize_answer("account")
+
+
+# --------------------------------------------------------------------------- determinism and equivalences
+
+@pytest.mark.slow
+def test_same_seed_data_and_config_give_the_same_metrics(con):
+    make_intent_tables(con)
+    cfg = small(epochs=1)
+    a, b = train_sft(con, cfg, progress=False), train_sft(con, cfg, progress=False)
+    q = "select step, split, metric, value from run_metrics where run_id = ? and metric not in " \
+        "('real_tokens_per_s', 'trained_tokens_per_s', 'model_tflops_per_s', 'peak_memory_gb') order by all"
+    ma, mb = con.execute(q, [a.run_id]).df(), con.execute(q, [b.run_id]).df()
+    assert len(ma) > 10
+    pd.testing.assert_frame_equal(ma, mb)
+    c = train_sft(con, dataclasses.replace(cfg, seed=1), progress=False)
+    assert train_losses(con, c.run_id) != train_losses(con, a.run_id)
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_matches_a_bigger_micro_batch(con):
+    make_intent_tables(con)
+    a = train_sft(con, small(epochs=1, micro_batch_size=2, grad_accum=1), progress=False)
+    b = train_sft(con, small(epochs=1, micro_batch_size=1, grad_accum=2), progress=False)
+    la, lb = train_losses(con, a.run_id), train_losses(con, b.run_id)
+    assert len(la) == len(lb) > 2
+    assert max(abs(x - y) for x, y in zip(la, lb)) < 1e-5, (la, lb)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True])
+def test_resume_gives_the_same_final_loss_as_an_uninterrupted_run(con, lora):
+    make_intent_tables(con)
+    cfg = small(epochs=2, lora=lora, lr=3e-3 if not lora else 1e-2, checkpoint_every=3, eval_every=4)
+    full = train_sft(con, cfg, progress=False)
+    part = train_sft(con, dataclasses.replace(cfg, stop_at_step=5), progress=False)
+    assert part.status == "interrupted" and part.steps == 5
+    assert con.execute("select status from runs where run_id = ?", [part.run_id]).fetchone()[0] == "interrupted"
+    resumed = train_sft(con, cfg, resume_from=part.run_id, progress=False)
+    assert resumed.run_id == part.run_id and resumed.steps == full.steps
+    lf, lr_ = train_losses(con, full.run_id), train_losses(con, part.run_id)
+    assert len(lr_) == len(lf)  # no step logged twice
+    assert abs(lf[-1] - lr_[-1]) < 1e-4
+    assert resumed.test_accuracy == full.test_accuracy and resumed.best_step == full.best_step
+    with pytest.raises(ValueError, match="already completed"):
+        train_sft(con, cfg, resume_from=part.run_id, progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True])
+def test_resume_after_the_process_is_killed(con, workspace, tmp_path, lora):
+    """A real crash: SIGKILL the training process mid-run, resume, end exactly where a clean run ends."""
+    make_intent_tables(con)
+    cfg = small(epochs=2, checkpoint_every=2, lora=lora, lr=1e-2 if lora else 3e-3)
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(f"""
+        import workbench
+        from workbench.finetune import SFTConfig, train_sft
+        train_sft(workbench.connect(), SFTConfig(**{dataclasses.asdict(cfg)!r}), progress=False)
+    """))
+    env = {**os.environ, "WORKBENCH_HOME": str(workspace), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, str(script)], env=env)
+    deadline = time.time() + 300
+    ckpt = None
+    while time.time() < deadline and proc.poll() is None:
+        found = sorted(Path(workspace, "models").glob("sft-*/checkpoints/step-0000002.pt"))
+        if found:
+            ckpt = found[0]
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert ckpt is not None, "the training process ended before it could be killed"
+    run_id = ckpt.parent.parent.name
+    assert con.execute("select status from runs where run_id = ?", [run_id]).fetchone()[0] == "running"
+    resumed = train_sft(con, cfg, resume_from=run_id, progress=False)
+    full = train_sft(con, cfg, progress=False)
+    lk, lf = train_losses(con, run_id), train_losses(con, full.run_id)
+    assert len(lk) == len(lf) == resumed.steps
+    assert abs(lk[-1] - lf[-1]) < 1e-4
+
+
+@pytest.mark.slow
+def test_early_stopping_ends_after_patience_evaluations_without_improvement(con):
+    make_intent_tables(con)
+    # lr so small that no weight changes: validation metrics stay exactly equal (no improvement)
+    res = train_sft(con, small(epochs=3, lr=1e-30, eval_every=1, eval_at_start=True, patience=2), progress=False)
+    assert res.stopped_early and res.steps == 2 and res.best_step == 0
+
+
+# --------------------------------------------------------------------------- bad input, before anything is written
+
+def _no_runs(con):
+    return not con.execute("select count(*) from runs").fetchone()[0]
+
+
+def test_empty_train_or_validation_split_is_an_error(con):
+    make_intent_tables(con, split_of=lambda i: "validation" if i % 2 else "test")
+    with pytest.raises(SFTDataError, match="train split is empty"):
+        train_sft(con, small(), progress=False)
+    make_intent_tables(con, split_of=lambda i: "train" if i % 2 else "test")
+    with pytest.raises(SFTDataError, match="validation split is empty"):
+        train_sft(con, small(), progress=False)
+    assert _no_runs(con)
+
+
+def test_missing_tables_or_task_is_an_error(con):
+    with pytest.raises(SFTDataError, match="sft_examples"):
+        train_sft(con, small(), progress=False)
+    make_intent_tables(con)
+    with pytest.raises(SFTDataError, match="reply_generation.*intent_classification"):
+        train_sft(con, small(task="reply_generation"), progress=False)
+
+
+def test_labels_missing_from_train_are_an_error(con):
+    df = make_intent_tables(con)
+    splits = con.execute("select * from splits").df()
+    refund_rows = set(df.loc[df["completion"] == "refund", "source_row_id"])
+    splits.loc[splits["example_id"].isin(refund_rows), "split"] = "test"
+    write_table(con, "splits", splits)
+    with pytest.raises(SFTDataError, match=r"labels in test never appear in train: \{'refund': 12\}"):
+        train_sft(con, small(), progress=False)
+    assert _no_runs(con)
+
+
+def test_completions_longer_than_max_length(con):
+    df = make_intent_tables(con)
+    train = set(con.execute("select example_id from splits where split = 'train'").df()["example_id"])
+    long = df.index[df["source_row_id"].isin(train)][:5]
+    df.loc[long, "completion"] = " ".join(["refund"] * 60)  # 5 train examples, 120 tokens each
+    df["choices"] = None  # a generation task: free-text answers
+    write_table(con, "sft_examples", df)
+    with pytest.raises(SFTDataError, match=r"5 of \d+ train examples have a completion longer than max_length=48 .*"
+                                           r"lose their EOS.*overlength"):
+        train_sft(con, small(), progress=False)
+    assert _no_runs(con)
+    res = train_sft(con, small(epochs=1, overlength="drop", max_new_tokens=3), progress=False)
+    cfg = con.execute("select config_json from runs where run_id = ?", [res.run_id]).fetchone()[0]
+    assert '"overlength": "drop"' in cfg and res.majority_baseline is None
+    res = train_sft(con, small(epochs=1, overlength="truncate", max_new_tokens=3), progress=False)
+    assert res.status == "completed"
+
+
+def test_missing_model_path_and_bad_config_are_errors(con, tmp_path):
+    make_intent_tables(con)
+    with pytest.raises(FileNotFoundError, match="model folder not found"):
+        train_sft(con, small(model=str(tmp_path / "no-such-model")), progress=False)
+    with pytest.raises(ValueError, match="unknown offline model"):
+        train_sft(con, small(model="offline:gpt-17"), progress=False)
+    with pytest.raises(ValueError, match="token_budget"):
+        train_sft(con, small(token_budget=16), progress=False)
+    with pytest.raises(ValueError, match="no run 'sft-nope'"):
+        train_sft(con, small(), resume_from="sft-nope", progress=False)
+    assert _no_runs(con)
+
+
+@pytest.mark.slow
+def test_a_tokenizer_without_pad_or_eos_gets_them(con, tmp_path):
+    """A local model folder whose tokenizer has neither pad nor EOS: both are added, embeddings resized."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+
+    data = make_intent_tables(con)
+    words = sorted({w for t in list(data["prompt"]) + list(data["completion"]) for w in t.replace("\n", " ").split()})
+    raw = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<unk>"] + words)}, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>")
+    assert tok.pad_token is None and tok.eos_token is None
+    folder = tmp_path / "wordlevel-llama"
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    res = train_sft(con, small(model=str(folder), epochs=1), progress=False)
+    model, saved = load_model(res.model_path)
+    assert saved.eos_token is not None and saved.pad_token is not None and saved.pad_token != saved.eos_token
+    assert model.get_input_embeddings().weight.shape[0] == len(saved) == len(tok) + 2
+
+
+def test_evaluation_of_a_flex_attention_model_runs_on_sdpa_and_switches_back():
+    """The CUDA training path uses flex attention; evaluation (generation) switches to SDPA and back."""
+    from workbench.finetune import evaluate, load_tokenizer_and_model
+
+    frame = pd.DataFrame({"example_id": ["a", "b"], "prompt": ["Message: my account is locked\nIntent:",
+                                                              "Message: refund please\nIntent:"],
+                          "completion": ["account_access", "refund"], "choices": [list(INTENTS)] * 2})
+    cfg = SFTConfig(max_new_tokens=3)
+    tok, flex, _ = load_tokenizer_and_model("offline:tiny-llama", attn_implementation="flex_attention")
+    _, sdpa, _ = load_tokenizer_and_model("offline:tiny-llama", attn_implementation="sdpa")
+    m_flex, p_flex = evaluate(flex, tok, frame, cfg)
+    m_sdpa, p_sdpa = evaluate(sdpa, tok, frame, cfg)
+    assert flex.config._attn_implementation == "flex_attention"
+    assert m_flex == pytest.approx(m_sdpa) and list(p_flex["prediction"]) == list(p_sdpa["prediction"])
+
+
+def test_config_from_strings_types_values_and_rejects_unknown_fields():
+    from workbench.finetune import config_from_strings
+
+    cfg = config_from_strings(["epochs=3", "lora=true", "lr=1e-4", "max_eval_examples=none", "model=/m"])
+    assert (cfg.epochs, cfg.lora, cfg.lr, cfg.max_eval_examples, cfg.model) == (3, True, 1e-4, None, "/m")
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        config_from_strings(["epoch=3"])
+    with pytest.raises(ValueError, match="true or false"):
+        config_from_strings(["lora=maybe"])
+
+
+@pytest.mark.slow
+def test_cli_sft_trains_and_resumes(con, workspace, capsys):
+    import json
+
+    from workbench.cli import main
+
+    make_intent_tables(con)
+    opts = ["--set", "epochs=1", "--set", "token_budget=128", "--set", "max_length=48", "--set", "eval_at_start=false",
+            "--set", "max_eval_examples=4", "--set", "max_new_tokens=4", "--no-progress"]
+    assert main(["--workspace", str(workspace), "sft", *opts, "--set", "stop_at_step=2"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["status"] == "interrupted"
+    assert main(["--workspace", str(workspace), "sft", "--resume", first["run_id"], "--no-progress"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert done["run_id"] == first["run_id"] and done["status"] == "completed" and done["test_accuracy"] is not None

@@ -1,0 +1,431 @@
+"""Low-code data flows: a YAML file of steps that compiles to one readable SQL file and runs headless.
+
+    workbench flow run flows/support_messages.yaml --output flow_support_messages
+    workbench flow compile flows/support_messages.yaml --out sql/11_flow_support_messages.sql
+
+A flow file names a source (a workspace table or a CSV / JSONL / Parquet file) and an ordered list of
+steps, each with its parameters::
+
+    name: support_messages
+    source: {table: stg_messages}
+    output: flow_support_messages      # default: flow_<name>
+    key: source_row_id                 # optional: per-row fates of removed rows in flow_row_fate
+    steps:
+      - step: filter
+        where: "channel <> 'test'"
+      - step: length_filter
+        column: text
+        min: 5
+
+Every step compiles to one named CTE (near-duplicate removal adds helper CTEs prefixed with its
+name), in the portable DuckDB subset that SQLGlot transpiles to Spark. ``validate`` checks a flow
+against the source's columns before anything runs; an error names the file, the step and the field.
+``run_flow`` executes step by step (each step's SQL into a temp table, so each step's row counts are
+known), writes the output table, ``flow_step_stats`` and ``flow_row_fate`` in one transaction.
+The step catalogue, with each step's parameters, is in ``flow_steps.py`` and docs/flows.md.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import yaml
+
+from .flow_steps import STEPS, BadParam, CompiledStep, FlowError, check_params, qi
+from .workspace import transaction
+
+REPO = Path(__file__).resolve().parent.parent
+FLOW_DIR = REPO / "flows"
+SOURCE_CTE = "source"
+
+__all__ = ["Flow", "FlowError", "FlowRun", "StepResult", "STEPS", "compile_sql", "load_flow", "preview",
+           "run_flow", "save_flow", "source_columns", "validate", "resolve_flow_path", "spark_sql"]
+
+
+@dataclass
+class Flow:
+    """A flow file in memory: ``steps`` are dicts ``{"step": kind, **params}`` in run order."""
+
+    name: str
+    source: dict[str, str]                  # {"table": name} or {"file": path, "format": csv|jsonl|parquet}
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    output: str | None = None               # output table; None: flow_<name>
+    key: str | None = None                  # column identifying a row: removed rows get a flow_row_fate row
+    description: str = ""
+    path: Path | None = None                # where it was loaded from (named in error messages)
+
+    @property
+    def output_table(self) -> str:
+        return self.output or f"flow_{self.name}"
+
+    @property
+    def where(self) -> str:
+        return str(self.path) if self.path else f"flow {self.name!r}"
+
+    @classmethod
+    def from_dict(cls, d: Any, path: Path | None = None) -> "Flow":
+        where = str(path) if path else "flow"
+        if not isinstance(d, dict):
+            raise FlowError(f"{where}: a flow file is a mapping with name, source and steps")
+        unknown = sorted(set(d) - {"name", "source", "steps", "output", "key", "description"})
+        if unknown:
+            raise FlowError(f"{where}: unknown top-level field(s) {', '.join(unknown)}; "
+                            "allowed: name, source, steps, output, key, description")
+        name = d.get("name") or (path.stem if path else None)
+        if not isinstance(name, str) or not name.replace("_", "").isalnum():
+            raise FlowError(f"{where}: field 'name' must be letters, digits and underscores, not {name!r}")
+        src = d.get("source")
+        if isinstance(src, str):
+            src = {"table": src}
+        if not isinstance(src, dict) or len({"table", "file"} & set(src)) != 1:
+            raise FlowError(f"{where}: field 'source' needs exactly one of 'table' or 'file', got {src!r}")
+        bad = sorted(set(src) - {"table", "file", "format"})
+        if bad:
+            raise FlowError(f"{where}: field 'source' has unknown key(s) {', '.join(bad)}")
+        steps = d.get("steps") or []
+        if not isinstance(steps, list):
+            raise FlowError(f"{where}: field 'steps' must be a list of steps")
+        for i, s in enumerate(steps, 1):
+            if not isinstance(s, dict) or "step" not in s:
+                raise FlowError(f"{where}: step {i}: each step is a mapping with a 'step' field "
+                                f"(one of {', '.join(STEPS)}), got {s!r}")
+        return cls(name=name, source={k: str(v) for k, v in src.items()}, steps=[dict(s) for s in steps],
+                   output=d.get("output"), key=d.get("key"), description=d.get("description") or "", path=path)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name}
+        if self.description:
+            d["description"] = self.description
+        d["source"] = dict(self.source)
+        if self.output:
+            d["output"] = self.output
+        if self.key:
+            d["key"] = self.key
+        d["steps"] = [dict(s) for s in self.steps]
+        return d
+
+    def steps_frame(self) -> pd.DataFrame:
+        """One row per step: its index, kind and parameters (as written in the file)."""
+        return pd.DataFrame([{"step_index": i, "step": s["step"],
+                              "parameters": ", ".join(f"{k}={v!r}" for k, v in s.items() if k != "step")}
+                             for i, s in enumerate(self.steps, 1)])
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=110)
+
+
+def resolve_flow_path(path: str | Path) -> Path:
+    """A flow file by path, or by name inside the project's ``flows/`` folder (``'support_messages'``)."""
+    p = Path(path)
+    if p.exists():
+        return p
+    cand = FLOW_DIR / (p.name if p.suffix in (".yaml", ".yml") else p.name + ".yaml")
+    if cand.exists():
+        return cand
+    raise FileNotFoundError(f"flow file not found: {path} (looked in {FLOW_DIR})")
+
+
+def load_flow(path: str | Path) -> Flow:
+    p = resolve_flow_path(path)
+    try:
+        d = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise FlowError(f"{p}: not valid YAML: {exc}") from None
+    return Flow.from_dict(d, path=p)
+
+
+def save_flow(flow: Flow, path: str | Path | None = None) -> Path:
+    p = Path(path) if path else FLOW_DIR / f"{flow.name}.yaml"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    header = f"# flow {flow.name}: run with `workbench flow run {p.name}`; steps: docs/flows.md\n"
+    p.write_text(header + flow.to_yaml())
+    return p
+
+
+# --------------------------------------------------------------------------- source
+
+def _file_path(flow: Flow) -> Path:
+    p = Path(flow.source["file"]).expanduser()
+    if not p.is_absolute() and not p.exists() and flow.path is not None:
+        p = flow.path.parent / p
+    if not p.exists():
+        raise FlowError(f"{flow.where}: field 'source.file': file not found: {flow.source['file']}")
+    return p.absolute()
+
+
+def source_sql(flow: Flow) -> str:
+    """The relation the flow reads: a table name or a DuckDB file reader."""
+    if "table" in flow.source:
+        return qi(flow.source["table"])
+    p = _file_path(flow)
+    fmt = flow.source.get("format") or {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl",
+                                         ".parquet": "parquet"}.get(p.suffix.lower())
+    path = str(p).replace("'", "''")
+    if fmt == "csv":
+        return f"read_csv('{path}', header = true, all_varchar = true)"
+    if fmt == "jsonl":
+        return f"read_json('{path}', format = 'newline_delimited')"
+    if fmt == "parquet":
+        return f"read_parquet('{path}')"
+    raise FlowError(f"{flow.where}: field 'source.format': unknown format {fmt!r} (csv, jsonl, parquet)")
+
+
+def source_columns(con: duckdb.DuckDBPyConnection, flow: Flow) -> list[str]:
+    """The source's column names (reads only its schema)."""
+    try:
+        return [r[0] for r in con.execute(f"describe select * from {source_sql(flow)}").fetchall()]
+    except duckdb.Error as exc:
+        what = "source.table" if "table" in flow.source else "source.file"
+        raise FlowError(f"{flow.where}: field '{what}': cannot read {flow.source.get('table') or flow.source['file']}: "
+                        f"{str(exc).splitlines()[0]}") from None
+
+
+# --------------------------------------------------------------------------- validate and compile
+
+@dataclass
+class PlannedStep:
+    index: int                 # 1-based position in the flow
+    kind: str
+    cte: str                   # name of the CTE holding the step's output
+    params: dict[str, Any]     # with defaults filled in
+    columns_in: list[str]
+    compiled: CompiledStep
+
+
+def cte_name(index: int, step: dict[str, Any]) -> str:
+    return f"s{index:02d}_{step['step']}"
+
+
+def validate(flow: Flow, columns: list[str] | duckdb.DuckDBPyConnection) -> list[PlannedStep]:
+    """Check every step against the columns flowing into it; returns the compiled plan.
+
+    ``columns`` is the source's column list, or a connection: then the source's schema is read and
+    each step's SQL is bound by DuckDB (``describe``: types and functions are checked, no row is
+    read). Raises ``FlowError`` naming the file, the step (1-based index and kind) and the field.
+    """
+    con = columns if isinstance(columns, duckdb.DuckDBPyConnection) else None
+    cols = source_columns(con, flow) if con is not None else list(columns)
+    plan: list[PlannedStep] = []
+    prev = SOURCE_CTE
+    if flow.key and flow.key.lower() not in {c.lower() for c in cols}:
+        raise FlowError(f"{flow.where}: field 'key': column {flow.key!r} not in the source; columns: {', '.join(cols)}")
+    for i, raw in enumerate(flow.steps, 1):
+        kind = raw.get("step")
+        where = f"{flow.where}: step {i} ({kind})"
+        if kind not in STEPS:
+            raise FlowError(f"{flow.where}: step {i}: unknown step {kind!r}; steps: {', '.join(STEPS)}")
+        spec = STEPS[kind]
+        params = check_params(spec, {k: v for k, v in raw.items() if k != "step"}, cols, where)
+        name = cte_name(i, raw)
+        try:
+            compiled = spec.compile(prev, name, cols, params)
+        except BadParam as exc:
+            raise FlowError(f"{where}: field {exc.field!r}: {exc.message}") from None
+        plan.append(PlannedStep(i, kind, name, params, cols, compiled))
+        cols, prev = compiled.columns, name
+    if con is not None:
+        ctes = [(SOURCE_CTE, f"select * from {source_sql(flow)}")]
+        for p in plan:
+            ctes += p.compiled.ctes
+            body = ",\n".join(f"{n} as (\n{s}\n)" for n, s in ctes)
+            try:
+                con.execute(f"describe with {body} select * from {p.cte}")
+            except duckdb.Error as exc:
+                raise FlowError(f"{flow.where}: step {p.index} ({p.kind}): the step's SQL does not bind: "
+                                f"{str(exc).splitlines()[0]}") from None
+    return plan
+
+
+def _header(flow: Flow, plan: list[PlannedStep], output: str | None) -> list[str]:
+    reads = flow.source.get("table") or flow.source.get("file")
+    lines = [f"-- creates: {output} (one row per row of {reads} that the flow keeps)" if output
+             else f"-- query:   flow {flow.name} over {reads}",
+             f"-- reads:   {reads}",
+             "-- params:  (none)",
+             f"-- flow:    {flow.path.name if flow.path else flow.name} ({len(plan)} steps), "
+             "generated by `workbench flow compile`: edit the flow file, then compile again"]
+    lossy = [f"{p.index} ({p.kind})" for p in plan if not p.compiled.portable]
+    if lossy or "file" in flow.source:
+        what = (["file source"] if "file" in flow.source else []) + lossy
+        lines.append("-- spark:   not portable: " + ", ".join(what))
+    if flow.description:
+        lines += ["--", *(f"-- {ln}" for ln in flow.description.strip().splitlines())]
+    return lines
+
+
+def compile_sql(flow: Flow, columns: list[str] | duckdb.DuckDBPyConnection, *, output: str | None = "",
+                source: str | None = None) -> str:
+    """One SQL file: header comment, an import CTE, one named CTE per step, ``select *`` of the last.
+
+    ``output=""`` wraps it in ``create or replace table <flow output>``; ``output=None`` gives the
+    bare query. ``source`` overrides the relation read (a file reader is put in otherwise).
+    """
+    return _render(flow, validate(flow, columns), output=flow.output_table if output == "" else output,
+                   source=source)
+
+
+def _render(flow: Flow, plan: list[PlannedStep], *, output: str | None, source: str | None = None) -> str:
+    out = output
+    ctes = [(SOURCE_CTE, f"select * from {source or source_sql(flow)}")]
+    for p in plan:
+        ctes += p.compiled.ctes
+    last = ctes[-1][0]
+    body = ",\n\n".join(f"{name} as (\n{_indent(sql)}\n)" for name, sql in ctes)
+    query = f"with\n\n{body}\n\nselect * from {last}"
+    text = "\n".join(_header(flow, plan, out)) + "\n\n"
+    text += (f"create or replace table {qi(out)} as\n{query};\n" if out else f"{query}\n")
+    return text
+
+
+def spark_sql(sql: str) -> str:
+    """The compiled SQL in Spark's dialect (SQLGlot), comments dropped."""
+    import sqlglot
+
+    return ";\n".join(sqlglot.transpile(sql, read="duckdb", write="spark", pretty=True)) + ";\n"
+
+
+def _indent(sql: str) -> str:
+    """Four spaces before every line, except lines that continue a string literal (their text is data)."""
+    out, in_string = ["    "], False
+    sql = sql.strip("\n")
+    for i, ch in enumerate(sql):
+        if ch == "'":
+            in_string = not in_string
+        out.append(ch)
+        if ch == "\n" and not in_string and i + 1 < len(sql) and sql[i + 1] != "\n":
+            out.append("    ")
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------- run step by step
+
+@dataclass
+class StepResult:
+    index: int               # 0 = the source
+    kind: str
+    rows_in: int
+    rows_out: int
+    reason: str | None       # why rows left (None when none can)
+    head: pd.DataFrame       # first rows after the step
+
+    @property
+    def removed(self) -> int:
+        return max(self.rows_in - self.rows_out, 0)
+
+
+@dataclass
+class FlowRun:
+    run_id: str
+    flow: Flow
+    output: str | None
+    steps: list[StepResult]
+    sql: str
+
+    def stats(self) -> pd.DataFrame:
+        return pd.DataFrame([{"step_index": s.index, "step_name": s.kind, "rows_in": s.rows_in,
+                              "rows_out": s.rows_out, "removed": s.removed, "reason": s.reason}
+                             for s in self.steps])
+
+
+def _execute(con: duckdb.DuckDBPyConnection, flow: Flow, *, upto: int | None, limit: int,
+             keep_last: bool = False, fates: bool = False,
+             plan: list[PlannedStep] | None = None) -> tuple[list[PlannedStep], list[StepResult], str, list[tuple]]:
+    """Run the source and each step into temp tables; returns plan, results, last temp table, fates."""
+    plan = plan if plan is not None else validate(flow, con)
+    if upto is not None:
+        plan = plan[:upto]
+    tag = secrets.token_hex(4)
+    tmp = [f"_flow_{tag}_{i:02d}" for i in range(len(plan) + 1)]
+    results: list[StepResult] = []
+    fate_rows: list[tuple] = []
+    try:
+        con.execute(f"create temp table {tmp[0]} as select * from {source_sql(flow)}")
+        n = con.execute(f"select count(*) from {tmp[0]}").fetchone()[0]
+        results.append(StepResult(0, "source", n, n, None, con.execute(f"select * from {tmp[0]} limit {limit}").df()))
+        for p, prev, cur in zip(plan, tmp, tmp[1:]):
+            # Same step SQL as the compiled file; only the relation names differ.
+            compiled = STEPS[p.kind].compile(prev, p.cte, p.columns_in, p.params)
+            with_ = ",\n".join(f"{name} as (\n{sql}\n)" for name, sql in compiled.ctes)
+            try:
+                con.execute(f"create temp table {cur} as with {with_} select * from {p.cte}")
+            except duckdb.Error as exc:
+                raise FlowError(f"{flow.where}: step {p.index} ({p.kind}) failed: {str(exc).splitlines()[0]}") from None
+            rows_in = results[-1].rows_out
+            rows_out = con.execute(f"select count(*) from {cur}").fetchone()[0]
+            if fates and flow.key and compiled.reason:
+                key = next((c for c in p.columns_in if c.lower() == flow.key.lower()), None)
+                if key and key in compiled.columns:
+                    gone = con.execute(f"select cast({qi(key)} as varchar) from {prev} except "
+                                       f"select cast({qi(key)} as varchar) from {cur}").fetchall()
+                    fate_rows += [(r[0], p.index, p.kind, compiled.reason) for r in gone]
+            results.append(StepResult(p.index, p.kind, rows_in, rows_out, compiled.reason,
+                                      con.execute(f"select * from {cur} limit {limit}").df()))
+            con.execute(f"drop table {prev}")
+        return plan, results, tmp[len(plan)], fate_rows
+    finally:
+        for t in tmp if not keep_last else tmp[:len(plan)]:
+            con.execute(f"drop table if exists {t}")
+
+
+def preview(con: duckdb.DuckDBPyConnection, flow: Flow, *, upto: int | None = None,
+            limit: int = 5) -> list[StepResult]:
+    """Row counts and first rows after the source and after each step (nothing is written)."""
+    return _execute(con, flow, upto=upto, limit=limit)[1]
+
+
+_STATS_DDL = """
+create table if not exists flow_step_stats (
+    flow_name varchar, run_id varchar, step_index integer, step_name varchar,
+    rows_in bigint, rows_out bigint, reason varchar, created_at timestamp
+);
+create table if not exists flow_row_fate (
+    flow_name varchar, run_id varchar, row_key varchar, step_index integer, step_name varchar, reason varchar
+);
+create table if not exists flow_runs (
+    run_id varchar, flow_name varchar, flow_file varchar, source varchar, output_table varchar,
+    rows_in bigint, rows_out bigint, started_at timestamp, finished_at timestamp, flow_yaml varchar, sql varchar
+);
+"""
+
+
+def run_flow(con: duckdb.DuckDBPyConnection, flow: Flow | str | Path, *, output: str | None = None,
+             run_id: str | None = None) -> FlowRun:
+    """Validate, run step by step, then write the output table and the row accounting in one transaction.
+
+    Writes ``<output>`` (default: the flow's ``output`` or ``flow_<name>``), appends to
+    ``flow_step_stats`` (one row per step, index 0 = source), ``flow_row_fate`` (one row per removed
+    row, when the flow names a ``key``) and ``flow_runs``.
+    """
+    if not isinstance(flow, Flow):
+        flow = load_flow(flow)
+    out = output or flow.output_table
+    started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    run_id = run_id or f"flow-{started:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+    plan = validate(flow, con)
+    sql = _render(flow, plan, output=out)
+    plan, results, last, fates = _execute(con, flow, upto=None, limit=5, keep_last=True, fates=True, plan=plan)
+    stats = [(flow.name, run_id, r.index, r.kind, r.rows_in, r.rows_out, r.reason, started) for r in results]
+    src = flow.source.get("table") or flow.source.get("file")
+
+    def write(c: duckdb.DuckDBPyConnection) -> None:
+        c.execute(_STATS_DDL)
+        c.execute(f"create or replace table {qi(out)} as select * from {last}")
+        c.executemany("insert into flow_step_stats values (?, ?, ?, ?, ?, ?, ?, ?)", stats)
+        if fates:
+            c.executemany("insert into flow_row_fate values (?, ?, ?, ?, ?, ?)",
+                          [(flow.name, run_id, *f) for f in fates])
+        c.execute("insert into flow_runs values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  [run_id, flow.name, str(flow.path) if flow.path else None, src, out, results[0].rows_out,
+                   results[-1].rows_out, started, dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
+                   flow.to_yaml(), sql])
+
+    try:
+        transaction(con, write, what=f"flow {flow.name}")
+    finally:
+        con.execute(f"drop table if exists {last}")
+    return FlowRun(run_id, flow, out, results, sql)
