@@ -288,8 +288,9 @@ def connect_server(tmp_path_factory):
     subprocess.run(["bash", str(script), "--master", "local[2]",
                     "--conf", f"spark.connect.grpc.binding.port={port}",
                     "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
-                    "--conf", "spark.ui.enabled=false", "--conf", "spark.driver.memory=1g"],
-                   env=env, check=True, capture_output=True)
+                    "--conf", "spark.ui.enabled=false", "--conf", "spark.driver.memory=1g",
+                    "--conf", f"spark.sql.warehouse.dir={run_dir / 'warehouse'}"],
+                   env=env, check=True, capture_output=True, cwd=run_dir)
     try:
         deadline = time.time() + 240
         while time.time() < deadline:
