@@ -192,6 +192,9 @@ def test_csv_jsonl_parquet_edge_cases_parse_like_duckdb(spark, tmp_path):
     data.ingest(con, [tmp_path / "blank.csv"], table="b", engine="spark")
     got = con.execute("select source_row_id, a from b order by 1").fetchall()
     assert got == [("blank.csv:2", "1"), ("blank.csv:4", "4")]
+    with pytest.raises(data.IngestError, match="ingested before"):  # append refuses the same rows twice
+        data.ingest(con, [tmp_path / "blank.csv"], table="b", engine="spark", mode="append")
+    assert con.execute("select count(*) from b").fetchone()[0] == 2
 
 
 @needs_java

@@ -521,19 +521,18 @@ def ingest_spark(con, paths: Sequence[Path], fmts: Sequence[str], *, table: str,
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
     rows_all = rejects_all = None
     try:
-        for i, (p, f) in enumerate(zip(paths, fmts)):
+        for p, f in zip(paths, fmts):
             try:
                 rows, rejects = READERS_SPARK[f](spark, p, cached)
             except (IngestError, SparkError):
                 raise
             except Exception as exc:
                 raise IngestError(f"{p}: cannot read as {f} on Spark: {_short(exc)}") from exc
-            rows = rows.select(F.concat(F.lit(p.name + ":"), F.col("source_line").cast("string")).alias("source_row_id"),
-                               F.lit(str(p)).alias("source_file"), "*")
+            row_id = F.concat(F.lit(p.name + ":"), F.col("source_line").cast("string")).alias("source_row_id")
+            rows = rows.select(row_id, F.lit(str(p)).alias("source_file"), "*")
             rejects = rejects.select(
-                F.concat(F.lit(p.name + ":"), F.col("source_line").cast("string")).alias("source_row_id"),
-                F.lit(table).alias("table_name"), F.lit(str(p)).alias("source_file"), "source_line", "reason",
-                "raw_line", F.lit(now).cast("timestamp_ntz").alias("ingested_at"))
+                row_id, F.lit(table).alias("table_name"), F.lit(str(p)).alias("source_file"), "source_line",
+                "reason", "raw_line", F.lit(now).cast("timestamp_ntz").alias("ingested_at"))
             rows_all = rows if rows_all is None else rows_all.unionByName(rows, allowMissingColumns=True)
             rejects_all = rejects if rejects_all is None else rejects_all.unionByName(rejects)
         rows_path = write_dataset(rows_all, out / table)
@@ -560,8 +559,9 @@ def ingest_spark(con, paths: Sequence[Path], fmts: Sequence[str], *, table: str,
         c.execute(f"insert into ingest_rejects by name select * from read_parquet({rejects_glob})")
 
     transaction(con, write, what=f"ingesting into {table} (Spark)")
-    counts = dict(con.execute(f"select source_file, count(*) from read_parquet({rows_glob}) group by 1").fetchall())
-    rejected = dict(con.execute(f"select source_file, count(*) from read_parquet({rejects_glob}) group by 1").fetchall())
+    count = "select source_file, count(*) from read_parquet({}) group by 1"
+    counts = dict(con.execute(count.format(rows_glob)).fetchall())
+    rejected = dict(con.execute(count.format(rejects_glob)).fetchall())
     return {str(p): {"format": f, "rows": counts.get(str(p), 0), "rejected": rejected.get(str(p), 0)}
             for p, f in zip(paths, fmts)}
 
