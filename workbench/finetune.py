@@ -70,6 +70,7 @@ class SFTConfig:
     metric: str = "accuracy"  # early stopping / model choice: "accuracy" (generation), "choice_accuracy", "loss"
     patience: int = 2  # evaluations in a row without a better metric before stopping; 0 = never stop early
     keep_best: bool = True  # end with the weights of the best evaluation, not the last step
+    evaluate_test: bool = True  # score the test split once at the end; False for sweep trials, which must never see test
     # --- run control
     seed: int = 0  # model init, LoRA init, batch order: same seed, data and config give the same metrics on CPU
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1"
@@ -818,8 +819,10 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
     tested_epoch = 0.0 if tested == 0 else schedule[tested - 1][0] + (schedule[tested - 1][1] + 1) / schedule[tested - 1][3]
     val_m, val_pred = evaluate(model, tokenizer, parts["validation"], config)
     log.add({f"final_{k}": v for k, v in val_m.items()}, step=tested, epoch=tested_epoch, split="validation")
-    test_m, test_pred = (evaluate(model, tokenizer, parts["test"], config) if len(parts["test"]) else ({}, None))
-    log.add({**test_m, "majority_baseline": baseline}, step=tested, epoch=tested_epoch, split="test")
+    test_m, test_pred = ({}, None)
+    if config.evaluate_test:
+        test_m, test_pred = (evaluate(model, tokenizer, parts["test"], config) if len(parts["test"]) else ({}, None))
+        log.add({**test_m, "majority_baseline": baseline}, step=tested, epoch=tested_epoch, split="test")
     log.flush()
     keep = ["example_id", "prompt", "prediction", "label", "correct"]
     runs.write_predictions(con, run_id, "validation", val_pred[keep])

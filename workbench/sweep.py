@@ -486,7 +486,7 @@ def _execute(sw: _Sweep, study, trial, params: dict, resume_run: str | None, *, 
             if status in ("pruned", "stopped"):
                 c.execute("update runs set status = 'interrupted', finished_at = ?, error = ? where run_id = ?",
                           [_now(), err, run_id])
-            # Trials are not tested (the classifier takes evaluate_test=False); a trainer without that
+            # Trials are not tested (both trainers take evaluate_test=False); a trainer without that
             # switch still scores test at the end of a run: those rows go at once, unread.
             c.execute("delete from run_metrics where run_id = ? and split = 'test'", [run_id])
             c.execute("delete from predictions where run_id = ? and split = 'test'", [run_id])
