@@ -342,3 +342,20 @@ def test_cli_sft_trains_and_resumes(con, workspace, capsys):
     assert main(["--workspace", str(workspace), "sft", "--resume", first["run_id"], "--no-progress"]) == 0
     done = json.loads(capsys.readouterr().out)
     assert done["run_id"] == first["run_id"] and done["status"] == "completed" and done["test_accuracy"] is not None
+
+
+def test_template_id_selects_one_templates_examples(con):
+    """SFTConfig.template_id trains on one template's rendering only (the sweep's template dimension)."""
+    from workbench.finetune import load_sft_frame
+
+    make_intent_tables(con, n=24)
+    con.execute("insert into sft_examples select example_id || ':v2', source_row_id, task, 'intent_v2', "
+                "'Classify: ' || prompt, completion, choices from sft_examples")
+    assert set(load_sft_frame(con, "intent_classification")["example_id"].str.endswith(":v2")) == {True, False}
+    only = load_sft_frame(con, "intent_classification", template_id="intent_v2")
+    assert len(only) == 24 and only["prompt"].str.startswith("Classify: ").all()
+    with pytest.raises(SFTDataError, match="template_id 'nope'.*intent_v1"):
+        load_sft_frame(con, "intent_classification", template_id="nope")
+    from workbench.sweep import normalize_space
+
+    assert "template_id" in normalize_space({"template": ["intent_v1", "intent_v2"]}, trainer="sft")

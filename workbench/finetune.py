@@ -71,6 +71,7 @@ class SFTConfig:
     patience: int = 2  # evaluations in a row without a better metric before stopping; 0 = never stop early
     keep_best: bool = True  # end with the weights of the best evaluation, not the last step
     evaluate_test: bool = True  # score the test split once at the end; False for sweep trials, which must never see test
+    template_id: str = ""  # only sft_examples rendered by this template ("" = all); to compare templates, render every one per row (step 05, template_choice "all")
     # --- run control
     seed: int = 0  # model init, LoRA init, batch order: same seed, data and config give the same metrics on CPU
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1"
@@ -159,8 +160,9 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4":
 
 # =========================================================================== data
 
-def load_sft_frame(con, task: str, snapshot: int | None = None) -> pd.DataFrame:
-    """``sft_examples`` of ``task`` joined to their split (``splits.example_id = source_row_id``)."""
+def load_sft_frame(con, task: str, snapshot: int | None = None, template_id: str = "") -> pd.DataFrame:
+    """``sft_examples`` of ``task`` (and ``template_id`` when given) joined to their split
+    (``splits.example_id = source_row_id``)."""
     for t in ("sft_examples", "splits"):
         if not table_exists(con, t):
             raise SFTDataError(f"table {t!r} not found in the workspace: run the templates (05) and split (06) steps first")
@@ -171,8 +173,13 @@ def load_sft_frame(con, task: str, snapshot: int | None = None) -> pd.DataFrame:
         select e.example_id, e.source_row_id, e.prompt, e.completion, e.choices, {system} as system, s.split
         from sft_examples as e{at}
         join splits as s{at} on s.example_id = e.source_row_id
-        where e.task = ?
-        order by e.example_id""", [task]).df()
+        where e.task = ? and (? = '' or e.template_id = ?)
+        order by e.example_id""", [task, template_id, template_id]).df()
+    if df.empty and template_id:
+        ids = [r[0] for r in con.execute(f"select distinct template_id from sft_examples{at} where task = ? order by 1",
+                                         [task]).fetchall()]
+        raise SFTDataError(f"template_id {template_id!r}: no sft_examples of task {task!r} joined to splits "
+                           f"(its templates present: {ids})")
     if df.empty:
         tasks = [r[0] for r in con.execute(f"select distinct task from sft_examples{at} order by 1").fetchall()]
         raise SFTDataError(f"no sft_examples joined to splits for task {task!r} (tasks present: {tasks})")
@@ -630,7 +637,7 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
         snapshot = snapshot_id(con)
 
     # ---------------------------------------------------------------- data + checks (nothing written yet)
-    parts = check_frame(load_sft_frame(con, config.task, snapshot), config.task)
+    parts = check_frame(load_sft_frame(con, config.task, snapshot, config.template_id), config.task)
     device = resolve_device(config.device)
     precision = _precision(config, device)
     attn = _attn(config, device)

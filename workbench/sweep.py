@@ -61,7 +61,7 @@ TRIAL_STATUSES = ("running", "completed", "pruned", "failed", "stopped", "interr
 ALIASES = {
     "classifier": {"lr": "learning_rate", "warmup": "warmup_ratio"},
     "sft": {"learning_rate": "lr", "lora_rank": "lora_r", "warmup": "warmup_steps",
-            "batch_size": "micro_batch_size"},
+            "batch_size": "micro_batch_size", "template": "template_id", "templates": "template_id"},
 }
 METRICS = {  # metric -> (direction, name in the trainer's validation metrics)
     "classifier": {"validation_accuracy": ("maximize", "accuracy"), "validation_loss": ("minimize", "loss")},
@@ -174,9 +174,8 @@ def _field_name(name: str, trainer: str, fields: set[str]) -> str:
     if mapped in fields:
         return mapped
     if name in ("template", "template_id", "templates"):
-        raise SweepError(f"search_space[{name!r}]: template choice needs a template field in the {trainer} "
-                         f"config (SFT trials: SFTConfig.template_id, not there yet); the classifier reads "
-                         "raw text: sweep its text_column instead")
+        raise SweepError(f"search_space[{name!r}]: template choice is an SFT search dimension (trainer='sft', "
+                         "SFTConfig.template_id); the classifier reads raw text: sweep its text_column instead")
     raise SweepError(f"search_space[{name!r}] is not a {trainer} config field; fields: {', '.join(sorted(fields))}")
 
 
@@ -761,7 +760,8 @@ def _sft_test(con, run: dict, sweep_row: dict) -> tuple[dict, int, pd.DataFrame]
     stored = json.loads(run["config_json"])
     cfg = finetune.SFTConfig(**{f.name: stored[f.name] for f in dataclasses.fields(finetune.SFTConfig)
                                 if f.name in stored})
-    parts = finetune.check_frame(finetune.load_sft_frame(con, cfg.task, int(run["data_snapshot"])), cfg.task)
+    parts = finetune.check_frame(finetune.load_sft_frame(con, cfg.task, int(run["data_snapshot"]), cfg.template_id),
+                                 cfg.task)
     if parts["test"].empty:
         raise SweepError(f"task {cfg.task!r} has no test examples: nothing to evaluate")
     model, tok = finetune.load_model(run["model_path"], device=cfg.device if cfg.device != "auto" else "cpu")
