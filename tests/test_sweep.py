@@ -375,3 +375,19 @@ def test_sft_sweep_over_lora_and_token_budget(con):
     assert tr.groupby("metric").size().max() == 1 and "choice_accuracy" in set(tr["metric"])
     assert res.test_metric_name == "test_choice_accuracy"
     assert res.test_metric == pytest.approx(float(tr.loc[tr["metric"] == "choice_accuracy", "value"].iloc[0]))
+
+
+@pytest.mark.slow
+def test_time_budget_stops_a_running_sft_trial(con):
+    """SFT trials get the same step callback as classifier trials: the deadline stops them mid-run."""
+    write_sft_examples(con)
+    fixed = {"epochs": 400, "max_length": 48, "eval_at_start": False, "max_eval_examples": 6, "max_new_tokens": 5,
+             "warmup_steps": 2, "patience": 0, "micro_batch_size": 2}
+    started = time.monotonic()
+    res = S.sweep({"learning_rate": [3e-3, 1e-3]}, {"seconds": 4}, con=con, strategy="random", trainer="sft",
+                  config=fixed, progress=False)
+    assert time.monotonic() - started < 30
+    assert res.trials["status"].tolist() == ["stopped"]
+    assert "time budget" in res.trials["error"].iloc[0]
+    run = con.execute("select status, sweep_id from runs where run_id = ?", [res.trials["run_id"].iloc[0]]).fetchone()
+    assert run[1] == res.sweep_id and run[0] in ("interrupted", "failed")

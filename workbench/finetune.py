@@ -24,7 +24,7 @@ import time
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Callable, Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -598,7 +598,8 @@ def _config_diff(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if k not in free and a.get(k) != b.get(k))
 
 
-def train_sft(con, config: SFTConfig, *, resume_from: str | None = None, progress: bool = True) -> SFTResult:
+def train_sft(con, config: SFTConfig, *, resume_from: str | None = None, progress: bool = True,
+              on_step: Callable[[int], None] | None = None) -> SFTResult:
     """Fine-tune ``config.model`` on ``config.task``; returns accuracies and where the model was saved.
 
     ``resume_from=<run_id>`` continues an interrupted or crashed run from its newest checkpoint,
@@ -609,12 +610,13 @@ def train_sft(con, config: SFTConfig, *, resume_from: str | None = None, progres
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        return _train_sft(con, config, resume_from=resume_from, progress=progress)
+        return _train_sft(con, config, resume_from=resume_from, progress=progress, on_step=on_step)
     finally:
         torch.set_num_threads(before)
 
 
-def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: bool) -> SFTResult:
+def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: bool,
+               on_step: Callable[[int], None] | None = None) -> SFTResult:
     from tqdm.auto import tqdm
 
     runs.ensure_tables(con)
@@ -797,6 +799,10 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
                     state["stopped_early"] = True
             if epoch_end or step % config.checkpoint_every == 0 or step == config.stop_at_step or state["stopped_early"]:
                 save_checkpoint(step)
+            if on_step is not None:  # e.g. a sweep: prune on this step's validation metric, or stop at its deadline
+                if epoch_end or (config.eval_every and step % config.eval_every == 0):
+                    log.flush()  # the callback may read this step's validation metrics from run_metrics
+                on_step(step)
             if state["stopped_early"]:
                 break
             if step == config.stop_at_step and step < total_steps:

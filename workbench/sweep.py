@@ -384,8 +384,26 @@ def _run_trial(sw: _Sweep, trial, cfg, resume_run: str | None, box: dict) -> flo
 
         if sw.deadline is not None and time.monotonic() >= sw.deadline:
             raise _OutOfTime("the sweep's time budget ran out before this trial started")
-        try:  # no step callback in train_sft yet: no pruning or mid-trial time limit (see docs/sweep.md)
-            res = finetune.train_sft(sw.con, cfg, resume_from=resume_run, progress=False)
+
+        def on_sft_step(step: int) -> None:
+            if box.get("run_id") is None and not box.get("looked"):
+                box["looked"] = True
+                box["run_id"] = _claim_run(sw, "sft", cfg, since)
+                if box["run_id"]:
+                    _upsert_trial(sw.con, sw.sweep_id, trial.number, run_id=box["run_id"])
+            if sw.deadline is not None and time.monotonic() >= sw.deadline:
+                raise _OutOfTime(f"the sweep's time budget ran out at step {step}")
+            value = _validation_value(sw, box["run_id"], step) if sw.prune and box.get("run_id") else None
+            if value is not None:  # an evaluation happened at this step: report it, prune a hopeless trial
+                trial.report(value, step)
+                box["last_value"] = value
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at step {step}: {sw.metric} {value:.4f} is worse "
+                                             "than the median of earlier trials at that step")
+
+        box["run_id"] = resume_run
+        try:
+            res = finetune.train_sft(sw.con, cfg, resume_from=resume_run, progress=False, on_step=on_sft_step)
         finally:
             box["run_id"] = box.get("run_id") or resume_run or _claim_run(sw, "sft", cfg, since)
         return float(res.metrics["validation"][sw.metric_key])
