@@ -161,3 +161,23 @@ def test_row_fate_invariant_on_the_messy_sample(con, tmp_path):
                 "(select source_row_id from row_fate where fate = 'duplicate' limit 1)")
     with pytest.raises(WorkspaceError, match="row_fate for messages"):
         data.check_row_fate(con)
+
+
+def test_blank_lines_keep_physical_line_numbers(con, tmp_path):
+    f = write(tmp_path / "b.csv", HEADER + good(1) + "\n" + good(2) + "\n" + 'M3,C1,x,"bad"q",refund,ok\n' + good(4))
+    data.ingest(con, [f], table="stg")
+    rows = con.execute("select source_row_id, message_id from stg order by source_line").fetchall()
+    assert rows == [("b.csv:2", "M1"), ("b.csv:4", "M2"), ("b.csv:7", "M4")]
+    assert con.execute("select source_row_id from ingest_rejects").fetchall() == [("b.csv:6",)]
+
+
+def test_unterminated_quote_swallowing_the_rest_is_accounted_for(con, tmp_path):
+    """DuckDB's reader drops every line after an unterminated quote; those lines become rejects."""
+    plain = "M{},C1,2026-01-05 10:00:00,email,north,30-44,plain text {},refund,ok\n"
+    f = write(tmp_path / "u.csv", HEADER + good(1) + 'M2,C1,2026-01-05,email,north,30-44,"never closed,refund,x\n'
+              + plain.format(3, 3) + plain.format(4, 4))
+    report = data.ingest(con, [f], table="stg")
+    assert report[str(f)] == {"format": "csv", "rows": 1, "rejected": 3}
+    rej = con.execute("select source_row_id, reason, raw_line from ingest_rejects order by source_line").fetchall()
+    assert [r[0] for r in rej] == ["u.csv:3", "u.csv:4", "u.csv:5"]
+    assert "unterminated quote" in rej[0][1] and "swallowed" in rej[1][1] and rej[2][2].startswith("M4,")

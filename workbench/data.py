@@ -99,17 +99,55 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
         entry[0].setdefault(etype.lower().replace("_", " "), msg)  # one reason per error type
     rejects = [(line, "; ".join(f"{t}: {m}" for t, m in sorted(reasons.items())), raw)
                for line, (reasons, raw) in sorted(by_line.items())]
+    # Blank lines are no rows, but DuckDB counts them in its line numbers: they shift like rejects.
+    n_lines, blanks = _line_scan(path)
+    skipped = sorted({line for line, _, _ in rejects} | set(blanks))
     con.execute(f"create or replace temp table wb_csv_reject_lines{tag} (j bigint, a bigint)")
-    if rejects:
-        # a_j = parsed rows before the j-th reject = line_j - 1 (header) - j
+    if skipped:
+        # a_j = parsed rows before the j-th skipped line = line_j - 1 (header) - j
         con.executemany(f"insert into temp.wb_csv_reject_lines{tag} values (?, ?)",
-                        _reject_positions([line for line, _, _ in rejects], first_data_line=2))
+                        _reject_positions(skipped, first_data_line=2))
     cols = [r[0] for r in con.execute(f"describe temp.wb_csv_rows{tag}").fetchall() if r[0] != "wb_ordinal"]
     select = ", ".join(f'r."{c}"' for c in cols)
     sql = (f"select r.wb_ordinal + 1 + coalesce(x.j, 0) as source_line, {select} "
            f"from temp.wb_csv_rows{tag} r asof left join temp.wb_csv_reject_lines{tag} x on r.wb_ordinal > x.a")
     con.execute("drop table if exists temp.wb_reject_errors; drop table if exists temp.wb_reject_scans")
+    # An unterminated quote makes DuckDB's reader swallow every line after it: neither rows nor
+    # rejects. Those lines are rejects too, so the accounting still adds up.
+    if rejects and "unterminated quote" in rejects[-1][1] and rejects[-1][0] < n_lines:
+        start = rejects[-1][0]
+        last_row = con.execute(f"select max(source_line) from ({sql})").fetchall()[0][0] or 0
+        if last_row < start:
+            rejects += [(line, f"swallowed by the unterminated quoted field that starts at line {start}", raw)
+                        for line, raw in _read_lines(path, start + 1, n_lines) if line not in blanks]
     return sql, rejects
+
+
+def _open_bytes(path: Path):
+    import gzip
+
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def _line_scan(path: Path) -> tuple[int, list[int]]:
+    """Physical lines in a file, and the numbers of its blank lines."""
+    n, blanks = 0, []
+    with _open_bytes(path) as f:
+        for n, line in enumerate(f, 1):
+            if line == b"\n" or line == b"\r\n":
+                blanks.append(n)
+    return n, blanks
+
+
+def _read_lines(path: Path, first: int, last: int) -> list[tuple[int, str]]:
+    out = []
+    with _open_bytes(path) as f:
+        for n, line in enumerate(f, 1):
+            if n > last:
+                break
+            if n >= first:
+                out.append((n, line.rstrip(b"\r\n").decode("utf-8", errors="replace")))
+    return out
 
 
 def _reject_positions(lines: list[int], first_data_line: int) -> list[tuple[int, int]]:
