@@ -137,3 +137,18 @@ def test_catalog_in_wal_mode_so_an_open_reader_never_blocks_writers(workspace):
                        text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert workbench.connect(workspace).execute("select count(*) from events").fetchall()[0][0] == 3
+
+
+def test_workspace_root_is_the_folder_of_the_catalog(workspace, tmp_path):
+    con = workbench.connect(workspace)
+    assert ws.workspace_root(con) == workspace.absolute()
+    assert ws.workspace_root(con.cursor()) == workspace.absolute()   # jupysql's cursors too
+    other = tmp_path / "elsewhere"
+    assert workbench.workspace_root(workbench.connect(other)) == other.absolute()
+    with pytest.raises(ws.WorkspaceError, match="no workspace attached.*workbench.connect"):
+        ws.workspace_root(duckdb.connect())
+    # the modules that put files beside the tables all use this one helper
+    from workbench import bias_report, classifier, cpt, cpt_registry, spark, sweep
+    for mod in (bias_report, classifier, cpt, cpt_registry, spark, sweep):
+        assert mod.workspace_root is ws.workspace_root, mod.__name__
+    assert spark.spark_dir(con) == workspace.absolute() / spark.SPARK_DIR

@@ -12,6 +12,7 @@ from .workspace import (  # noqa: F401
     sqlalchemy_engine,
     table_exists,
     transaction,
+    workspace_root,
     write_table,
 )
 

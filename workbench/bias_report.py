@@ -29,7 +29,7 @@ import pandas as pd
 
 from . import bias
 from .bias import BiasConfig
-from .workspace import ALIAS, WorkspaceError, snapshot_id, table_exists, transaction
+from .workspace import WorkspaceError, snapshot_id, table_exists, transaction, workspace_root
 
 SCOPES = ("representation", "label", "labeling", "model")
 
@@ -133,14 +133,6 @@ def _check_columns(con, table: str, needed: Iterable[str | None], what: str = "c
 def _counts(con, table: str, cols: Sequence[str]) -> pd.DataFrame:
     sel = ", ".join(_quote(c) for c in dict.fromkeys(cols))
     return con.execute(f"select {sel}, count(*) as n from {_quote(table)} group by all").df()
-
-
-def workspace_root(con: duckdb.DuckDBPyConnection) -> Path:
-    """The workspace folder of a connection (the folder of its DuckLake catalog file)."""
-    row = con.execute("select path from duckdb_databases() where database_name = ?", [ALIAS]).fetchone()
-    if not row or not row[0]:
-        raise WorkspaceError("this connection has no workspace attached (use workbench.connect())")
-    return Path(str(row[0]).split(":", 1)[-1]).parent
 
 
 def new_report_id() -> str:

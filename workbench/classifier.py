@@ -37,7 +37,7 @@ import pandas as pd
 
 from . import runs
 from .evaluate import majority_baseline
-from .workspace import ALIAS, snapshot_id, table_exists, transaction
+from .workspace import ALIAS, snapshot_id, table_exists, transaction, workspace_root
 
 
 @dataclass
@@ -301,12 +301,6 @@ def _predict_indices(model, tok, texts: Sequence[str], device, max_length: int, 
 
 
 # --------------------------------------------------------------------------- workspace helpers
-
-def workspace_root(con: duckdb.DuckDBPyConnection) -> Path:
-    """The folder of the workspace ``con`` is connected to (models are saved under it)."""
-    path = con.execute("select path from duckdb_databases() where database_name = ?", [ALIAS]).fetchone()[0]
-    return Path(path.split(":", 1)[1] if path.startswith("sqlite:") else path).parent
-
 
 def _cleanup_after(con, run_id: str, step: int) -> None:
     """Before resuming from ``step``: drop what the killed process logged after its checkpoint."""

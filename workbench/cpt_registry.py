@@ -22,7 +22,7 @@ import pandas as pd
 
 from . import runs
 from .cpt_gates import GATES, GateResult, plot_gate_history, sql_stable_fraction
-from .workspace import ALIAS, home, snapshot_id, table_exists, transaction
+from .workspace import snapshot_id, table_exists, transaction, workspace_root
 
 
 # =========================================================================== registry tables
@@ -76,14 +76,6 @@ def ensure_tables(con) -> None:
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-
-
-def workspace_root(con) -> Path:
-    """The workspace folder of ``con`` (where its catalog lives), so models land next to its tables."""
-    row = con.execute("select path from duckdb_databases() where database_name = ?", [ALIAS]).fetchone()
-    if row and row[0]:
-        return Path(str(row[0]).split(":", 1)[-1]).parent
-    return home()
 
 
 def insert(c, table: str, df: pd.DataFrame) -> None:

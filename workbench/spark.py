@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .workspace import (ALIAS, WorkspaceError, render_sql, sql_literal, sql_path, table_exists,
-                        transaction)
+                        transaction, workspace_root)
 
 
 @dataclass
@@ -333,14 +333,6 @@ def _fix_regex(n, source: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------- workspace tables
-
-def workspace_root(con) -> Path:
-    """The workspace folder of a ``workbench.connect()`` connection (where its ``wb.sqlite`` lies)."""
-    path = con.execute("select path from duckdb_databases() where database_name = ?", [ALIAS]).fetchone()
-    if not path or not path[0]:
-        raise SparkError("this connection has no workspace (catalog 'wb'): use workbench.connect()")
-    return Path(path[0].split(":", 1)[-1]).parent
-
 
 def spark_dir(con) -> Path:
     """``<workspace>/spark``: the Parquet datasets Spark writes, one folder per table."""

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from . import runs
-from .workspace import ALIAS, connect, snapshot_id, table_exists, transaction
+from .workspace import connect, snapshot_id, table_exists, transaction, workspace_root
 
 # The default search space of classifier trials: the knobs that matter most for a small encoder.
 DEFAULT_SEARCH_SPACE: dict[str, Any] = {
@@ -135,11 +135,6 @@ def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-
-
-def _workspace_root(con) -> Path:
-    path = con.execute("select path from duckdb_databases() where database_name = ?", [ALIAS]).fetchone()[0]
-    return Path(path.split(":", 1)[1] if path.startswith("sqlite:") else path).parent
 
 
 # --------------------------------------------------------------------------- checking the input
@@ -512,7 +507,7 @@ def _execute(sw: _Sweep, study, trial, params: dict, resume_run: str | None, *, 
         _upsert(c, sw.sweep_id, number, **row)
     transaction(con, record, what="recording a trial's outcome")
     for r in drop:
-        shutil.rmtree(_workspace_root(con) / "models" / r, ignore_errors=True)
+        shutil.rmtree(workspace_root(con) / "models" / r, ignore_errors=True)
     _tell(study, number, value if status == "completed" else None, state)
     row = {"sweep_id": sw.sweep_id, "trial": number, "params": params, **row,
            "seconds": round(time.monotonic() - started, 1)}
@@ -636,7 +631,7 @@ def sweep(search_space: Mapping[str, Any] | None = None, budget: Budget | Mappin
     optuna = _optuna()
     new = row is None
     sweep_id = _new_sweep_id() if new else row["sweep_id"]
-    storage_path = _workspace_root(con) / "sweeps" / f"{sweep_id}.optuna.log"  # Optuna's append-only journal
+    storage_path = workspace_root(con) / "sweeps" / f"{sweep_id}.optuna.log"  # Optuna's append-only journal
     storage_path.parent.mkdir(parents=True, exist_ok=True)
     if new:
         snap = snapshot_id(con)

@@ -289,6 +289,22 @@ def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
         {"db": ALIAS, "t": name}).fetchall()[0][0])
 
 
+def workspace_root(con: duckdb.DuckDBPyConnection) -> Path:
+    """The workspace folder of a ``workbench.connect()`` connection: where its catalog ``wb.sqlite``
+    lies, and so where models (``models/<run_id>``), reports and sweep journals go beside its tables.
+
+    Raises ``WorkspaceError`` when ``con`` has no workspace catalog attached (a plain DuckDB connection).
+    """
+    row = con.execute("select path from duckdb_databases() where database_name = ?", [ALIAS]).fetchall()
+    if not row or not row[0][0]:
+        raise WorkspaceError(f"this connection has no workspace attached (no catalog {ALIAS!r}):"
+                             " use workbench.connect()")
+    path = str(row[0][0])
+    for prefix in ("ducklake:", "sqlite:"):  # 'sqlite:/ws/wb.sqlite' (DuckLake's metadata path)
+        path = path.removeprefix(prefix)
+    return Path(path).parent
+
+
 def snapshot_id(con: duckdb.DuckDBPyConnection) -> int:
     """The workspace's current DuckLake snapshot id: record it to know exactly which data a run saw.
 
