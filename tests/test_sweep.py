@@ -6,6 +6,7 @@ synthetic intent set: seconds per trial.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -81,8 +82,11 @@ def test_sweep_on_sample_data_chooses_on_validation_and_tests_once(con, tiny_mod
     assert epoch < 2 and not (con_root(con) / "models" / hopeless["run_id"]).exists()  # stopped early, checkpoint gone
 
     # every trial is a run tagged with the sweep, with its parameters in the run's config
-    tagged = con.execute("select run_id, config_json, status from runs where sweep_id = ?", [res.sweep_id]).df()
+    tagged = con.execute("select run_id, config_json, status, sweep_trial from runs where sweep_id = ?",
+                         [res.sweep_id]).df()
     assert sorted(tagged["run_id"]) == sorted(trials["run_id"])
+    # the trainer recorded the trial number itself: trial -> run is a lookup, not a guess by config
+    assert dict(zip(tagged["run_id"], tagged["sweep_trial"])) == dict(zip(trials["run_id"], trials["trial"]))
     for _, t in trials.iterrows():
         cfg = json.loads(tagged.set_index("run_id").loc[t["run_id"], "config_json"])
         for k, v in json.loads(t["params_json"]).items():
@@ -132,6 +136,28 @@ def test_sweep_on_sample_data_chooses_on_validation_and_tests_once(con, tiny_mod
 
 def con_root(con) -> Path:
     return C.workspace_root(con)
+
+
+def test_trial_runs_are_found_by_sweep_and_trial_not_by_config(con, tiny_model):
+    """Runs with the very same config as a trial (another kernel's plain run, another sweep's trial,
+    started later) never get mistaken for it: the trainer records sweep_id and sweep_trial."""
+    write_examples(con)
+    res = S.sweep({"learning_rate": [1e-3]}, 1, con=con, strategy="grid", config=base(tiny_model, epochs=1),
+                  progress=False, evaluate_test=False)
+    trial_run = res.trials["run_id"].iloc[0]
+    assert con.execute("select sweep_id, sweep_trial from runs where run_id = ?", [trial_run]).fetchone() \
+        == (res.sweep_id, 0)
+    # a plain run and another sweep's trial 0, both with the trial's exact config, both newer
+    want = con.execute("select config_json from runs where run_id = ?", [trial_run]).fetchone()[0]
+    cfg = C.ClassifierConfig(**json.loads(want))
+    plain = C.train_classifier(con, cfg, progress=False).run_id
+    other = C.train_classifier(con, cfg, progress=False, sweep_id="sweep-other", sweep_trial=0).run_id
+    assert {con.execute("select config_json from runs where run_id = ?", [r]).fetchone()[0]
+            for r in (plain, other)} == {want}
+    assert con.execute("select sweep_id, sweep_trial from runs where run_id = ?", [plain]).fetchone() == (None, None)
+    sw = S._Sweep(con, res.sweep_id, "classifier", "validation_accuracy", "maximize", "accuracy", {}, 0, None, False)
+    assert S._trial_run(sw, 0) == trial_run and S._trial_run(sw, 1) is None
+    assert S._trial_run(dataclasses.replace(sw, sweep_id="sweep-other"), 0) == other
 
 
 def test_guard_refuses_selection_on_test_metrics(con):
@@ -364,7 +390,9 @@ def test_sft_sweep_over_lora_and_token_budget(con):
                   config=fixed, progress=False)
     assert res.status == "completed" and len(res.trials) == 2
     assert set(res.trials["status"]) == {"completed"}
-    runs_ = con.execute("select run_id, kind, config_json from runs where sweep_id = ?", [res.sweep_id]).df()
+    runs_ = con.execute("select run_id, kind, config_json, sweep_trial from runs where sweep_id = ?",
+                        [res.sweep_id]).df()
+    assert dict(zip(runs_["run_id"], runs_["sweep_trial"])) == dict(zip(res.trials["run_id"], res.trials["trial"]))
     assert sorted(runs_["run_id"]) == sorted(res.trials["run_id"]) and set(runs_["kind"]) == {"sft"}
     for _, t in res.trials.iterrows():  # the aliases reached the SFT config: lr, lora_r
         cfg = json.loads(runs_.set_index("run_id").loc[t["run_id"], "config_json"])

@@ -409,12 +409,14 @@ def _config_from_run(con, run_id: str) -> tuple[ClassifierConfig, int, str]:
 
 def train_classifier(con: duckdb.DuckDBPyConnection, config: ClassifierConfig | None = None, *,
                      resume_from: str | None = None, progress: bool = True,
-                     on_step: Callable[[int], None] | None = None) -> ClassifierResult:
+                     on_step: Callable[[int], None] | None = None, sweep_id: str | None = None,
+                     sweep_trial: int | None = None) -> ClassifierResult:
     """Fine-tune, validate, keep the best, test once; everything recorded in the workspace.
 
     ``resume_from``: a run id whose checkpoint to continue (its stored config is used; a ``config``
     given as well must match it except for ``device``). ``on_step(step)`` is called after every
-    optimizer step (for dashboards and for tests that interrupt a run).
+    optimizer step (for dashboards and for tests that interrupt a run). ``sweep_id`` /
+    ``sweep_trial``: recorded in ``runs`` when the run is a trial of a sweep (a new run only).
     """
     import torch
 
@@ -436,13 +438,14 @@ def train_classifier(con: duckdb.DuckDBPyConnection, config: ClassifierConfig | 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _train(con, cfg, snap, resume_from, progress, on_step)
+        return _train(con, cfg, snap, resume_from, progress, on_step, (sweep_id, sweep_trial))
     finally:
         torch.set_num_threads(threads_before)
 
 
 def _train(con, cfg: ClassifierConfig, snap: int, resume_from: str | None, progress: bool,
-           on_step: Callable[[int], None] | None) -> ClassifierResult:
+           on_step: Callable[[int], None] | None, sweep: tuple[str | None, int | None] = (None, None),
+           ) -> ClassifierResult:
     import torch
 
     data, labels, model, tok = _prepare(con, cfg, snap)
@@ -451,7 +454,7 @@ def _train(con, cfg: ClassifierConfig, snap: int, resume_from: str | None, progr
     train, val, test = data["train"], data["validation"], data["test"]
 
     run_id = resume_from or runs.start_run(con, model=cfg.model or default_model(), task=cfg.task, kind=KIND,
-                                            config=dataclasses.asdict(cfg))
+                                            config=dataclasses.asdict(cfg), sweep_id=sweep[0], sweep_trial=sweep[1])
     if not resume_from and con.execute("select data_snapshot from runs where run_id = ?", [run_id]).fetchone()[0] != snap:
         # another process committed between reading the data and starting the run: record what was read
         transaction(con, lambda c: c.execute("update runs set data_snapshot = ? where run_id = ?", [snap, run_id]))

@@ -599,24 +599,27 @@ def _config_diff(a: dict, b: dict) -> list[str]:
 
 
 def train_sft(con, config: SFTConfig, *, resume_from: str | None = None, progress: bool = True,
-              on_step: Callable[[int], None] | None = None) -> SFTResult:
+              on_step: Callable[[int], None] | None = None, sweep_id: str | None = None,
+              sweep_trial: int | None = None) -> SFTResult:
     """Fine-tune ``config.model`` on ``config.task``; returns accuracies and where the model was saved.
 
     ``resume_from=<run_id>`` continues an interrupted or crashed run from its newest checkpoint,
     on the same data snapshot, and ends exactly where the uninterrupted run would have.
+    ``sweep_id`` / ``sweep_trial``: recorded in ``runs`` when the run is a sweep's trial (a new run only).
     """
     config.validate()
     before = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        return _train_sft(con, config, resume_from=resume_from, progress=progress, on_step=on_step)
+        return _train_sft(con, config, resume_from=resume_from, progress=progress, on_step=on_step,
+                          sweep=(sweep_id, sweep_trial))
     finally:
         torch.set_num_threads(before)
 
 
 def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: bool,
-               on_step: Callable[[int], None] | None = None) -> SFTResult:
+               on_step: Callable[[int], None] | None = None, sweep: tuple = (None, None)) -> SFTResult:
     from tqdm.auto import tqdm
 
     runs.ensure_tables(con)
@@ -683,7 +686,8 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
     # ---------------------------------------------------------------- run record
     cfg_dict = json.loads(json.dumps(dataclasses.asdict(config), default=str))
     if resume_from is None:
-        run_id = runs.start_run(con, model=config.model, task=config.task, kind="sft", config=cfg_dict)
+        run_id = runs.start_run(con, model=config.model, task=config.task, kind="sft", config=cfg_dict,
+                                sweep_id=sweep[0], sweep_trial=sweep[1])  # a sweep's trial, or (None, None)
         transaction(con, lambda c: c.execute("update runs set data_snapshot = ? where run_id = ?", [snapshot, run_id]),
                     what="recording the data snapshot")  # the snapshot the data was read at
     else:

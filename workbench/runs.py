@@ -35,6 +35,7 @@ create table if not exists runs (
     data_snapshot bigint,    -- DuckLake snapshot id of the data it trained on
     status varchar,          -- running | completed | failed | interrupted
     sweep_id varchar,        -- set when the run is a trial of a sweep
+    sweep_trial integer,     -- the trial number within that sweep (null otherwise)
     model_path varchar,      -- saved model + tokenizer (under <workspace>/models/<run_id>)
     error varchar
 );
@@ -56,6 +57,8 @@ create table if not exists predictions (
     label varchar,
     correct boolean
 );
+-- workspaces made before runs.sweep_trial existed get the column (a no-op once it is there)
+alter table runs add column if not exists sweep_trial integer;
 """
 
 
@@ -77,16 +80,23 @@ def model_dir(run_id: str, path: str | os.PathLike | None = None) -> Path:
 
 
 def start_run(con: duckdb.DuckDBPyConnection, *, model: str, task: str, kind: str,
-              config: Mapping[str, Any], sweep_id: str | None = None, run_id: str | None = None) -> str:
-    """Insert a ``running`` row in ``runs`` (with the current data snapshot) and return its id."""
+              config: Mapping[str, Any], sweep_id: str | None = None, sweep_trial: int | None = None,
+              run_id: str | None = None) -> str:
+    """Insert a ``running`` row in ``runs`` (with the current data snapshot) and return its id.
+
+    ``sweep_id`` / ``sweep_trial``: the sweep and trial number the run belongs to (a sweep finds its
+    trial's run by them: ``select run_id from runs where sweep_id = ? and sweep_trial = ?``)."""
+    if sweep_trial is not None and sweep_id is None:
+        raise ValueError(f"sweep_trial={sweep_trial!r} needs a sweep_id")
     ensure_tables(con)
     run_id = run_id or new_run_id(kind)
     snap = snapshot_id(con)
     cfg = json.dumps(dict(config), default=str, sort_keys=True)
     transaction(con, lambda c: c.execute(
-        "insert into runs (run_id, started_at, model, task, kind, config_json, data_snapshot, status, sweep_id)"
-        " values (?, ?, ?, ?, ?, ?, ?, 'running', ?)",
-        [run_id, _now(), str(model), task, kind, cfg, snap, sweep_id]), what="starting a run")
+        "insert into runs (run_id, started_at, model, task, kind, config_json, data_snapshot, status, sweep_id,"
+        " sweep_trial) values (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+        [run_id, _now(), str(model), task, kind, cfg, snap, sweep_id,
+         None if sweep_trial is None else int(sweep_trial)]), what="starting a run")
     return run_id
 
 

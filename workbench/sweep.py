@@ -3,7 +3,8 @@
     python -c "import workbench; from workbench.sweep import sweep; print(sweep({'learning_rate': {'low': 3e-5, 'high': 3e-4, 'log': True}, 'epochs': [1, 2]}, 4).summary())"
 
 Each trial is a real training run (``workbench.classifier`` by default, ``workbench.finetune`` with
-``trainer="sft"``) recorded in ``runs`` with the sweep's ``sweep_id``. Optuna proposes the
+``trainer="sft"``) recorded in ``runs`` with the sweep's ``sweep_id`` and its ``sweep_trial`` number (the
+trainers take both, so the sweep finds a trial's run by them, never by its config). Optuna proposes the
 parameters (grid, random, or the TPE model-based sampler with a median pruner fed each epoch's
 validation metric), seeded per trial from ``(seed, trial number)``, so the same seed gives the same
 trials, interrupted or not. The best trial is chosen on the validation metric; then, once, its
@@ -337,17 +338,12 @@ def _config(sw: _Sweep, params: Mapping[str, Any]):
         raise SweepError(f"config: {exc}") from None
 
 
-def _claim_run(sw: _Sweep, kind: str, cfg, since: dt.datetime) -> str | None:
-    """The run the trainer just started for ``cfg`` (it does not take a sweep_id): tag it with ours."""
-    want = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-    rows = sw.con.execute("select run_id, config_json from runs where kind = ? and sweep_id is null"
-                          " and started_at >= ? order by started_at desc", [kind, since]).fetchall()
-    for run_id, cfg_json in rows:
-        if json.loads(cfg_json) == want:
-            transaction(sw.con, lambda c: c.execute("update runs set sweep_id = ? where run_id = ?",
-                                                     [sw.sweep_id, run_id]), what="tagging a trial run")
-            return run_id
-    return None
+def _trial_run(sw: _Sweep, number: int) -> str | None:
+    """The run the trainer started for trial ``number`` of this sweep (trainers record ``sweep_id`` and
+    ``sweep_trial`` in ``runs``); the newest one if a crashed trial was started again."""
+    row = sw.con.execute("select run_id from runs where sweep_id = ? and sweep_trial = ?"
+                         " order by started_at desc limit 1", [sw.sweep_id, int(number)]).fetchall()
+    return row[0][0] if row else None
 
 
 def _validation_value(sw: _Sweep, run_id: str, step: int | None = None) -> float | None:
@@ -365,7 +361,7 @@ def _validation_value(sw: _Sweep, run_id: str, step: int | None = None) -> float
 def _run_trial(sw: _Sweep, trial, cfg, resume_run: str | None, box: dict) -> float:
     """Train one trial; returns its validation metric. ``box['run_id']`` is set as soon as it is known."""
     optuna = _optuna()
-    since = _now()
+    tag = {"sweep_id": sw.sweep_id, "sweep_trial": trial.number}  # recorded in runs: how we find the trial's run
     done = resume_run and sw.con.execute("select status from runs where run_id = ?", [resume_run]).fetchone()
     if done and done[0] == "completed":  # finished, but the process stopped before recording it
         box["run_id"] = resume_run
@@ -383,7 +379,7 @@ def _run_trial(sw: _Sweep, trial, cfg, resume_run: str | None, box: dict) -> flo
         def on_sft_step(step: int) -> None:
             if box.get("run_id") is None and not box.get("looked"):
                 box["looked"] = True
-                box["run_id"] = _claim_run(sw, "sft", cfg, since)
+                box["run_id"] = _trial_run(sw, trial.number)
                 if box["run_id"]:
                     _upsert_trial(sw.con, sw.sweep_id, trial.number, run_id=box["run_id"])
             if sw.deadline is not None and time.monotonic() >= sw.deadline:
@@ -398,9 +394,10 @@ def _run_trial(sw: _Sweep, trial, cfg, resume_run: str | None, box: dict) -> flo
 
         box["run_id"] = resume_run
         try:
-            res = finetune.train_sft(sw.con, cfg, resume_from=resume_run, progress=False, on_step=on_sft_step)
+            res = finetune.train_sft(sw.con, cfg, resume_from=resume_run, progress=False, on_step=on_sft_step,
+                                     **tag)
         finally:
-            box["run_id"] = box.get("run_id") or resume_run or _claim_run(sw, "sft", cfg, since)
+            box["run_id"] = box.get("run_id") or resume_run or _trial_run(sw, trial.number)
         return float(res.metrics["validation"][sw.metric_key])
 
     from . import classifier
@@ -414,7 +411,7 @@ def _run_trial(sw: _Sweep, trial, cfg, resume_run: str | None, box: dict) -> flo
     def on_step(step: int) -> None:
         if box.get("run_id") is None and not box.get("looked"):
             box["looked"] = True  # once: the run row exists before the first step
-            box["run_id"] = _claim_run(sw, classifier.KIND, cfg, since)
+            box["run_id"] = _trial_run(sw, trial.number)
             if box["run_id"]:  # known at once: a resumed sweep continues this run after a kill
                 _upsert_trial(sw.con, sw.sweep_id, trial.number, run_id=box["run_id"])
         if sw.deadline is not None and time.monotonic() >= sw.deadline:
@@ -432,9 +429,9 @@ def _run_trial(sw: _Sweep, trial, cfg, resume_run: str | None, box: dict) -> flo
     box["run_id"] = resume_run
     try:
         res = classifier.train_classifier(sw.con, None if resume_run else cfg, resume_from=resume_run,
-                                          progress=False, on_step=on_step)
+                                          progress=False, on_step=on_step, **tag)
     finally:
-        box["run_id"] = box.get("run_id") or _claim_run(sw, classifier.KIND, cfg, since)
+        box["run_id"] = box.get("run_id") or _trial_run(sw, trial.number)
     return _validation_value(sw, res.run_id) if sw.metric_key == "loss" else float(res.validation_accuracy)
 
 
