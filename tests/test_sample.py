@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from workbench.sample import AGE_BANDS, INTENTS, write_sample
+from workbench.sample import AGE_BANDS, INTENTS, NEIGHBOURS, STYLES, Hardness, labeled_messages, write_sample
 
 
 def digest(folder):
@@ -65,3 +65,73 @@ def test_planted_bias(tmp_path):
 def test_too_few_rows_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="--rows"):
         write_sample(tmp_path, rows=10)
+
+
+# --------------------------------------------------------------------------- the planted difficulty
+
+def test_label_noise_is_planted_at_the_documented_rate():
+    """About 5% of labels are a neighbouring intent (plus the two-request messages labeled with their
+    second request): the label is not always the intent the customer meant, as in real annotation."""
+    n = 20000
+    h = Hardness()
+    m = labeled_messages(n, seed=3)
+    wrong = [(t, l, s) for t, l, s in zip(m["true_intent"], m["intent"], m["style"]) if t != l]
+    second = h.two_requests * h.second_request_label * (1 - h.label_noise)
+    assert abs(len(wrong) / n - (h.label_noise + second)) < 0.008, len(wrong) / n
+    assert all(l in NEIGHBOURS[t] for t, l, _ in wrong)                  # a plausible neighbour, never random
+    noisy = sum(s != "two_requests" for _, _, s in wrong) / sum(s != "two_requests" for s in m["style"])
+    assert abs(noisy - h.label_noise) < 0.006, noisy
+    assert sum(r.startswith("Sorry about the trouble") for r, t in zip(m["reply"], m["true_intent"])
+               if t == "refund") == m["true_intent"].count("refund")   # replies follow the meant intent
+    assert labeled_messages(500, seed=3, hardness=Hardness.easy())["intent"] \
+        == labeled_messages(500, seed=3, hardness=Hardness.easy())["true_intent"]
+
+
+def test_ambiguous_vague_and_overlapping_messages_are_planted():
+    n = 12000
+    h = Hardness()
+    m = labeled_messages(n, seed=5)
+    share = {s: m["style"].count(s) / n for s in STYLES}
+    for style, want in [("overlap", h.overlap), ("two_intent", h.two_intent), ("two_requests", h.two_requests),
+                        ("vague", h.vague), ("vague_generic", h.vague_generic)]:
+        assert abs(share[style] - want) < 0.012, (style, share[style])
+    assert share["clear"] > 0.5
+    # ambiguity: a keyword rule (the simulated annotators' one) reads clear messages right, but is
+    # mostly wrong on messages with another intent's words or two intents in them
+    from workbench.labeling import keyword_intent
+
+    def keyword_accuracy(styles):
+        rows = [(t, l) for t, l, s in zip(m["text"], m["intent"], m["style"]) if s in styles]
+        return sum(keyword_intent(t) == l for t, l in rows) / len(rows)
+
+    assert keyword_accuracy({"clear"}) > 0.85
+    assert keyword_accuracy({"overlap"}) < 0.6 and keyword_accuracy({"two_intent", "two_requests"}) < 0.5
+    for word in ("refund", "cancel", "charge"):   # the same keyword under (nearly) every label
+        labels = {l for t, l in zip(m["text"], m["intent"]) if word in t.lower()}
+        assert len(labels) >= 5, (word, labels)
+    # vague messages are short; the generic ones come with every intent label
+    vague = [t for t, s in zip(m["text"], m["style"]) if s.startswith("vague")]
+    assert sorted(len(t) for t in vague)[len(vague) // 2] < 45
+    generic = {l for l, s in zip(m["intent"], m["style"]) if s == "vague_generic"}
+    assert generic == set(INTENTS)
+    # the same generic text under different labels: no model can get all of them right
+    by_text: dict[str, set] = {}
+    for t, l, s in zip(m["text"], m["intent"], m["style"]):
+        if s == "vague_generic" and "#" not in t:
+            by_text.setdefault(t, set()).add(l)
+    assert any(len(v) >= 3 for v in by_text.values())
+
+
+def test_bias_doc_counts_the_difficulty_and_easy_mode(tmp_path):
+    from workbench import cli
+
+    write_sample(tmp_path / "hard", rows=400, seed=7)
+    doc = (tmp_path / "hard" / "BIAS.md").read_text()
+    assert "## Planted difficulty" in doc and "label noise:" in doc and "(rate 5%" in doc
+    assert cli.main(["demo-data", "--rows", "400", "--out", str(tmp_path / "easy"), "--easy"]) == 0
+    easy = (tmp_path / "easy" / "BIAS.md").read_text()
+    assert "label noise: 0 (0.0%)" in easy and "two requests: 0 (0.0%)" in easy
+    assert cli.main(["demo-data", "--rows", "400", "--out", str(tmp_path / "x"), "--label-noise", "1.5"]) == 2
+    with pytest.raises(ValueError, match="Hardness"):
+        write_sample(tmp_path / "bad", rows=400, hardness=Hardness(overlap=0.9, two_intent=0.5))
+    assert not (tmp_path / "bad").exists()

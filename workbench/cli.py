@@ -69,9 +69,19 @@ def _cmd_sql(args) -> int:
 
 
 def _cmd_demo_data(args) -> int:
-    from .sample import write_sample
+    import dataclasses
 
-    files = write_sample(args.out, rows=args.rows, seed=args.seed)
+    from .sample import Hardness, write_sample
+
+    hardness = Hardness.easy() if args.easy else Hardness()
+    if args.label_noise is not None:
+        hardness = dataclasses.replace(hardness, label_noise=args.label_noise)
+    try:
+        hardness.style_p()
+    except ValueError as exc:
+        print(f"error: --label-noise: {exc}", file=sys.stderr)
+        return 2
+    files = write_sample(args.out, rows=args.rows, seed=args.seed, hardness=hardness)
     for name, path in files.items():
         print(f"{name}: {path}")
     return 0
@@ -386,6 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rows", type=int, default=3000, help="labeled support messages (default 3000)")
     d.add_argument("--out", default="data/sample", help="output folder")
     d.add_argument("--seed", type=int, default=7)
+    d.add_argument("--label-noise", type=float, default=None,
+                   help="share of labels replaced by a neighbouring intent (default 0.05)")
+    d.add_argument("--easy", action="store_true",
+                   help="only clear messages and no label noise: a trivially separable intent task")
     d.set_defaults(func=_cmd_demo_data)
 
     i = sub.add_parser("ingest", help="load CSV / JSONL / Parquet files into a workspace table")
