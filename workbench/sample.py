@@ -357,7 +357,8 @@ def _messages(n: int, rng: np.random.Generator, start_id: int, mess: Mess, custo
             for k, s in enumerate(STYLES):
                 counts[s] = counts.get(s, 0) + int((style == k).sum())
             counts["noisy_label"] = counts.get("noisy_label", 0) + int(noisy.sum())
-            counts["second_request_label"] = counts.get("second_request_label", 0) + int(((style == 3) & second & ~noisy).sum())
+            second_label = int(((style == STYLES.index("two_requests")) & second & ~noisy).sum())
+            counts["second_request_label"] = counts.get("second_request_label", 0) + second_label
             counts["messages"] = counts.get("messages", 0) + n
     if truth:
         cols["true_intent"] = [INTENTS[k] for k in intent]
