@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .template_tokens import tokenize_example as _tokenize
+
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
 
 
@@ -57,15 +59,13 @@ def tokenize_example(tokenizer, prompt: str, completion: str, *, max_length: int
     way generation sees them (the prompt is the model's input, the completion its output).
     Over ``max_length`` the prompt loses tokens from its start (the end, next to the answer, is
     kept); a completion that alone exceeds ``max_length`` is cut at its end (EOS lost).
+    One implementation with the template library's: ``template_tokens.tokenize_example`` with
+    ``layout="bare", keep_prompt="end"``.
     """
-    bos, eos = special_ids(tokenizer) if add_eos else (tokenizer.bos_token_id, None)
-    head = [bos] if bos is not None else []
-    p, c = encode(tokenizer, prompt), encode(tokenizer, completion) + ([eos] if add_eos else [])
-    keep_prompt = max(0, min(len(p), max_length - len(head) - len(c)))
-    p = p[len(p) - keep_prompt:] if keep_prompt else []
-    c = c[: max_length - len(head) - len(p)]
-    ids = head + p + c
-    return {"input_ids": ids, "labels": [IGNORE] * (len(head) + len(p)) + c}
+    if add_eos:
+        special_ids(tokenizer)  # a missing EOS: say how to fix it
+    return _tokenize(tokenizer, prompt, completion, max_length=max_length, add_eos=add_eos, layout="bare",
+                     keep_prompt="end")
 
 
 def shift_targets(labels: Sequence[int]) -> list[int]:
@@ -282,7 +282,11 @@ def flex_document_mask(doc_ids: torch.Tensor, *, builder: str = "blocks"):
         return num, idx
 
     (kv_num, kv_idx), (full_num, full_idx) = tables(partial), tables(full)
-    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, FLEX_BLOCK, same_doc_causal, (T, T))
+    try:
+        return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=FLEX_BLOCK,
+                                        mask_mod=same_doc_causal, seq_lengths=(T, T))
+    except TypeError:  # a torch whose from_kv_blocks lacks these arguments: torch's generic builder
+        return create_block_mask(same_doc_causal, rows, None, T, T, device=doc_ids.device)
 
 
 @contextlib.contextmanager
