@@ -222,7 +222,7 @@ def prepare(w, device, dtype, *, compile_, backend="inductor", mode=None, mask_b
 
 
 def run_workbench(w, examples, device, *, model, steps, lr, budget, compile_, groups=None, prefetch=2,
-                  print_every=10):
+                  print_every=10, compile_loss=False):
     """Throughput on the packing plan (``groups=None``), or one optimizer step per given example group."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=w.get("fused", True) or None)
     pad_to = w["token_budget"] if compile_ else None  # static shapes for the compiled graph
@@ -257,7 +257,8 @@ def run_workbench(w, examples, device, *, model, steps, lr, budget, compile_, gr
                 sync(device)
                 t0 = time.perf_counter()
             batches = batches_of.get(s)
-            loss, _ = train_step(model, batches, opt, max_grad_norm=1.0, loss_chunk=w["loss_chunk"])
+            loss, _ = train_step(model, batches, opt, max_grad_norm=1.0, loss_chunk=w["loss_chunk"],
+                                 compile_loss=compile_loss)
             losses.append(loss)
             done = s + 1
             if s == 0:
@@ -305,6 +306,8 @@ def parse_args(argv=None):
     ap.add_argument("--compile-mode", default="default",
                     help="torch.compile mode of the decoder: default | max-autotune-no-cudagraphs | max-autotune")
     ap.add_argument("--compile-backend", help="inductor (CUDA default) | aot_eager (CPU smoke default)")
+    ap.add_argument("--compile-loss", choices=["auto", "on", "off"], default="auto",
+                    help="torch.compile each loss chunk's softmax + gradient (auto: with a compiled decoder)")
     ap.add_argument("--mask-builder", default="blocks", choices=["blocks", "create_block_mask"],
                     help="how the flex BlockMask is built (packing.flex_document_mask)")
     ap.add_argument("--prefetch", type=int, default=SFTConfig().prefetch, help="batches collated ahead in a thread")
@@ -333,6 +336,7 @@ def main(argv=None) -> dict:
     cpu_flex = device.type == "cpu" and w["attn"] == "flex_attention"
     backend = args.compile_backend or ("aot_eager" if cpu_flex else "inductor")
     mode = None if args.compile_mode == "default" or backend != "inductor" else args.compile_mode
+    compile_loss = args.compile_loss == "on" or (args.compile_loss == "auto" and compile_)
     examples = make_examples(w)
     import transformers
 
@@ -342,7 +346,7 @@ def main(argv=None) -> dict:
            "model": w["model"], "load_average": os.getloadavg(), "phases": phases, "max_seconds": max_seconds,
            "workbench_config": {"compile": compile_, "compile_backend": backend, "compile_mode": args.compile_mode,
                                 "attn": w["attn"], "dtype": w["dtype"], "mask_builder": args.mask_builder,
-                                "prefetch": args.prefetch, "fused_adamw": True}}
+                                "prefetch": args.prefetch, "fused_adamw": True, "compile_loss": compile_loss}}
     if device.type == "cuda":
         with contextlib.suppress(Exception):
             import triton
@@ -406,7 +410,7 @@ def main(argv=None) -> dict:
             state["model"] = model
             state["init"] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             wb = run_workbench(w, examples, device, model=model, steps=w["steps"], lr=w["lr"], budget=budget,
-                               compile_=compile_, prefetch=args.prefetch)
+                               compile_=compile_, prefetch=args.prefetch, compile_loss=compile_loss)
             res["workbench"] = {k: v for k, v in wb.items() if k != "losses"}
             res["workbench"]["mfu"] = mfu(wb["real_tok_s"])
             res["workbench"]["tokens_per_step"] = w["token_budget"] * w["micro_batch"] * w["grad_accum"]
@@ -441,7 +445,7 @@ def main(argv=None) -> dict:
                                 mask_builder=args.mask_builder)
             wb_c = run_workbench(w, ordered, device, model=model, steps=min(n, len(hf_c["losses"])), lr=w["lr"],
                                  budget=budget, compile_=compile_, groups=groups, prefetch=args.prefetch,
-                                 print_every=0)
+                                 print_every=0, compile_loss=compile_loss)
             print(f"    workbench: {' '.join(f'{x:.4f}' for x in wb_c['losses'])}", flush=True)
             rel = [abs(a - b) / abs(b) for a, b in zip(wb_c["losses"], hf_c["losses"])]
             res["losscheck"] = {"steps": len(rel), "trainer": hf_c["losses"], "workbench": wb_c["losses"],

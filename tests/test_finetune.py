@@ -370,7 +370,7 @@ def test_train_sft_with_the_cuda_configuration_on_cpu(con):
 
     make_intent_tables(con, n=36)
     cfg = small(epochs=1, token_budget=64, attn_implementation="flex_attention", compile="on", compile_backend="aot_eager",
-                precision="bf16-mixed", fused_optimizer="on", prefetch=2, sync_every=2, peak_tflops=1.0,
+                precision="bf16-mixed", fused_optimizer="on", compile_loss="on", prefetch=2, sync_every=2, peak_tflops=1.0,
                 evaluate_test=False, keep_best=False, max_eval_examples=3, max_new_tokens=3)
     with flex_reference_backward():
         res = train_sft(con, cfg, progress=False)
@@ -410,7 +410,7 @@ def test_throughput_benchmark_gpu_config_smoke_runs_every_phase_on_cpu(tmp_path)
     saved = json.loads(out.read_text())
     assert saved["workbench_config"] == res["workbench_config"]
     assert res["workbench_config"] | {"attn": "flex_attention", "dtype": "bf16", "compile": True,
-                                      "compile_backend": "aot_eager"} == res["workbench_config"]
+                                      "compile_backend": "aot_eager", "compile_loss": True} == res["workbench_config"]
     for side in ("trainer", "workbench"):
         assert saved[side]["real_tok_s"] > 0 and saved[side]["steps_done"] == saved["workload"]["steps"], side
     assert saved["workbench"]["graphs_compiled"] == 1 and saved["workbench"]["padding_fraction"] < 0.1

@@ -387,13 +387,16 @@ def test_inductor_compiled_flex_decoder_isolates_examples_without_recompiling():
     assert counters["stats"]["unique_graphs"] - graphs == 1
 
 
-def test_linear_cross_entropy_in_bf16_matches_fp32_logits():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_linear_cross_entropy_in_bf16_matches_fp32_logits(compiled):
+    """bf16 chunks against fp32 full logits; ``compiled``: the inductor-fused softmax + gradient (the CUDA
+    default), with chunk lengths 7 and 2 through one dynamic-shape graph."""
     torch.manual_seed(1)
     head = torch.nn.Linear(32, 300, bias=False).to(torch.bfloat16)
     h = torch.randn(40, 32, dtype=torch.bfloat16, requires_grad=True)
     y = torch.randint(0, 300, (40,))
     y[:10] = IGNORE
-    loss = linear_cross_entropy(h, head, y, chunk=7, index=torch.arange(10, 40))
+    loss = linear_cross_entropy(h, head, y, chunk=7, index=torch.arange(10, 40), compiled=compiled)
     loss.backward()
     assert loss.dtype == torch.float32 and h.grad.dtype == torch.bfloat16 and head.weight.grad.dtype == torch.bfloat16
     hf, wf = h.detach().float().requires_grad_(), head.weight.detach().float().requires_grad_()

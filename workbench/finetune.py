@@ -82,6 +82,7 @@ class SFTConfig:
     compile: str = "auto"  # "auto": torch.compile the decoder on CUDA only ("on"/"off" to force); compiling costs a minute upfront
     compile_mode: str = "default"  # torch.compile mode: "default" | "max-autotune-no-cudagraphs" (longer compile, maybe faster kernels)
     compile_backend: str = "inductor"  # "inductor" (fused kernels) | "aot_eager" (traced like inductor, eager kernels: CPU checks of the CUDA path)
+    compile_loss: str = "auto"  # fuse each loss chunk's softmax + gradient with torch.compile: "auto" (with an inductor-compiled decoder) | "on" | "off"
     fused_optimizer: str = "auto"  # AdamW fused kernel: "auto" (on CUDA) | "on" (CPU too) | "off" (foreach)
     flex_mask_builder: str = "blocks"  # flex BlockMask from per-block document ranges ("blocks") or torch's create_block_mask (T x T)
     prefetch: int = 2  # optimizer steps whose batches a background thread collates (and pins) ahead; 0 = inline
@@ -104,6 +105,7 @@ class SFTConfig:
                                                          "reduce-overhead")),
                   ("compile_backend", self.compile_backend in ("inductor", "aot_eager", "eager")),
                   ("fused_optimizer", self.fused_optimizer in ("auto", "on", "off")),
+                  ("compile_loss", self.compile_loss in ("auto", "on", "off")),
                   ("flex_mask_builder", self.flex_mask_builder in ("blocks", "create_block_mask")),
                   ("prefetch", self.prefetch >= 0), ("sync_every", self.sync_every >= 1),
                   ("checkpoint_every", self.checkpoint_every >= 1), ("eval_every", self.eval_every >= 0),
@@ -535,7 +537,7 @@ def _lr_lambda(total_steps: int, warmup: int, min_ratio: float):
 
 
 def train_step(model, batches: Sequence[PackedBatch], optimizer, *, max_grad_norm: float = 1.0,
-               loss_chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor | None]:
+               loss_chunk: int = 4096, compile_loss: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One optimizer step over micro-batches; returns (mean token loss, grad norm) as device tensors.
 
     The loss is normalized over the trained tokens of ALL micro-batches (sum of token losses /
@@ -552,7 +554,8 @@ def train_step(model, batches: Sequence[PackedBatch], optimizer, *, max_grad_nor
             h = hidden_states(model, b)
         if getattr(model, "_wb_autocast", False):
             h = h.to(torch.bfloat16)  # bf16-mixed: the lm_head matmuls in bf16 too (fp32 softmax, fp32 weight grads)
-        loss = linear_cross_entropy(h, lm_head, b.targets, chunk=loss_chunk, index=b.trained_index)
+        loss = linear_cross_entropy(h, lm_head, b.targets, chunk=loss_chunk, index=b.trained_index,
+                                    compiled=compile_loss)
         (loss / n_trained).backward()
         loss_sum += loss.detach()
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -683,6 +686,8 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     fused = config.fused_optimizer == "on" or (config.fused_optimizer == "auto" and device.type == "cuda")
+    compile_loss = config.compile_loss == "on" or (config.compile_loss == "auto" and compile_on
+                                                   and config.compile_backend == "inductor")
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.95),
                                   fused=fused or None)
@@ -805,7 +810,7 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
             batches = prefetch.get(step)
             lr = scheduler.get_last_lr()[0]
             loss_t, grad_norm = train_step(model, batches, optimizer, max_grad_norm=config.max_grad_norm,
-                                           loss_chunk=config.loss_chunk)  # no host sync inside
+                                           loss_chunk=config.loss_chunk, compile_loss=compile_loss)  # no host sync
             scheduler.step()
             pending.append((step, frac_epoch, lr, loss_t.detach(), grad_norm))
             win["real"] += sum(b.n_real for b in batches)

@@ -340,6 +340,28 @@ def hidden_states(model, batch: PackedBatch) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- loss
 
+def _xent_grad(logits: torch.Tensor, y: torch.Tensor, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy, d loss / d logits = softmax - one-hot) of one chunk of logits.
+
+    Written for ``torch.compile``: inductor fuses it into one reduction pass (log-sum-exp) and one
+    pointwise pass (the gradient, written in ``out_dtype``), where eager runs 5 fp32 passes.
+    """
+    x = logits.float()
+    lse = torch.logsumexp(x, dim=-1)
+    loss = (lse - x.gather(1, y[:, None]).squeeze(1)).sum()
+    onehot = torch.arange(x.shape[1], device=x.device)[None, :] == y[:, None]
+    return loss, (torch.exp(x - lse[:, None]) - onehot.to(x.dtype)).to(out_dtype)
+
+
+_COMPILED_XENT: dict = {}
+
+
+def _compiled_xent():
+    if "fn" not in _COMPILED_XENT:  # dynamic: the last chunk's length changes every step
+        _COMPILED_XENT["fn"] = torch.compile(_xent_grad, dynamic=True)
+    return _COMPILED_XENT["fn"]
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Sum of token cross-entropies of ``hidden @ weight.T`` against ``targets``, in chunks.
 
@@ -349,7 +371,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk, need_h, need_w):
+    def forward(ctx, hidden, weight, targets, chunk, need_h, need_w, compiled=False):
         ctx.weight_dtype = weight.dtype
         weight = weight.to(hidden.dtype)  # bf16 activations with fp32 master weights: one bf16 copy
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -357,17 +379,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_w = None
         for s in range(0, hidden.shape[0], chunk):
             h, y = hidden[s:s + chunk], targets[s:s + chunk]
-            logits = (h @ weight.T).float()
-            picked = logits.gather(1, y[:, None]).squeeze(1)
-            top = logits.amax(dim=-1, keepdim=True)
-            e = logits.sub_(top).exp_()  # in place: one chunk of logits alive, 5 passes over it in all
-            z = e.sum(dim=-1, keepdim=True)
-            total += (top.squeeze(1) + z.log().squeeze(1) - picked).sum()
-            if not (need_h or need_w):
-                continue
-            g = e.div_(z)  # softmax
-            g[torch.arange(len(y), device=g.device), y] -= 1.0
-            g = g.to(hidden.dtype)
+            if compiled:  # fused: one reduction + one pointwise pass over the chunk's logits
+                loss, g = _compiled_xent()(h @ weight.T, y, hidden.dtype)
+                total += loss
+            else:
+                logits = (h @ weight.T).float()
+                picked = logits.gather(1, y[:, None]).squeeze(1)
+                top = logits.amax(dim=-1, keepdim=True)
+                e = logits.sub_(top).exp_()  # in place: one chunk of logits alive, 5 passes over it in all
+                z = e.sum(dim=-1, keepdim=True)
+                total += (top.squeeze(1) + z.log().squeeze(1) - picked).sum()
+                g = e.div_(z)  # softmax
+                g[torch.arange(len(y), device=g.device), y] -= 1.0
+                g = g.to(hidden.dtype)
             if need_h:
                 grad_h[s:s + chunk] = g @ weight
             if need_w:
@@ -385,17 +409,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
         gw = (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None
-        return gh, gw, None, None, None, None
+        return gh, gw, None, None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor, *,
-                         chunk: int = 4096, index: torch.Tensor | None = None) -> torch.Tensor:
+                         chunk: int = 4096, index: torch.Tensor | None = None, compiled: bool = False) -> torch.Tensor:
     """Summed cross-entropy of the loss-bearing positions (``targets != -100``), chunked.
 
     ``hidden`` is ``[..., d]`` and ``targets`` the matching ``[...]``; returns a float32 scalar
     (divide by the number of trained tokens of the whole accumulated batch yourself).
     ``index`` (flat loss-bearing positions, e.g. ``PackedBatch.trained_index``) avoids the host
-    sync that boolean indexing costs on CUDA.
+    sync that boolean indexing costs on CUDA. ``compiled=True`` runs each chunk's softmax and
+    gradient as one ``torch.compile``-d function (about 7x less memory traffic than the eager passes;
+    the matmuls stay cuBLAS calls).
     """
     if index is None:
         keep = targets != IGNORE
@@ -414,7 +440,7 @@ def linear_cross_entropy(hidden: torch.Tensor, lm_head: torch.nn.Module, targets
             w = weight.to(h.dtype)
             return sum(F.cross_entropy((h[s:s + chunk] @ w.T).float(), y[s:s + chunk], reduction="sum")
                        for s in range(0, h.shape[0], chunk))
-    return _LinearCrossEntropy.apply(h, weight, y, chunk, need_h, need_w)
+    return _LinearCrossEntropy.apply(h, weight, y, chunk, need_h, need_w, compiled)
 
 
 def document_logprobs(hidden: torch.Tensor, lm_head: torch.nn.Module, batch: PackedBatch, *,
