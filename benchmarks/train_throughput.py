@@ -374,12 +374,16 @@ def main(argv=None) -> dict:
             save()
             return None
         print(f"[{name}] starting at {budget.elapsed():.0f} s", flush=True)
+        out = None
         try:
             out = fn()
         except Exception as exc:  # OOM, compile failure: record it, go on with the other phases
             res[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000], "traceback": traceback.format_exc()[-4000:]}
             print(f"[{name}] FAILED: {res[name]['error'][:500]}", flush=True)
-            out = None
+            failed.add(name)
+        if name in failed:  # the exception and its frames are gone now: their device memory can be freed
+            if name == "workbench":
+                state.clear()
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -391,6 +395,7 @@ def main(argv=None) -> dict:
     save()
     ctx = flex_reference_backward() if cpu_flex else contextlib.nullcontext()
     state: dict = {}
+    failed: set[str] = set()
     with ctx:
         # --- (a) throughput of the Trainer, padded batches
         def trainer_phase():
@@ -430,6 +435,11 @@ def main(argv=None) -> dict:
 
         # --- (c) the same examples per optimizer step: loss curves side by side
         def losscheck_phase():
+            if "workbench" in failed:  # it would fail the same way (and compile again): rerun it on its own
+                res["losscheck"] = {"skipped": "the workbench phase failed in this run; try --only losscheck "
+                                               "with other workbench options"}
+                print("[losscheck] skipped: the workbench phase failed", flush=True)
+                return
             n = w["check_steps"]
             ordered = [examples[i] for i in range(n * w["batch"])]
             groups = [list(range(i * w["batch"], (i + 1) * w["batch"])) for i in range(n)]
@@ -440,6 +450,7 @@ def main(argv=None) -> dict:
             if model is not None:  # reuse the compiled decoder: back to the initial weights, no second compile
                 with torch.no_grad():
                     model.load_state_dict(state["init"])
+                model.zero_grad(set_to_none=True)
             else:
                 model = prepare(w, device, dtype, compile_=compile_, backend=backend, mode=mode,
                                 mask_builder=args.mask_builder)

@@ -417,6 +417,12 @@ def test_throughput_benchmark_gpu_config_smoke_runs_every_phase_on_cpu(tmp_path)
     assert saved["trainer"]["padding_fraction"] > 0.3 and saved["ratio"] > 0
     check = saved["losscheck"]
     assert check["steps"] == saved["workload"]["check_steps"] and check["within_1pct"], check
-    res = bench.main(["--device", "cpu", "--gpu-config-smoke", "--only", "trainer", "--max-seconds", "1e-6",
-                      "--out", str(out)])
+    bench.main(["--device", "cpu", "--gpu-config-smoke", "--only", "trainer", "--max-seconds", "1e-6",
+                "--out", str(out)])
     assert json.loads(out.read_text())["trainer"] == {"skipped": "out of time budget"}
+    # a failing phase is recorded with its error and does not stop the run (rows shorter than the examples)
+    bench.main(["--device", "cpu", "--gpu-config-smoke", "--only", "workbench", "--only", "losscheck",
+                "--token-budget", "16", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert "token_budget=16" in saved["workbench"]["error"] and "Traceback" in saved["workbench"]["traceback"]
+    assert "skipped" in saved["losscheck"] and saved["wall_s"] > 0

@@ -80,7 +80,7 @@ class SFTConfig:
     precision: str = "auto"  # "auto" (bf16-mixed on CUDA, fp32 on CPU) | "fp32" | "bf16-mixed" (autocast) | "bf16" (bf16 weights)
     attn_implementation: str = "auto"  # "auto": flex_attention on CUDA (block-sparse document mask), sdpa on CPU
     compile: str = "auto"  # "auto": torch.compile the decoder on CUDA only ("on"/"off" to force); compiling costs a minute upfront
-    compile_mode: str = "default"  # torch.compile mode: "default" | "max-autotune-no-cudagraphs" (longer compile, maybe faster kernels)
+    compile_mode: str = "default"  # torch.compile mode: "default" | "max-autotune-no-cudagraphs" (longer compile, tuned kernels); CUDA-graph modes untested
     compile_backend: str = "inductor"  # "inductor" (fused kernels) | "aot_eager" (traced like inductor, eager kernels: CPU checks of the CUDA path)
     compile_loss: str = "auto"  # fuse each loss chunk's softmax + gradient with torch.compile: "auto" (with an inductor-compiled decoder) | "on" | "off"
     fused_optimizer: str = "auto"  # AdamW fused kernel: "auto" (on CUDA) | "on" (CPU too) | "off" (foreach)
