@@ -415,6 +415,7 @@ def test_throughput_benchmark_gpu_config_smoke_runs_every_phase_on_cpu(tmp_path)
         assert saved[side]["real_tok_s"] > 0 and saved[side]["steps_done"] == saved["workload"]["steps"], side
     assert saved["workbench"]["graphs_after_first_step"] == 0 and saved["workbench"]["padding_fraction"] < 0.1
     assert saved["trainer"]["padding_fraction"] > 0.3 and saved["ratio"] > 0
+    assert saved["workbench"]["isolation"]["isolated"], saved["workbench"]["isolation"]  # packed == alone
     check = saved["losscheck"]
     assert check["steps"] == saved["workload"]["check_steps"] and check["within_1pct"], check
     bench.main(["--device", "cpu", "--gpu-config-smoke", "--only", "trainer", "--max-seconds", "1e-6",
