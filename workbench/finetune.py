@@ -77,7 +77,7 @@ class SFTConfig:
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1"
     threads: int = 1  # CPU intra-op threads during the run (0: torch's setting); on a busy shared 2-core machine 1 thread
                       # ran 10x faster than 2 contending ones; on an idle machine 0 (all cores) is faster
-    precision: str = "auto"  # "auto" (bf16-mixed on CUDA, fp32 on CPU) | "fp32" | "bf16-mixed" (autocast) | "bf16" (bf16 weights)
+    precision: str = "auto"  # "auto" (bf16-mixed on CUDA, fp32 on CPU) | "fp32" | "bf16-mixed" (autocast, CUDA or CPU) | "bf16" (bf16 weights)
     attn_implementation: str = "auto"  # "auto": flex_attention on CUDA (block-sparse document mask), sdpa on CPU
     compile: str = "auto"  # "auto": torch.compile the decoder on CUDA only ("on"/"off" to force); compiling costs a minute upfront
     compile_mode: str = "default"  # torch.compile mode: "default" | "max-autotune-no-cudagraphs" (longer compile, tuned kernels); CUDA-graph modes untested
