@@ -396,8 +396,12 @@ def test_linear_cross_entropy_in_bf16_matches_fp32_logits(compiled):
     h = torch.randn(40, 32, dtype=torch.bfloat16, requires_grad=True)
     y = torch.randint(0, 300, (40,))
     y[:10] = IGNORE
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
     loss = linear_cross_entropy(h, head, y, chunk=7, index=torch.arange(10, 40), compiled=compiled)
     loss.backward()
+    assert counters["stats"]["unique_graphs"] - graphs <= int(compiled)  # chunks of 7 and 2 rows: one graph
     assert loss.dtype == torch.float32 and h.grad.dtype == torch.bfloat16 and head.weight.grad.dtype == torch.bfloat16
     hf, wf = h.detach().float().requires_grad_(), head.weight.detach().float().requires_grad_()
     ref = F.cross_entropy(hf @ wf.T, y, ignore_index=IGNORE, reduction="sum")

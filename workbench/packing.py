@@ -356,10 +356,14 @@ def _xent_grad(logits: torch.Tensor, y: torch.Tensor, out_dtype: torch.dtype) ->
 _COMPILED_XENT: dict = {}
 
 
-def _compiled_xent():
-    if "fn" not in _COMPILED_XENT:  # dynamic: the last chunk's length changes every step
-        _COMPILED_XENT["fn"] = torch.compile(_xent_grad, dynamic=True)
-    return _COMPILED_XENT["fn"]
+def _compiled_xent(logits: torch.Tensor, y: torch.Tensor, out_dtype: torch.dtype):
+    """``_xent_grad`` compiled once: the chunk length is symbolic (the last chunk's changes every step),
+    the vocabulary static (a reduction of known size)."""
+    if "fn" not in _COMPILED_XENT:
+        _COMPILED_XENT["fn"] = torch.compile(_xent_grad, dynamic=False)
+    torch._dynamo.maybe_mark_dynamic(logits, 0)
+    torch._dynamo.maybe_mark_dynamic(y, 0)
+    return _COMPILED_XENT["fn"](logits, y, out_dtype)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -380,7 +384,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for s in range(0, hidden.shape[0], chunk):
             h, y = hidden[s:s + chunk], targets[s:s + chunk]
             if compiled:  # fused: one reduction + one pointwise pass over the chunk's logits
-                loss, g = _compiled_xent()(h @ weight.T, y, hidden.dtype)
+                loss, g = _compiled_xent(h @ weight.T, y, hidden.dtype)
                 total += loss
             else:
                 logits = (h @ weight.T).float()
