@@ -1,20 +1,31 @@
 """Training throughput: Hugging Face Trainer (padded batches) vs the workbench SFT step, one process.
 
-    python benchmarks/train_throughput.py --device cpu            # small version, this 2-core machine
-    python benchmarks/train_throughput.py --device cuda --out gpu.json   # the issue's GPU workload
+    python benchmarks/train_throughput.py --device cpu                       # small version, this 2-core machine
+    python benchmarks/train_throughput.py --device cpu --gpu-config-smoke    # the CUDA configuration, tiny, on CPU
+    python benchmarks/train_throughput.py --device cuda --out gpu.json       # the issue's GPU workload
 
 Both sides train the same config-initialised model on the same synthetic instruction-like data
 (log-normal lengths, 40% of each example's tokens are prompt with no loss) with AdamW:
 (a) ``transformers.Trainer`` with its default padded batching (16 examples padded to the longest,
 SDPA attention); (b) ``workbench.finetune.train_step`` on padding-free packed rows with a
 per-document mask (flex attention + torch.compile on CUDA, SDPA block-diagonal on CPU) and the
-chunked lm_head + cross-entropy over loss-bearing tokens only. Throughput counts real (non-pad)
-tokens per second after warm-up steps. A second phase feeds the SAME examples per optimizer step
-to both (Trainer with a sequential sampler) and compares the loss curves step by step.
+chunked lm_head + cross-entropy over loss-bearing tokens only, batches collated ahead in a
+background thread. Throughput counts real (non-pad) tokens per second after warm-up steps. A third
+phase (``losscheck``) feeds the SAME examples per optimizer step to both (Trainer with a sequential
+sampler) and compares the loss curves step by step.
+
+Made for a single GPU session: ``--max-seconds`` bounds the whole run (step loops stop early and
+report what they measured), each phase's figures are printed and written to ``--out`` as soon as
+they exist, a phase that fails (out of memory, compile error) is recorded and the others still run,
+and ``--only`` runs phases separately. ``--gpu-config-smoke`` runs the CUDA configuration (Qwen2
+architecture, bf16 weights, flex attention with the document BlockMask, the compiled decoder with
+static shapes, fused AdamW) at a tiny width: on CPU flex attention trains through its math
+reference (``packing.flex_reference_backward``) and the decoder compiles with ``aot_eager``.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -23,6 +34,7 @@ import platform
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -31,23 +43,47 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from workbench.finetune import SFTConfig, train_step  # noqa: E402
-from workbench.packing import IGNORE, collate_packed, pack_rows, plan_epoch  # noqa: E402
+from workbench.packing import (IGNORE, Prefetcher, collate_packed, flex_reference_backward, pack_rows,  # noqa: E402
+                               plan_epoch)
 
+QWEN05 = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+              num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True)
 WORKLOADS = {
-    # the issue's GPU workload: Qwen2.5-0.5B shape, lengths log-normal (median 260, mean ~334), max 1024
-    "cuda": dict(model=dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                            num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096,
-                            tie_word_embeddings=True),
-                 n_examples=4096, median=260, sigma=0.8, min_len=32, max_len=1024, batch=16,
-                 token_budget=4096, micro_batch=2, steps=40, warmup=8, check_steps=20),
+    # the issue's GPU workload: Qwen2.5-0.5B shape, lengths log-normal (median 260, mean ~334), max 1024.
+    # 4 rows x 4096 tokens per step: the reference's 16,384 tokens per optimizer step
+    "cuda": dict(model=QWEN05, n_examples=4096, median=260, sigma=0.8, min_len=32, max_len=1024, batch=16,
+                 token_budget=4096, micro_batch=4, steps=40, warmup=8, check_steps=20, lr=1e-5,
+                 dtype="bf16", attn="flex_attention", compile=True, loss_chunk=4096),
     # CPU: the same family at the offline tiny-llama's size and vocabulary, lengths scaled down 4x
     "cpu": dict(model=dict(vocab_size=30523, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                            tie_word_embeddings=True),
                 n_examples=1024, median=65, sigma=0.8, min_len=8, max_len=256, batch=16,
-                token_budget=512, micro_batch=3, steps=24, warmup=4, check_steps=8),
+                token_budget=512, micro_batch=3, steps=24, warmup=4, check_steps=8, lr=2e-3,
+                dtype="fp32", attn="sdpa", compile=False, loss_chunk=4096),
+    # --gpu-config-smoke: the CUDA configuration (0.5B architecture: 14 heads / 2 KV heads, tied embeddings,
+    # bf16, flex + compile + fused AdamW) at a tiny width, vocabulary and length; seconds on CPU
+    "smoke": dict(model=dict(QWEN05, vocab_size=4096, hidden_size=112, intermediate_size=224, num_hidden_layers=2,
+                             max_position_embeddings=1024),
+                  n_examples=128, median=40, sigma=0.8, min_len=8, max_len=128, batch=8,
+                  token_budget=256, micro_batch=2, steps=6, warmup=2, check_steps=3, lr=1e-3,
+                  dtype="bf16", attn="flex_attention", compile=True, loss_chunk=512),
 }
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+PHASES = ("trainer", "workbench", "losscheck")
+
+
+class Budget:
+    """Wall-clock budget of the whole run: loops ask ``left()`` and stop early when it runs out."""
+
+    def __init__(self, seconds: float | None):
+        self.t0, self.seconds = time.perf_counter(), seconds
+
+    def left(self) -> float:
+        return math.inf if not self.seconds else self.seconds - (time.perf_counter() - self.t0)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
 
 
 def make_examples(w: dict, seed: int = 0) -> list[dict]:
@@ -69,10 +105,19 @@ def make_model(w: dict, device: torch.device, dtype: torch.dtype, attn: str, see
     return m.to(device).train()
 
 
-def flops_per_token(model, w: dict, seq: float) -> float:
+def n_params(w: dict) -> int:
+    """Parameters of the workload's model (tied embeddings counted once), counted on the meta device."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    with torch.device("meta"):
+        m = AutoModelForCausalLM.from_config(Qwen2Config(**w["model"]))
+    return sum(p.numel() for p in m.parameters())
+
+
+def flops_per_token(w: dict, seq: float) -> float:
     """The reference's convention: 6N + 12 * layers * hidden * sequence length."""
-    n = sum(p.numel() for p in model.parameters())
-    return 6 * n + 12 * w["model"]["num_hidden_layers"] * w["model"]["hidden_size"] * seq
+    c = w["model"]
+    return 6 * n_params(w) + 12 * c["num_hidden_layers"] * c["hidden_size"] * seq
 
 
 def sync(device):
@@ -91,6 +136,12 @@ def reset_peak(device):
         torch.cuda.reset_peak_memory_stats()
 
 
+def graphs_compiled() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 # --------------------------------------------------------------------------- (a) Hugging Face Trainer
 
 def pad_collate(batch):
@@ -107,14 +158,17 @@ def pad_collate(batch):
     return {"input_ids": ids, "labels": lab, "attention_mask": am}
 
 
-def run_trainer(w, examples, device, dtype, *, steps, lr, sequential=False, log_every_step=False):
+def run_trainer(w, examples, device, dtype, *, steps, lr, budget, sequential=False, log_every_step=False):
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     model = make_model(w, device, dtype, "sdpa")
     real, shapes = [], []  # non-pad tokens of each forward pass (device tensors: no sync), and its padded size
-    model.register_forward_pre_hook(
-        lambda m, a, kw: (real.append(kw["attention_mask"].sum()), shapes.append(kw["attention_mask"].numel())),
-        with_kwargs=True)
+
+    def count(module, args, kwargs):  # must return None: a returned tuple would replace the call's arguments
+        real.append(kwargs["attention_mask"].sum())
+        shapes.append(kwargs["attention_mask"].numel())
+
+    model.register_forward_pre_hook(count, with_kwargs=True)
 
     class Clock(TrainerCallback):
         def __init__(self):
@@ -124,16 +178,21 @@ def run_trainer(w, examples, device, dtype, *, steps, lr, sequential=False, log_
             sync(device)
             self.t.append(time.perf_counter())
 
+        def on_step_end(self, args, state, control, **kw):
+            if budget.left() < 0:  # out of time: end training after this step, report what was measured
+                control.should_training_stop = True
+
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "loss" in logs:
                 self.losses.append(float(logs["loss"]))
 
     clock = Clock()
+    fused = device.type == "cuda" or dtype == torch.bfloat16  # the smoke runs the CUDA recipe on CPU
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="hf-trainer-"), per_device_train_batch_size=w["batch"], max_steps=steps,
         learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         logging_steps=1 if log_every_step else 10 ** 6, save_strategy="no", report_to=[], disable_tqdm=True,
-        optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch", bf16=dtype == torch.bfloat16,
+        optim="adamw_torch_fused" if fused else "adamw_torch", bf16=dtype == torch.bfloat16,
         use_cpu=device.type == "cpu", dataloader_num_workers=2 if device.type == "cuda" else 0,
         remove_unused_columns=False, seed=0, train_sampling_strategy="sequential" if sequential else "random")
     trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=pad_collate, callbacks=[clock])
@@ -141,11 +200,12 @@ def run_trainer(w, examples, device, dtype, *, steps, lr, sequential=False, log_
     trainer.train()
     sync(device)
     end = time.perf_counter()
-    warm = w["warmup"]
-    timed_real = float(torch.stack(real[warm:steps]).sum()) if steps > warm else 0.0
+    done = len(clock.t)
+    warm = min(w["warmup"], max(0, done - 1))
+    timed_real = float(torch.stack(real[warm:done]).sum()) if done > warm else 0.0
     total = sum(len(e["input_ids"]) for e in examples)
-    out = {"real_tok_s": timed_real / (end - clock.t[warm]) if steps > warm else None, "peak_gb": peak_gb(device),
-           "losses": clock.losses, "mean_len": total / len(examples),
+    out = {"real_tok_s": timed_real / (end - clock.t[warm]) if done > warm else None, "peak_gb": peak_gb(device),
+           "losses": clock.losses, "mean_len": total / len(examples), "steps_done": done, "timed_steps": done - warm,
            "padding_fraction": 1 - float(torch.stack(real).sum()) / sum(shapes)}
     del trainer, model
     return out
@@ -153,118 +213,302 @@ def run_trainer(w, examples, device, dtype, *, steps, lr, sequential=False, log_
 
 # --------------------------------------------------------------------------- (b) the workbench step
 
-def prepare(w, device, dtype, *, compile_):
-    attn = "flex_attention" if device.type == "cuda" else "sdpa"
-    model = make_model(w, device, dtype, attn)
+def prepare(w, device, dtype, *, compile_, backend="inductor", mode=None, mask_builder="blocks"):
+    model = make_model(w, device, dtype, w["attn"])
+    model._wb_mask_builder = mask_builder
     if compile_:
-        model.get_decoder().compile(dynamic=False)
+        model.get_decoder().compile(dynamic=False, backend=backend, mode=mode)
     return model
 
 
-def run_workbench(w, examples, device, dtype, *, steps, lr, compile_, groups=None):
+def run_workbench(w, examples, device, *, model, steps, lr, budget, compile_, groups=None, prefetch=2,
+                  print_every=10, compile_loss=False):
     """Throughput on the packing plan (``groups=None``), or one optimizer step per given example group."""
-    model = prepare(w, device, dtype, compile_=compile_)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=device.type == "cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=w.get("fused", True) or None)
     pad_to = w["token_budget"] if compile_ else None  # static shapes for the compiled graph
+    rows_to = w["micro_batch"] if compile_ else None
     if groups is None:  # the routine's own plan: shuffled, packed rows, micro-batches of rows
         lengths = [len(e["input_ids"]) for e in examples]
         plan, epoch = [], 0
         while len(plan) < steps:
-            plan += [[mb] for mb in plan_epoch(lengths, token_budget=w["token_budget"],
-                                               micro_batch_size=w["micro_batch"], seed=0, epoch=epoch)]
+            mbs = plan_epoch(lengths, token_budget=w["token_budget"], micro_batch_size=w["micro_batch"], seed=0,
+                             epoch=epoch)
+            plan += [mbs[i:i + w.get("grad_accum", 1)] for i in range(0, len(mbs), w.get("grad_accum", 1))]
             epoch += 1
     else:  # the same examples as each Trainer step, packed, all micro-batches in one optimizer step
         plan = []
         for g in groups:
             rows = [[g[i] for i in r] for r in pack_rows([len(examples[i]["input_ids"]) for i in g], w["token_budget"])]
             plan.append([rows[i:i + w["micro_batch"]] for i in range(0, len(rows), w["micro_batch"])])
+
+    def make(s):
+        return [collate_packed(examples, rows, pad_id=0, pad_to=pad_to, rows_to=rows_to,
+                               pin_memory=device.type == "cuda") for rows in plan[s]]
+
     reset_peak(device)
-    losses, real, pads = [], 0, 0
-    t0 = None
-    for s in range(steps):
-        if s == w["warmup"]:
-            sync(device)
-            t0 = time.perf_counter()
-        batches = [collate_packed(examples, rows, pad_id=0, pad_to=pad_to, pin_memory=device.type == "cuda")
-                   for rows in plan[s]]
-        loss, _ = train_step(model, batches, opt, max_grad_norm=1.0)
-        losses.append(loss)
-        if s >= w["warmup"]:
-            real += sum(b.n_real for b in batches)
-            pads += sum(b.n_pad for b in batches)
+    losses, real, pads, trained = [], 0, 0, 0
+    t0 = t_first = None
+    graphs0 = graphs1 = graphs_compiled()
+    t_start = time.perf_counter()
+    done = 0
+    with Prefetcher(make, range(steps), ahead=prefetch) as batches_of:
+        for s in range(steps):
+            if s == w["warmup"]:
+                sync(device)
+                t0 = time.perf_counter()
+            batches = batches_of.get(s)
+            loss, _ = train_step(model, batches, opt, max_grad_norm=1.0, loss_chunk=w["loss_chunk"],
+                                 compile_loss=compile_loss)
+            losses.append(loss)
+            done = s + 1
+            if s == 0:
+                sync(device)
+                t_first = time.perf_counter() - t_start  # includes the compile
+                graphs1 = graphs_compiled()
+                print(f"    first step (compile included) {t_first:.1f} s", flush=True)
+            if t0 is not None:
+                real += sum(b.n_real for b in batches)
+                pads += sum(b.n_pad for b in batches)
+                trained += sum(b.n_trained for b in batches)
+            if print_every and t0 is not None and done % print_every == 0:
+                sync(device)
+                print(f"    step {done}: {real / (time.perf_counter() - t0):,.0f} real tok/s so far", flush=True)
+            if budget.left() < 0:
+                print(f"    out of time budget after {done} steps", flush=True)
+                break
     sync(device)
     end = time.perf_counter()
-    out = {"real_tok_s": real / (end - t0) if t0 else None, "peak_gb": peak_gb(device),
-           "losses": [float(x) for x in losses], "padding_fraction": pads / max(1, real + pads)}
-    del model, opt
+    secs = (end - t0) if t0 else None
+    out = {"real_tok_s": real / secs if secs else None, "trained_tok_s": trained / secs if secs else None,
+           "peak_gb": peak_gb(device), "losses": [float(x) for x in losses], "steps_done": done,
+           "timed_steps": max(0, done - w["warmup"]), "padding_fraction": pads / max(1, real + pads),
+           "first_step_s": t_first, "graphs_first_step": graphs1 - graphs0,
+           "graphs_after_first_step": graphs_compiled() - graphs1}  # 0 expected: static shapes, no recompiles
+    del opt
     return out
+
+
+def isolation_check(model, examples, w, *, compile_, docs=4) -> dict:
+    """On the trained model: logits of the first examples of one packed row (the training path: compiled
+    decoder, flex BlockMask) against each example run alone (eager, SDPA, no mask needed). A leak across
+    examples shows as differences of order 1 (the reference measured 4.5 on the 0.5B model), bf16 noise
+    as a few hundredths (example 0, which nothing precedes, shows the noise level)."""
+    from workbench.finetune import _attn_implementation
+    from workbench.packing import hidden_states
+
+    device = next(model.parameters()).device
+    row = list(range(docs))
+    while sum(len(examples[i]["input_ids"]) for i in row) > w["token_budget"]:
+        row.pop()
+    b = collate_packed(examples, [row], pad_id=0, pad_to=w["token_budget"] if compile_ else None,
+                       rows_to=w["micro_batch"] if compile_ else None).to(device)
+    lm_head = model.get_output_embeddings()
+    diffs, t = [], 0
+    with torch.no_grad():
+        packed_h = hidden_states(model, b)[0]
+    stance = torch.compiler.set_stance("force_eager") if hasattr(torch.compiler, "set_stance") \
+        else contextlib.nullcontext()
+    with torch.no_grad(), stance, _attn_implementation(model, "sdpa"):
+        for i in row:
+            ids = torch.tensor([examples[i]["input_ids"]], device=device)
+            alone = model(input_ids=ids).logits[0].float()
+            packed = lm_head(packed_h[t:t + ids.shape[1]]).float()
+            diffs.append(round((packed - alone).abs().max().item(), 4))
+            t += ids.shape[1]
+    later = max(diffs[1:]) if len(diffs) > 1 else None
+    return {"max_abs_logit_diff_per_example": diffs, "isolated": later is not None and later < 0.5}
 
 
 # --------------------------------------------------------------------------- main
 
-def main(argv=None) -> dict:
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--gpu-config-smoke", action="store_true",
+                    help="the CUDA configuration at a tiny width (on CPU: flex math reference, aot_eager compile)")
+    ap.add_argument("--only", action="append", choices=PHASES,
+                    help="run only this phase (repeatable): trainer, workbench, losscheck; default all three")
+    ap.add_argument("--max-seconds", type=float, default=None,
+                    help="wall-clock budget of the whole run; step loops stop early and report (CUDA default 540)")
     ap.add_argument("--steps", type=int, help="timed + warm-up optimizer steps per side (default per device)")
-    ap.add_argument("--no-compile", action="store_true", help="CUDA: run the workbench step eagerly")
+    ap.add_argument("--check-steps", type=int, help="optimizer steps of the loss-curve comparison")
+    ap.add_argument("--token-budget", type=int, help="tokens per packed row (CUDA default 4096)")
+    ap.add_argument("--micro-batch", type=int, help="packed rows per forward pass (CUDA default 4)")
+    ap.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (throughput phase)")
+    ap.add_argument("--no-compile", action="store_true", help="run the workbench step eagerly")
+    ap.add_argument("--compile-mode", default="default",
+                    help="torch.compile mode of the decoder: default | max-autotune-no-cudagraphs | max-autotune")
+    ap.add_argument("--compile-backend", help="inductor (CUDA default) | aot_eager (CPU smoke default)")
+    ap.add_argument("--compile-loss", choices=["auto", "on", "off"], default="auto",
+                    help="torch.compile each loss chunk's softmax + gradient (auto: with a compiled decoder)")
+    ap.add_argument("--mask-builder", default="blocks", choices=["blocks", "create_block_mask"],
+                    help="how the flex BlockMask is built (packing.flex_document_mask)")
+    ap.add_argument("--prefetch", type=int, default=SFTConfig().prefetch, help="batches collated ahead in a thread")
     ap.add_argument("--threads", type=int, default=SFTConfig().threads,
                     help="torch intra-op threads for both sides (default: SFTConfig's, 1; 0: torch's choice)")
-    ap.add_argument("--out", help="write the figures as JSON here")
-    args = ap.parse_args(argv)
+    ap.add_argument("--out", help="write the figures as JSON here (rewritten after every phase)")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    w = dict(WORKLOADS[args.device])
-    if args.steps:
-        w["steps"] = args.steps
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    compile_ = device.type == "cuda" and not args.no_compile
+    w = dict(WORKLOADS["smoke" if args.gpu_config_smoke else args.device])
+    for key, val in (("steps", args.steps), ("check_steps", args.check_steps), ("token_budget", args.token_budget),
+                     ("micro_batch", args.micro_batch)):
+        if val:
+            w[key] = val
+    w["grad_accum"] = args.grad_accum
+    phases = args.only or list(PHASES)
+    max_seconds = args.max_seconds if args.max_seconds is not None else (540 if device.type == "cuda" else None)
+    budget = Budget(max_seconds)
+    dtype = torch.bfloat16 if w["dtype"] == "bf16" else torch.float32
+    compile_ = w["compile"] and not args.no_compile
+    cpu_flex = device.type == "cpu" and w["attn"] == "flex_attention"
+    backend = args.compile_backend or ("aot_eager" if cpu_flex else "inductor")
+    mode = None if args.compile_mode == "default" or backend != "inductor" else args.compile_mode
+    compile_loss = args.compile_loss == "on" or (args.compile_loss == "auto" and compile_)
     examples = make_examples(w)
-    lr = 1e-5 if device.type == "cuda" else 2e-3  # CPU: large enough that the loss curve visibly moves
     import transformers
 
     res = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or platform.machine(),
            "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__,
            "python": platform.python_version(), "workload": {k: v for k, v in w.items() if k != "model"},
-           "model": w["model"], "load_average": os.getloadavg()}
-    print(f"device {res['device']}, torch {res['torch']}, transformers {res['transformers']}, "
-          f"threads {res['cpu_threads']}, load {res['load_average'][0]:.1f}", flush=True)
-    # --- throughput: each side in its own way of batching, same data and model
-    hf = run_trainer(w, examples, device, dtype, steps=w["steps"], lr=lr)
-    print(f"(a) HF Trainer, padded batches of {w['batch']}: {hf['real_tok_s']:,.0f} real tokens/s, "
-          f"padding {hf['padding_fraction']:.1%}, peak {hf['peak_gb']} GiB", flush=True)
-    wb = run_workbench(w, examples, device, dtype, steps=w["steps"], lr=lr, compile_=compile_)
-    print(f"(b) workbench packed rows of {w['token_budget']} x {w['micro_batch']}: {wb['real_tok_s']:,.0f} real "
-          f"tokens/s, padding {wb['padding_fraction']:.1%}, peak {wb['peak_gb']} GiB", flush=True)
-    ratio = wb["real_tok_s"] / hf["real_tok_s"]
-    res["trainer"] = {k: v for k, v in hf.items() if k != "losses"}
-    res["workbench"] = {k: v for k, v in wb.items() if k != "losses"}
-    res["ratio"] = ratio
-    probe = make_model(w, torch.device("cpu"), torch.float32, "sdpa")
-    fl = flops_per_token(probe, w, hf["mean_len"])
-    del probe
+           "model": w["model"], "load_average": os.getloadavg(), "phases": phases, "max_seconds": max_seconds,
+           "workbench_config": {"compile": compile_, "compile_backend": backend, "compile_mode": args.compile_mode,
+                                "attn": w["attn"], "dtype": w["dtype"], "mask_builder": args.mask_builder,
+                                "prefetch": args.prefetch, "fused_adamw": True, "compile_loss": compile_loss}}
+    if device.type == "cuda":
+        with contextlib.suppress(Exception):
+            import triton
+            res["triton"] = triton.__version__
+        res["cuda"] = torch.version.cuda
+    fl = flops_per_token(w, float(np.mean([len(e["input_ids"]) for e in examples])))
     peak = next((v for k, v in PEAK_TFLOPS.items() if k in res["device"]), None) if device.type == "cuda" else None
-    if peak:
-        res["trainer"]["mfu"] = hf["real_tok_s"] * fl / (peak * 1e12)
-        res["workbench"]["mfu"] = wb["real_tok_s"] * fl / (peak * 1e12)
-    print(f"ratio workbench / Trainer: {ratio:.2f}x"
-          + (f"; MFU {res['trainer']['mfu']:.1%} vs {res['workbench']['mfu']:.1%}" if peak else ""), flush=True)
-    # --- correctness: the same examples per optimizer step, loss curves side by side
-    n = w["check_steps"]
-    groups = [list(range(i * w["batch"], (i + 1) * w["batch"])) for i in range(n)]
-    ordered = [examples[i] for g in groups for i in g]
-    hf_c = run_trainer(w, ordered, device, dtype, steps=n, lr=lr, sequential=True, log_every_step=True)
-    wb_c = run_workbench(w, ordered, device, dtype, steps=n, lr=lr, compile_=compile_,
-                         groups=[list(range(i * w["batch"], (i + 1) * w["batch"])) for i in range(n)])
-    rel = [abs(a - b) / abs(b) for a, b in zip(wb_c["losses"], hf_c["losses"])]
-    res["loss_check"] = {"steps": n, "trainer": hf_c["losses"], "workbench": wb_c["losses"],
-                         "max_relative_diff": max(rel), "within_1pct": max(rel) < 0.01}
-    print(f"loss curves on the same {n} batches: max relative difference {max(rel):.2e} "
-          f"({'within' if max(rel) < 0.01 else 'NOT within'} 1%)", flush=True)
-    print("  trainer  :", " ".join(f"{x:.4f}" for x in hf_c["losses"]))
-    print("  workbench:", " ".join(f"{x:.4f}" for x in wb_c["losses"]))
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=1, default=str))
+    res["flops_per_token"] = fl
+
+    def save():
+        if args.out:
+            tmp = Path(args.out).with_suffix(".tmp")
+            tmp.write_text(json.dumps(res, indent=1, default=str))
+            os.replace(tmp, args.out)
+
+    def mfu(tok_s):
+        return tok_s * fl / (peak * 1e12) if peak and tok_s else None
+
+    def phase(name, fn):
+        if name not in phases:
+            return None
+        if budget.left() < 0:
+            res[name] = {"skipped": "out of time budget"}
+            print(f"[{name}] skipped: out of time budget", flush=True)
+            save()
+            return None
+        print(f"[{name}] starting at {budget.elapsed():.0f} s", flush=True)
+        out = None
+        try:
+            out = fn()
+        except Exception as exc:  # OOM, compile failure: record it, go on with the other phases
+            res[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000], "traceback": traceback.format_exc()[-4000:]}
+            print(f"[{name}] FAILED: {res[name]['error'][:500]}", flush=True)
+            failed.add(name)
+        if name in failed:  # the exception and its frames are gone now: their device memory can be freed
+            if name == "workbench":
+                state.clear()
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        save()
+        return out
+
+    print(f"device {res['device']}, torch {res['torch']}, transformers {res['transformers']}, "
+          f"threads {res['cpu_threads']}, load {res['load_average'][0]:.1f}, budget {max_seconds} s", flush=True)
+    save()
+    ctx = flex_reference_backward() if cpu_flex else contextlib.nullcontext()
+    state: dict = {}
+    failed: set[str] = set()
+    with ctx:
+        # --- (a) throughput of the Trainer, padded batches
+        def trainer_phase():
+            hf = run_trainer(w, examples, device, dtype, steps=w["steps"], lr=w["lr"], budget=budget)
+            res["trainer"] = {k: v for k, v in hf.items() if k != "losses"}
+            res["trainer"]["mfu"] = mfu(hf["real_tok_s"])
+            print(f"(a) HF Trainer, padded batches of {w['batch']}: {hf['real_tok_s'] or 0:,.0f} real tokens/s, "
+                  f"padding {hf['padding_fraction']:.1%}, peak {hf['peak_gb']} GiB", flush=True)
+            return hf
+
+        hf = phase("trainer", trainer_phase)
+
+        # --- (b) throughput of the workbench step, packed rows
+        def workbench_phase():
+            model = prepare(w, device, dtype, compile_=compile_, backend=backend, mode=mode,
+                            mask_builder=args.mask_builder)
+            state["model"] = model
+            state["init"] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            wb = run_workbench(w, examples, device, model=model, steps=w["steps"], lr=w["lr"], budget=budget,
+                               compile_=compile_, prefetch=args.prefetch, compile_loss=compile_loss)
+            res["workbench"] = {k: v for k, v in wb.items() if k != "losses"}
+            res["workbench"]["mfu"] = mfu(wb["real_tok_s"])
+            res["workbench"]["tokens_per_step"] = w["token_budget"] * w["micro_batch"] * w["grad_accum"]
+            try:  # the isolation trap, on this card: packed (compiled, flex) vs alone (eager, SDPA)
+                res["workbench"]["isolation"] = isolation_check(model, examples, w, compile_=compile_)
+            except Exception as exc:
+                res["workbench"]["isolation"] = {"error": f"{type(exc).__name__}: {exc}"[:1000]}
+            print(f"    isolation: {res['workbench']['isolation']}", flush=True)
+            print(f"(b) workbench packed rows of {w['token_budget']} x {w['micro_batch']}: "
+                  f"{wb['real_tok_s'] or 0:,.0f} real tokens/s, padding {wb['padding_fraction']:.1%}, "
+                  f"peak {wb['peak_gb']} GiB, graphs compiled at step 1: {wb['graphs_first_step']}, "
+                  f"after: {wb['graphs_after_first_step']}", flush=True)
+            return wb
+
+        wb = phase("workbench", workbench_phase)
+        if hf and wb and hf["real_tok_s"] and wb["real_tok_s"]:
+            res["ratio"] = wb["real_tok_s"] / hf["real_tok_s"]
+            mem = (f"; peak memory {wb['peak_gb']} vs {hf['peak_gb']} GiB" if device.type == "cuda" else "")
+            print(f"ratio workbench / Trainer: {res['ratio']:.2f}x"
+                  + (f"; MFU {res['trainer']['mfu']:.1%} vs {res['workbench']['mfu']:.1%}" if peak else "") + mem,
+                  flush=True)
+            save()
+
+        # --- (c) the same examples per optimizer step: loss curves side by side
+        def losscheck_phase():
+            if "workbench" in failed:  # it would fail the same way (and compile again): rerun it on its own
+                res["losscheck"] = {"skipped": "the workbench phase failed in this run; try --only losscheck "
+                                               "with other workbench options"}
+                print("[losscheck] skipped: the workbench phase failed", flush=True)
+                return
+            n = w["check_steps"]
+            ordered = [examples[i] for i in range(n * w["batch"])]
+            groups = [list(range(i * w["batch"], (i + 1) * w["batch"])) for i in range(n)]
+            hf_c = run_trainer(w, ordered, device, dtype, steps=n, lr=w["lr"], budget=budget, sequential=True,
+                               log_every_step=True)
+            print(f"    trainer : {' '.join(f'{x:.4f}' for x in hf_c['losses'])}", flush=True)
+            model = state.get("model")
+            if model is not None:  # reuse the compiled decoder: back to the initial weights, no second compile
+                with torch.no_grad():
+                    model.load_state_dict(state["init"])
+                model.zero_grad(set_to_none=True)
+            else:
+                model = prepare(w, device, dtype, compile_=compile_, backend=backend, mode=mode,
+                                mask_builder=args.mask_builder)
+            wb_c = run_workbench(w, ordered, device, model=model, steps=min(n, len(hf_c["losses"])), lr=w["lr"],
+                                 budget=budget, compile_=compile_, groups=groups, prefetch=args.prefetch,
+                                 print_every=0, compile_loss=compile_loss)
+            print(f"    workbench: {' '.join(f'{x:.4f}' for x in wb_c['losses'])}", flush=True)
+            rel = [abs(a - b) / abs(b) for a, b in zip(wb_c["losses"], hf_c["losses"])]
+            res["losscheck"] = {"steps": len(rel), "trainer": hf_c["losses"], "workbench": wb_c["losses"],
+                                "max_relative_diff": max(rel) if rel else None,
+                                "within_1pct": bool(rel) and max(rel) < 0.01}
+            print(f"loss curves on the same {len(rel)} batches: max relative difference "
+                  f"{max(rel) if rel else float('nan'):.2e} ({'within' if rel and max(rel) < 0.01 else 'NOT within'} 1%)",
+                  flush=True)
+
+        phase("losscheck", losscheck_phase)
+    res["wall_s"] = round(budget.elapsed(), 1)
+    save()
+    print(f"done in {res['wall_s']} s" + (f"; figures in {args.out}" if args.out else ""), flush=True)
     return res
 
 

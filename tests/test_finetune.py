@@ -359,3 +359,71 @@ def test_template_id_selects_one_templates_examples(con):
     from workbench.sweep import normalize_space
 
     assert "template_id" in normalize_space({"template": ["intent_v1", "intent_v2"]}, trainer="sft")
+
+
+def test_train_sft_with_the_cuda_configuration_on_cpu(con):
+    """train_sft as it runs on CUDA (flex attention + document BlockMask, compiled decoder with static shapes,
+    bf16-mixed autocast, fused AdamW, batches prefetched in a thread, host sync every 2 steps), on CPU:
+    flex trains through its math reference and the decoder compiles with aot_eager. Every step's loss and
+    the throughput figures the issue asks for land in run_metrics."""
+    from workbench.packing import flex_reference_backward
+
+    make_intent_tables(con, n=36)
+    cfg = small(epochs=1, token_budget=64, attn_implementation="flex_attention", compile="on", compile_backend="aot_eager",
+                precision="bf16-mixed", fused_optimizer="on", compile_loss="on", prefetch=2, sync_every=2, peak_tflops=1.0,
+                evaluate_test=False, keep_best=False, max_eval_examples=3, max_new_tokens=3)
+    with flex_reference_backward():
+        res = train_sft(con, cfg, progress=False)
+    m = con.execute("select metric, step, value from run_metrics where run_id = ? and split = 'train'",
+                    [res.run_id]).df()
+    losses = m[m.metric == "loss"].sort_values("step")
+    assert losses["step"].tolist() == list(range(1, res.steps + 1)) and res.steps >= 3
+    assert losses["value"].between(0, 20).all()
+    last = m[m.step == res.steps].set_index("metric")["value"]
+    for k in ("real_tokens_per_s", "trained_tokens_per_s", "padding_fraction", "model_tflops_per_s", "mfu",
+              "peak_memory_gb", "grad_norm", "lr"):
+        assert k in last.index, k
+    assert 0 < last["trained_tokens_per_s"] < last["real_tokens_per_s"]
+    assert 0 <= last["padding_fraction"] < 1 and last["mfu"] == pytest.approx(last["model_tflops_per_s"])
+    with pytest.raises(ValueError, match="compile_backend"):
+        SFTConfig(compile_backend="tvm").validate()
+
+
+def _throughput_benchmark():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "train_throughput.py"
+    spec = importlib.util.spec_from_file_location("train_throughput", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_throughput_benchmark_gpu_config_smoke_runs_every_phase_on_cpu(tmp_path):
+    """benchmarks/train_throughput.py --gpu-config-smoke: the CUDA configuration end to end, tiny, on CPU;
+    the JSON holds every figure the GPU session must report, and a spent budget skips phases cleanly."""
+    import json
+
+    bench = _throughput_benchmark()
+    out = tmp_path / "smoke.json"
+    res = bench.main(["--device", "cpu", "--gpu-config-smoke", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["workbench_config"] == res["workbench_config"]
+    assert res["workbench_config"] | {"attn": "flex_attention", "dtype": "bf16", "compile": True,
+                                      "compile_backend": "aot_eager", "compile_loss": True} == res["workbench_config"]
+    for side in ("trainer", "workbench"):
+        assert saved[side]["real_tok_s"] > 0 and saved[side]["steps_done"] == saved["workload"]["steps"], side
+    assert saved["workbench"]["graphs_after_first_step"] == 0 and saved["workbench"]["padding_fraction"] < 0.1
+    assert saved["trainer"]["padding_fraction"] > 0.3 and saved["ratio"] > 0
+    assert saved["workbench"]["isolation"]["isolated"], saved["workbench"]["isolation"]  # packed == alone
+    check = saved["losscheck"]
+    assert check["steps"] == saved["workload"]["check_steps"] and check["within_1pct"], check
+    bench.main(["--device", "cpu", "--gpu-config-smoke", "--only", "trainer", "--max-seconds", "1e-6",
+                "--out", str(out)])
+    assert json.loads(out.read_text())["trainer"] == {"skipped": "out of time budget"}
+    # a failing phase is recorded with its error and does not stop the run (rows shorter than the examples)
+    bench.main(["--device", "cpu", "--gpu-config-smoke", "--only", "workbench", "--only", "losscheck",
+                "--token-budget", "16", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert "token_budget=16" in saved["workbench"]["error"] and "Traceback" in saved["workbench"]["traceback"]
+    assert "skipped" in saved["losscheck"] and saved["wall_s"] > 0

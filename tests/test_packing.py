@@ -6,8 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workbench.packing import (IGNORE, collate_packed, document_logprobs, document_mask, hidden_states,
-                               linear_cross_entropy, pack_rows, plan_epoch, shift_targets, tokenize_example)
+from workbench.finetune import train_step
+from workbench.packing import (IGNORE, Prefetcher, collate_packed, document_logprobs, document_mask,
+                               flex_document_mask, flex_reference_backward, hidden_states, linear_cross_entropy,
+                               pack_rows, plan_epoch, shift_targets, tokenize_example)
 
 
 @pytest.fixture(autouse=True)
@@ -25,13 +27,23 @@ def tokenizer():
     return offline_tokenizer()
 
 
-def tiny_model(attn="sdpa", vocab=64, seed=0):
+def tiny_model(attn="sdpa", vocab=64, seed=0, dtype=torch.float32):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(cfg, attn_implementation=attn)
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation=attn, dtype=dtype)
+
+
+def tiny_qwen(attn="flex_attention", dtype=torch.float32, seed=0):
+    """The CUDA workload's architecture (Qwen2: q/k/v biases, 14 heads over 2 KV heads, tied embeddings), tiny."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    cfg = Qwen2Config(vocab_size=64, hidden_size=56, intermediate_size=96, num_hidden_layers=2, num_attention_heads=14,
+                      num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation=attn, dtype=dtype)
 
 
 def random_examples(n=5, vocab=64, seed=0, lo=3, hi=14):
@@ -77,7 +89,29 @@ def test_packed_targets_shift_inside_each_example():
     assert b.targets.tolist() == [[6, 7, IGNORE, 9, IGNORE, IGNORE, IGNORE]]
     assert b.doc_ids.tolist() == [[0, 0, 0, 1, 1, 2, 2]]
     assert (b.n_real, b.n_pad, b.n_trained) == (5, 2, 3)
+    assert b.trained_index.tolist() == [0, 1, 3]
     assert shift_targets([IGNORE, 1, 2]) == [1, 2, IGNORE]
+    # rows_to: an empty row keeps a short micro-batch at the compiled shape; it carries no loss
+    b2 = collate_packed(ex, [[0, 1]], pad_id=0, pad_to=7, rows_to=3)
+    assert b2.input_ids.shape == (3, 7) and b2.example_index == [[0, 1], [], []]
+    assert (b2.n_real, b2.n_pad, b2.n_trained) == (5, 16, 3) and (b2.targets[1:] == IGNORE).all()
+
+
+def test_prefetcher_builds_ahead_in_order_and_checks_the_order():
+    made = []
+
+    def make(k):
+        made.append(k)
+        return k * 10
+
+    with Prefetcher(make, range(5), ahead=2) as pf:
+        assert pf.get(0) == 0
+        assert pf.get(1) == 10
+        with pytest.raises(KeyError, match="expected 2"):
+            pf.get(3)
+    assert made[:2] == [0, 1] and len(made) <= 5
+    inline = Prefetcher(make, range(3), ahead=0)
+    assert inline.get(7) == 70  # ahead=0: built when asked, any key
 
 
 # --------------------------------------------------------------------------- planning
@@ -149,6 +183,39 @@ def test_document_mask_forms():
     assert torch.equal(add == 0, m)
     with pytest.raises(ValueError, match="attn_implementation"):
         document_mask(doc, "flash_attention_2")
+
+
+def random_doc_ids(rows, T, seed):
+    g = torch.Generator().manual_seed(seed)
+    out = torch.zeros(rows, T, dtype=torch.long)
+    for r in range(rows - 1):  # the last row stays one document (an empty padding row)
+        t, d = 0, 0
+        while t < T:
+            n = int(torch.randint(1, 300, (), generator=g))
+            out[r, t:t + n] = d
+            t, d = t + n, d + 1
+    return out
+
+
+@pytest.mark.parametrize("T", [77, 256, 300, 1024])
+def test_flex_block_tables_equal_create_block_mask(T):
+    """The per-block builder gives torch's block tables exactly: same partial and same full blocks."""
+    doc = random_doc_ids(3, T, seed=T)
+    a, b = flex_document_mask(doc), flex_document_mask(doc, builder="create_block_mask")
+    assert a.shape == b.shape
+    assert torch.equal(a.to_dense(), b.to_dense())  # every block that needs computing
+
+    def full(m):
+        out = torch.zeros(m.full_kv_num_blocks.shape + (m.full_kv_indices.shape[-1],), dtype=torch.bool)
+        for r in range(out.shape[0]):
+            for q in range(out.shape[2]):
+                n = int(m.full_kv_num_blocks[r, 0, q])
+                out[r, 0, q, m.full_kv_indices[r, 0, q, :n].long()] = True
+        return out
+
+    assert torch.equal(full(a), full(b))  # blocks computed without evaluating the mask
+    with pytest.raises(ValueError, match="builder"):
+        flex_document_mask(doc, builder="dense")
 
 
 @pytest.mark.slow
@@ -232,3 +299,113 @@ def test_document_logprobs_equal_the_reference_from_full_logits():
             ref = logits[keep].gather(1, y[keep][:, None]).sum()
             assert n[r, d] == keep.sum()
             assert abs(lp[r, d].item() - ref.item()) < 1e-4
+
+
+# --------------------------------------------------------------------------- the CUDA path, run on CPU
+
+def _token_losses_alone(model, ex):
+    """Per example: (sum of token losses, trained tokens), the example run alone through SDPA."""
+    out = []
+    for e in ex:
+        b = collate_packed([e], [[0]], pad_id=0)
+        lp, n = document_logprobs(hidden_states(model, b), model.get_output_embeddings(), b)
+        out.append((-lp[0, 0].item(), n[0, 0].item()))
+    return out
+
+
+def test_flex_packed_training_gives_the_losses_and_gradients_of_unpacked_sdpa():
+    """Flex attention with the document BlockMask, trained packed (CPU: the operator's math reference),
+    equals each example trained alone with SDPA: per-example losses and the accumulated gradients."""
+    ex = random_examples(6, seed=11, hi=40)
+    flex, ref = tiny_qwen("flex_attention"), tiny_qwen("sdpa")
+    packed = collate_packed(ex, [[0, 1, 2], [3, 4, 5]], pad_id=0, pad_to=128)  # padded like the compiled path
+    with flex_reference_backward():
+        lp, n = document_logprobs(hidden_states(flex, packed), flex.get_output_embeddings(), packed)
+        alone = _token_losses_alone(ref, ex)
+        for r, row in enumerate(packed.example_index):
+            for d, i in enumerate(row):
+                assert n[r, d].item() == alone[i][1]
+                assert abs(-lp[r, d].item() - alone[i][0]) < 1e-4
+        loss = linear_cross_entropy(hidden_states(flex, packed), flex.get_output_embeddings(), packed.targets,
+                                    index=packed.trained_index)
+        (loss / packed.n_trained).backward()
+    for i in range(len(ex)):
+        b = collate_packed(ex, [[i]], pad_id=0)
+        (linear_cross_entropy(hidden_states(ref, b), ref.get_output_embeddings(), b.targets) / packed.n_trained).backward()
+    grads = dict(ref.named_parameters())
+    for k, p in flex.named_parameters():
+        torch.testing.assert_close(p.grad, grads[k].grad, atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_compiled_flex_bf16_fused_train_step_compiles_once_and_matches_eager():
+    """The CUDA step on CPU: Qwen2 architecture, bf16 weights, flex BlockMask, decoder compiled with static
+    shapes (aot_eager: traced like inductor, eager kernels), fused AdamW. New batches (new BlockMasks, a short
+    micro-batch padded by rows_to) must not recompile; losses and updated weights match an eager SDPA twin."""
+    from torch._dynamo.utils import counters
+
+    ex = random_examples(12, seed=3, hi=60)
+    plan = [[[0, 1, 2], [3, 4]], [[5, 6, 7], [8, 9]], [[10, 11]]]
+    fast, twin = tiny_qwen("flex_attention", torch.bfloat16), tiny_qwen("sdpa", torch.bfloat16)
+    fast.get_decoder().compile(dynamic=False, backend="aot_eager")
+    opt_fast = torch.optim.AdamW(fast.parameters(), lr=1e-3, fused=True)
+    opt_twin = torch.optim.AdamW(twin.parameters(), lr=1e-3, fused=True)
+    graphs = counters["stats"]["unique_graphs"]
+    with flex_reference_backward():
+        for rows in plan:
+            fb = collate_packed(ex, rows, pad_id=0, pad_to=160, rows_to=2)
+            loss_fast, gn_fast = train_step(fast, [fb], opt_fast)
+            loss_twin, gn_twin = train_step(twin, [collate_packed(ex, rows, pad_id=0)], opt_twin)
+            assert torch.isfinite(loss_fast) and abs(loss_fast.item() - loss_twin.item()) < 0.02 * loss_twin.item()
+            assert abs(gn_fast.item() - gn_twin.item()) < 0.05 * gn_twin.item()
+    assert counters["stats"]["unique_graphs"] - graphs == 1  # one graph for every step
+    for (k, a), b in zip(fast.named_parameters(), twin.parameters()):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2e-2, msg=k)
+
+
+@pytest.mark.slow
+def test_inductor_compiled_flex_decoder_isolates_examples_without_recompiling():
+    """Inductor's own lowering of flex attention (the CUDA path's kernels are generated the same way;
+    CPU can only run it forward): packed logits equal each example alone, one graph for three batches."""
+    from torch._dynamo.utils import counters
+
+    model = tiny_qwen("flex_attention").eval()
+    ref = tiny_qwen("sdpa").eval()
+    model.get_decoder().compile(dynamic=False)
+    ex = random_examples(9, seed=5, hi=40)
+    graphs = counters["stats"]["unique_graphs"]
+    for rows in ([[0, 1, 2], [3]], [[4, 5], [6, 7, 8]], [[8, 7, 6, 5]]):
+        b = collate_packed(ex, rows, pad_id=0, pad_to=128, rows_to=2)
+        with torch.no_grad():
+            logits = model.get_output_embeddings()(hidden_states(model, b))
+        for r, row in enumerate(rows):
+            t = 0
+            for i in row:
+                n = len(ex[i]["input_ids"])
+                torch.testing.assert_close(logits[r, t:t + n], _logits_alone(ref, ex[i]), atol=1e-4, rtol=1e-4)
+                t += n
+    assert counters["stats"]["unique_graphs"] - graphs == 1
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_linear_cross_entropy_in_bf16_matches_fp32_logits(compiled):
+    """bf16 chunks against fp32 full logits; ``compiled``: the inductor-fused softmax + gradient (the CUDA
+    default), with chunk lengths 7 and 2 through one dynamic-shape graph."""
+    torch.manual_seed(1)
+    head = torch.nn.Linear(32, 300, bias=False).to(torch.bfloat16)
+    h = torch.randn(40, 32, dtype=torch.bfloat16, requires_grad=True)
+    y = torch.randint(0, 300, (40,))
+    y[:10] = IGNORE
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    loss = linear_cross_entropy(h, head, y, chunk=7, index=torch.arange(10, 40), compiled=compiled)
+    loss.backward()
+    assert counters["stats"]["unique_graphs"] - graphs <= int(compiled)  # chunks of 7 and 2 rows: one graph
+    assert loss.dtype == torch.float32 and h.grad.dtype == torch.bfloat16 and head.weight.grad.dtype == torch.bfloat16
+    hf, wf = h.detach().float().requires_grad_(), head.weight.detach().float().requires_grad_()
+    ref = F.cross_entropy(hf @ wf.T, y, ignore_index=IGNORE, reduction="sum")
+    ref.backward()
+    torch.testing.assert_close(loss, ref, atol=0.05, rtol=2e-3)
+    torch.testing.assert_close(h.grad.float(), hf.grad, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(head.weight.grad.float(), wf.grad, atol=2e-2, rtol=2e-2)

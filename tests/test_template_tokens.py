@@ -66,6 +66,36 @@ def test_truncation_cuts_the_prompt_first_and_keeps_the_eos(bert, chat):
     assert len(ex["input_ids"]) == 16 and audit_one(ex["input_ids"], ex["labels"], _facts(bert)) == ["eos_not_trained"]
 
 
+def test_keep_prompt_chooses_which_end_of_a_long_prompt_survives(bert, chat):
+    prompt = "first " + "word " * 200 + "last"
+    for tok in (bert, chat):
+        start = T.tokenize_example(tok, prompt, "refund", max_length=40)
+        end = T.tokenize_example(tok, prompt, "refund", max_length=40, keep_prompt="end")
+        assert len(start["input_ids"]) <= 40 and len(end["input_ids"]) <= 40
+        assert start["labels"][-3:] == end["labels"][-3:]  # same trained answer either way
+        shown_start, shown_end = tok.decode(start["input_ids"]), tok.decode(end["input_ids"])
+        assert "first" in shown_start and "last" not in shown_start
+        assert "last" in shown_end and "first" not in shown_end
+    with pytest.raises(ValueError, match="keep_prompt"):
+        T.tokenize_example(bert, "q", "a", max_length=8, keep_prompt="middle")
+
+
+def test_bare_layout_is_the_sft_routines_and_packing_calls_it(bert):
+    """layout='bare': [BOS] prompt completion EOS, no separator, no CLS; workbench.packing delegates to it."""
+    from workbench.finetune import offline_tokenizer
+    from workbench.packing import tokenize_example as sft_tokenize
+
+    tok = offline_tokenizer()  # MiniLM + an EOS token, as the SFT routine loads it
+    ex = T.tokenize_example(tok, "Which intent? " + "word " * 50, "refund", max_length=12, layout="bare",
+                            keep_prompt="end")
+    assert ex == sft_tokenize(tok, "Which intent? " + "word " * 50, "refund", max_length=12)
+    answer = tok("refund", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert len(ex["input_ids"]) == 12 and ex["input_ids"][-len(answer):] == answer
+    assert tok.cls_token_id not in ex["input_ids"] and ex["labels"][:-len(answer)] == [IGNORE_INDEX] * (12 - len(answer))
+    with pytest.raises(ValueError, match="EOS"):
+        T.tokenize_example(bert, "q", "a", max_length=8, layout="bare")  # plain BERT has no EOS
+
+
 def test_audit_passes_on_every_intent_and_reply_template_with_both_tokenizers(bert, chat):
     df = rows()
     for tok in (bert, chat):

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from . import runs
-from .packing import (PackedBatch, collate_packed, document_logprobs, hidden_states,
+from .packing import (PackedBatch, Prefetcher, collate_packed, document_logprobs, hidden_states,
                       linear_cross_entropy, plan_epoch, tokenize_example)
 from .workspace import snapshot_id, table_exists, transaction, write_table
 
@@ -77,9 +77,16 @@ class SFTConfig:
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1"
     threads: int = 1  # CPU intra-op threads during the run (0: torch's setting); on a busy shared 2-core machine 1 thread
                       # ran 10x faster than 2 contending ones; on an idle machine 0 (all cores) is faster
-    precision: str = "auto"  # "auto" (bf16-mixed on CUDA, fp32 on CPU) | "fp32" | "bf16-mixed" (autocast) | "bf16" (bf16 weights)
+    precision: str = "auto"  # "auto" (bf16-mixed on CUDA, fp32 on CPU) | "fp32" | "bf16-mixed" (autocast, CUDA or CPU) | "bf16" (bf16 weights)
     attn_implementation: str = "auto"  # "auto": flex_attention on CUDA (block-sparse document mask), sdpa on CPU
     compile: str = "auto"  # "auto": torch.compile the decoder on CUDA only ("on"/"off" to force); compiling costs a minute upfront
+    compile_mode: str = "default"  # torch.compile mode: "default" | "max-autotune-no-cudagraphs" (longer compile, tuned kernels); CUDA-graph modes untested
+    compile_backend: str = "inductor"  # "inductor" (fused kernels) | "aot_eager" (traced like inductor, eager kernels: CPU checks of the CUDA path)
+    compile_loss: str = "auto"  # fuse each loss chunk's softmax + gradient with torch.compile: "auto" (with an inductor-compiled decoder) | "on" | "off"
+    fused_optimizer: str = "auto"  # AdamW fused kernel: "auto" (on CUDA) | "on" (CPU too) | "off" (foreach)
+    flex_mask_builder: str = "blocks"  # flex BlockMask from per-block document ranges ("blocks") or torch's create_block_mask (T x T)
+    prefetch: int = 2  # optimizer steps whose batches a background thread collates (and pins) ahead; 0 = inline
+    sync_every: int = 10  # optimizer steps between host syncs (train loss / grad norm read back, progress bar); 1 = every step
     loss_chunk: int = 4096  # trained tokens per lm_head + cross-entropy chunk; bounds logits memory to chunk x vocab
     checkpoint_every: int = 50  # optimizer steps between checkpoints (also at each epoch end); resume restarts there
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
@@ -94,6 +101,13 @@ class SFTConfig:
                   ("metric", self.metric in ("accuracy", "choice_accuracy", "loss")),
                   ("precision", self.precision in ("auto", "fp32", "bf16-mixed", "bf16")),
                   ("compile", self.compile in ("auto", "on", "off")),
+                  ("compile_mode", self.compile_mode in ("default", "max-autotune-no-cudagraphs", "max-autotune",
+                                                         "reduce-overhead")),
+                  ("compile_backend", self.compile_backend in ("inductor", "aot_eager", "eager")),
+                  ("fused_optimizer", self.fused_optimizer in ("auto", "on", "off")),
+                  ("compile_loss", self.compile_loss in ("auto", "on", "off")),
+                  ("flex_mask_builder", self.flex_mask_builder in ("blocks", "create_block_mask")),
+                  ("prefetch", self.prefetch >= 0), ("sync_every", self.sync_every >= 1),
                   ("checkpoint_every", self.checkpoint_every >= 1), ("eval_every", self.eval_every >= 0),
                   ("max_train_examples", self.max_train_examples is None or self.max_train_examples >= 1),
                   ("threads", self.threads >= 0)]
@@ -460,9 +474,8 @@ def _attn_implementation(model, impl: str):
 
 
 def _autocast(model):
-    p = next(model.parameters())
-    if p.device.type == "cuda" and getattr(model, "_wb_autocast", False):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if getattr(model, "_wb_autocast", False):  # bf16-mixed: fp32 master weights, bf16 matmuls (CUDA or CPU)
+        return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -524,7 +537,7 @@ def _lr_lambda(total_steps: int, warmup: int, min_ratio: float):
 
 
 def train_step(model, batches: Sequence[PackedBatch], optimizer, *, max_grad_norm: float = 1.0,
-               loss_chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor | None]:
+               loss_chunk: int = 4096, compile_loss: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One optimizer step over micro-batches; returns (mean token loss, grad norm) as device tensors.
 
     The loss is normalized over the trained tokens of ALL micro-batches (sum of token losses /
@@ -541,7 +554,8 @@ def train_step(model, batches: Sequence[PackedBatch], optimizer, *, max_grad_nor
             h = hidden_states(model, b)
         if getattr(model, "_wb_autocast", False):
             h = h.to(torch.bfloat16)  # bf16-mixed: the lm_head matmuls in bf16 too (fp32 softmax, fp32 weight grads)
-        loss = linear_cross_entropy(h, lm_head, b.targets, chunk=loss_chunk, index=b.trained_index)
+        loss = linear_cross_entropy(h, lm_head, b.targets, chunk=loss_chunk, index=b.trained_index,
+                                    compiled=compile_loss)
         (loss / n_trained).backward()
         loss_sum += loss.detach()
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -665,15 +679,21 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
         model = _apply_lora(model, config, added)
     model.to(device)
     model._wb_autocast = precision == "bf16-mixed"
+    model._wb_mask_builder = config.flex_mask_builder
     compile_on = config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
-    if compile_on:
-        model.get_decoder().compile(dynamic=False)
+    if compile_on:  # static shapes: rows padded to token_budget, micro-batches to micro_batch_size rows
+        model.get_decoder().compile(dynamic=False, backend=config.compile_backend,
+                                    mode=None if config.compile_mode == "default" or config.compile_backend != "inductor"
+                                    else config.compile_mode)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
+    fused = config.fused_optimizer == "on" or (config.fused_optimizer == "auto" and device.type == "cuda")
+    compile_loss = config.compile_loss == "on" or (config.compile_loss == "auto" and compile_on
+                                                   and config.compile_backend == "inductor")
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.95),
-                                  fused=device.type == "cuda")
+                                  fused=fused or None)
     plans = [plan_epoch(lengths, token_budget=config.token_budget, micro_batch_size=config.micro_batch_size,
                         seed=config.seed, epoch=e) for e in range(config.epochs)]
     schedule = [(e, i, mb[j:j + config.grad_accum], len(range(0, len(mb), config.grad_accum)))
@@ -757,54 +777,76 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
                dynamic_ncols=True)
     model.train()
     status = "completed"
+    rows_to = config.micro_batch_size if compile_on else None
+
+    def make_batches(s: int) -> list[PackedBatch]:
+        return [collate_packed(train_ex, rows, pad_id=tokenizer.pad_token_id, pad_to=pad_to, rows_to=rows_to,
+                               pin_memory=device.type == "cuda") for rows in schedule[s - 1][2]]
+
+    pending: list[tuple] = []  # (step, epoch, lr, loss tensor, grad-norm tensor): read back at the next sync
+
+    def read_back() -> None:
+        """The one host sync: train losses of the pending steps into run_metrics, the progress bar."""
+        if not pending:
+            return
+        vals = torch.stack([torch.stack([x[3].float(), (x[4] if x[4] is not None else x[3]).float()])
+                            for x in pending]).tolist()  # one device-to-host copy for all pending steps
+        for (step_, ep, lr_, _, gn), (loss_v, gn_v) in zip(pending, vals):
+            log.add({"loss": loss_v, "lr": lr_, "grad_norm": None if gn is None else gn_v}, step=step_, epoch=ep,
+                    split="train")
+        bar.update(len(pending))
+        bar.set_postfix(loss=f"{vals[-1][0]:.4f}", epoch=f"{pending[-1][1]:.2f}")
+        pending.clear()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    prefetch = Prefetcher(make_batches, range(state["step"] + 1, total_steps + 1), ahead=config.prefetch)
     try:
         if state["step"] == 0 and config.eval_at_start and resume_ckpt is None:
             run_eval(0, 0.0)
-        win = {"t": 0.0, "real": 0, "trained": 0, "pad": 0}
-        ready: dict[int, list[PackedBatch]] = {}
-
-        def make_batches(s: int) -> list[PackedBatch]:
-            return [collate_packed(train_ex, rows, pad_id=tokenizer.pad_token_id, pad_to=pad_to,
-                                   pin_memory=device.type == "cuda") for rows in schedule[s - 1][2]]
-
+        sync()
+        win = {"t0": time.perf_counter(), "excluded": 0.0, "real": 0, "trained": 0, "pad": 0}
         for step in range(state["step"] + 1, total_steps + 1):
             epoch, idx, _, n_in_epoch = schedule[step - 1]
             frac_epoch = epoch + (idx + 1) / n_in_epoch
-            t0 = time.perf_counter()
-            batches = ready.pop(step, None) or make_batches(step)
-            n_trained = sum(b.n_trained for b in batches)
+            batches = prefetch.get(step)
             lr = scheduler.get_last_lr()[0]
             loss_t, grad_norm = train_step(model, batches, optimizer, max_grad_norm=config.max_grad_norm,
-                                           loss_chunk=config.loss_chunk)
+                                           loss_chunk=config.loss_chunk, compile_loss=compile_loss)  # no host sync
             scheduler.step()
-            if step < total_steps:  # build the next step's batches while the device still computes
-                ready[step + 1] = make_batches(step + 1)
-            train_loss = loss_t.item()  # the one host sync per optimizer step
-            win["t"] += time.perf_counter() - t0
+            pending.append((step, frac_epoch, lr, loss_t.detach(), grad_norm))
             win["real"] += sum(b.n_real for b in batches)
-            win["trained"] += n_trained
+            win["trained"] += sum(b.n_trained for b in batches)
             win["pad"] += sum(b.n_pad for b in batches)
             state["step"] = step
-            log.add({"loss": train_loss, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm)},
-                    step=step, epoch=frac_epoch, split="train")
-            bar.update(1)
-            bar.set_postfix(loss=f"{train_loss:.4f}", epoch=f"{frac_epoch:.2f}")
             epoch_end = idx + 1 == n_in_epoch
-            if epoch_end or (config.eval_every and step % config.eval_every == 0):
-                tps = win["real"] / max(win["t"], 1e-9)
-                log.add({"real_tokens_per_s": tps, "trained_tokens_per_s": win["trained"] / max(win["t"], 1e-9),
+            evaluating = epoch_end or bool(config.eval_every and step % config.eval_every == 0)
+            checkpointing = epoch_end or step % config.checkpoint_every == 0 or step == config.stop_at_step
+            if evaluating or checkpointing or step % config.sync_every == 0 or on_step is not None \
+                    or step == total_steps:
+                read_back()
+            if evaluating:
+                sync()
+                secs = max(time.perf_counter() - win["t0"] - win["excluded"], 1e-9)
+                tps = win["real"] / secs
+                log.add({"real_tokens_per_s": tps, "trained_tokens_per_s": win["trained"] / secs,
                          "padding_fraction": win["pad"] / max(win["real"] + win["pad"], 1),
                          "model_tflops_per_s": tps * flops_tok / 1e12,
                          "mfu": tps * flops_tok / peak if peak else None,
                          "peak_memory_gb": _peak_memory_gb(device)}, step=step, epoch=frac_epoch, split="train")
-                win = {"t": 0.0, "real": 0, "trained": 0, "pad": 0}
                 run_eval(step, frac_epoch)
                 if config.patience and state["bad_evals"] >= config.patience:
                     state["stopped_early"] = True
-            if epoch_end or step % config.checkpoint_every == 0 or step == config.stop_at_step or state["stopped_early"]:
+                sync()
+                win = {"t0": time.perf_counter(), "excluded": 0.0, "real": 0, "trained": 0, "pad": 0}
+            if checkpointing or state["stopped_early"]:
+                t_ck = time.perf_counter()
                 save_checkpoint(step)
+                win["excluded"] += time.perf_counter() - t_ck
             if on_step is not None:  # e.g. a sweep: prune on this step's validation metric, or stop at its deadline
-                if epoch_end or (config.eval_every and step % config.eval_every == 0):
+                if evaluating:
                     log.flush()  # the callback may read this step's validation metrics from run_metrics
                 on_step(step)
             if state["stopped_early"]:
@@ -812,9 +854,12 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
             if step == config.stop_at_step and step < total_steps:
                 status = "interrupted"
                 break
+        prefetch.close()
     except BaseException as exc:
+        prefetch.close()
         bar.close()
         with contextlib.suppress(Exception):
+            read_back()
             log.flush()
         runs.finish_run(con, run_id, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
                         error=f"{type(exc).__name__}: {exc}"[:2000])

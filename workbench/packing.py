@@ -20,12 +20,18 @@ chunk, so full-vocabulary logits exist neither for masked positions nor all at o
 """
 from __future__ import annotations
 
+import collections
+import contextlib
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .template_tokens import tokenize_example as _tokenize
 
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
 
@@ -53,15 +59,13 @@ def tokenize_example(tokenizer, prompt: str, completion: str, *, max_length: int
     way generation sees them (the prompt is the model's input, the completion its output).
     Over ``max_length`` the prompt loses tokens from its start (the end, next to the answer, is
     kept); a completion that alone exceeds ``max_length`` is cut at its end (EOS lost).
+    One implementation with the template library's: ``template_tokens.tokenize_example`` with
+    ``layout="bare", keep_prompt="end"``.
     """
-    bos, eos = special_ids(tokenizer) if add_eos else (tokenizer.bos_token_id, None)
-    head = [bos] if bos is not None else []
-    p, c = encode(tokenizer, prompt), encode(tokenizer, completion) + ([eos] if add_eos else [])
-    keep_prompt = max(0, min(len(p), max_length - len(head) - len(c)))
-    p = p[len(p) - keep_prompt:] if keep_prompt else []
-    c = c[: max_length - len(head) - len(p)]
-    ids = head + p + c
-    return {"input_ids": ids, "labels": [IGNORE] * (len(head) + len(p)) + c}
+    if add_eos:
+        special_ids(tokenizer)  # a missing EOS: say how to fix it
+    return _tokenize(tokenizer, prompt, completion, max_length=max_length, add_eos=add_eos, layout="bare",
+                     keep_prompt="end")
 
 
 def shift_targets(labels: Sequence[int]) -> list[int]:
@@ -134,18 +138,20 @@ class PackedBatch:
 
 
 def collate_packed(examples: Sequence[dict], rows: Sequence[Sequence[int]], *, pad_id: int,
-                   pad_to: int | None = None, pin_memory: bool = False) -> PackedBatch:
+                   pad_to: int | None = None, pin_memory: bool = False, rows_to: int | None = None) -> PackedBatch:
     """Build a packed micro-batch from tokenized examples (``{input_ids, labels}``) and a row plan.
 
-    Rows are padded to the longest row (or to ``pad_to``, for static shapes under torch.compile).
+    Rows are padded to the longest row (or to ``pad_to``, for static shapes under torch.compile);
+    ``rows_to`` adds empty (all-padding, no-loss) rows up to that many, so that a short last
+    micro-batch keeps the compiled graph's shape instead of compiling another one.
     """
+    rows = list(rows) + [[] for _ in range(max(0, (rows_to or 0) - len(rows)))]
     lens = [sum(len(examples[i]["input_ids"]) for i in row) for row in rows]
-    width = max(max(lens), pad_to or 0)
+    width = max(max(lens), pad_to or 0, 1)
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     pos = np.zeros((len(rows), width), dtype=np.int64)
     tgt = np.full((len(rows), width), IGNORE, dtype=np.int64)
     doc = np.zeros((len(rows), width), dtype=np.int64)
-    n_trained = 0
     for r, row in enumerate(rows):
         t = 0
         for d, i in enumerate(row):
@@ -155,16 +161,58 @@ def collate_packed(examples: Sequence[dict], rows: Sequence[Sequence[int]], *, p
             pos[r, t:t + n] = np.arange(n)
             tgt[r, t:t + n] = y
             doc[r, t:t + n] = d
-            n_trained += sum(1 for v in y if v != IGNORE)
             t += n
         doc[r, t:] = len(row)  # padding: one more "document", attends only to itself
         pos[r, t:] = np.arange(width - t)
     # positions with a loss, computed here so the device never has to sync on a boolean mask
-    tensors = [torch.from_numpy(a) for a in (ids, pos, tgt, doc, np.flatnonzero(tgt.reshape(-1) != IGNORE))]
+    trained = np.flatnonzero(tgt.reshape(-1) != IGNORE)
+    n_trained = len(trained)
+    tensors = [torch.from_numpy(a) for a in (ids, pos, tgt, doc, trained)]
     if pin_memory:
         tensors = [t.pin_memory() for t in tensors]
     return PackedBatch(*tensors, example_index=[list(r) for r in rows], n_real=sum(lens),
                        n_pad=len(rows) * width - sum(lens), n_trained=n_trained)
+
+
+class Prefetcher:
+    """Builds the batches of upcoming keys (e.g. optimizer steps) in a background thread.
+
+    ``make(key)`` runs ``ahead`` keys in advance (collation and pinning are numpy/torch work that
+    releases the GIL for the most part), so the training loop only launches device work; ``get``
+    must be called with the keys in order. ``ahead=0`` builds each batch when asked.
+    """
+
+    def __init__(self, make: Callable[[Any], Any], keys: Iterable[Any], ahead: int = 2):
+        self._make, self._keys, self._ahead = make, iter(keys), max(0, int(ahead))
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="wb-prefetch") if self._ahead else None
+        self._queue: collections.deque = collections.deque()
+        self._fill()
+
+    def _fill(self) -> None:
+        while self._pool is not None and len(self._queue) < self._ahead:
+            key = next(self._keys, self._queue)  # the deque itself marks the end
+            if key is self._queue:
+                return
+            self._queue.append((key, self._pool.submit(self._make, key)))
+
+    def get(self, key):
+        if self._pool is None:
+            return self._make(key)
+        if not self._queue or self._queue[0][0] != key:
+            raise KeyError(f"Prefetcher.get({key!r}): expected {self._queue[0][0] if self._queue else 'no more'}")
+        _, fut = self._queue.popleft()
+        self._fill()
+        return fut.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "Prefetcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 # --------------------------------------------------------------------------- document masks
@@ -177,12 +225,7 @@ def document_mask(doc_ids: torch.Tensor, attn_implementation: str, dtype: torch.
     """
     rows, T = doc_ids.shape
     if attn_implementation == "flex_attention":
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        def same_doc_causal(b, h, q, k):
-            return (doc_ids[b, q] == doc_ids[b, k]) & (q >= k)
-
-        return create_block_mask(same_doc_causal, rows, None, T, T, device=doc_ids.device)
+        return flex_document_mask(doc_ids)
     idx = torch.arange(T, device=doc_ids.device)
     mask = (doc_ids[:, :, None] == doc_ids[:, None, :]) & (idx[:, None] >= idx[None, :])
     mask = mask[:, None]
@@ -194,6 +237,90 @@ def document_mask(doc_ids: torch.Tensor, attn_implementation: str, dtype: torch.
                      "(use 'sdpa', 'eager' or 'flex_attention')")
 
 
+FLEX_BLOCK = 128  # flex attention's sparse block size (torch's default)
+
+
+def flex_document_mask(doc_ids: torch.Tensor, *, builder: str = "blocks"):
+    """Per-document causal flex-attention ``BlockMask`` of ``doc_ids`` ``[rows, T]``.
+
+    ``builder="blocks"`` derives the block tables from each 128-token block's smallest and largest
+    document id, ``O(rows * (T/128)^2)`` work in a few device ops, no host sync; a block pair is
+    *full* (no mask evaluation in the kernel) when both blocks lie in one document and the key
+    block is strictly before the query block. ``"create_block_mask"`` evaluates the mask function
+    on every ``T x T`` position (torch's generic way; same mask, more work and memory per step).
+    Both are tested equal on CPU.
+    """
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask
+
+    rows, T = doc_ids.shape
+
+    def same_doc_causal(b, h, q, k):
+        return (doc_ids[b, q] == doc_ids[b, k]) & (q >= k)
+
+    if builder == "create_block_mask":
+        return create_block_mask(same_doc_causal, rows, None, T, T, device=doc_ids.device)
+    if builder != "blocks":
+        raise ValueError(f"flex_document_mask: builder must be 'blocks' or 'create_block_mask', not {builder!r}")
+    nb = -(-T // FLEX_BLOCK)
+    d = F.pad(doc_ids[:, None].float(), (0, nb * FLEX_BLOCK - T), mode="replicate")[:, 0] if nb * FLEX_BLOCK > T \
+        else doc_ids
+    d = d.view(rows, nb, FLEX_BLOCK)
+    lo, hi = d.amin(-1), d.amax(-1)  # [rows, nb]
+    blk = torch.arange(nb, device=doc_ids.device)
+    below = blk[None, :, None] > blk[None, None, :]  # key block strictly before query block
+    causal = blk[None, :, None] >= blk[None, None, :]
+    overlap = (lo[:, None, :] <= hi[:, :, None]) & (lo[:, :, None] <= hi[:, None, :])
+    single = lo == hi
+    full = below & single[:, :, None] & single[:, None, :] & (lo[:, :, None] == lo[:, None, :])
+    if nb * FLEX_BLOCK > T:  # the last, partial query block is never full
+        full[:, -1, :] = False
+    partial = causal & overlap & ~full
+
+    def tables(m):  # [rows, nb, nb] bool -> (counts [rows, 1, nb], ordered indices [rows, 1, nb, nb])
+        num = m.sum(-1, dtype=torch.int32)[:, None]
+        idx = torch.argsort(m.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)[:, None]
+        return num, idx
+
+    (kv_num, kv_idx), (full_num, full_idx) = tables(partial), tables(full)
+    try:
+        return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=FLEX_BLOCK,
+                                        mask_mod=same_doc_causal, seq_lengths=(T, T))
+    except TypeError:  # a torch whose from_kv_blocks lacks these arguments: torch's generic builder
+        return create_block_mask(same_doc_causal, rows, None, T, T, device=doc_ids.device)
+
+
+@contextlib.contextmanager
+def flex_reference_backward():
+    """Let flex attention TRAIN on CPU, through the math reference of the same operator.
+
+    torch has no CPU backward kernel for flex attention (it refuses ``requires_grad`` inputs on
+    CPU, and transformers' own ``torch.compile`` of it fails to lower the backward there). Inside
+    this context the refusal is lifted on CPU and transformers calls flex attention uncompiled, so
+    the higher-order op runs its reference (dense math) forward and backward with the same
+    ``BlockMask``. Under ``torch.compile(backend="aot_eager")`` the decoder is traced as on CUDA.
+    For tests and ``benchmarks/train_throughput.py --gpu-config-smoke``; slow, never for real runs.
+    """
+    import torch.nn.attention.flex_attention as fa
+    import transformers.integrations.flex_attention as tfa
+
+    saved = fa._validate_device, tfa.compile_friendly_flex_attention
+
+    def validate(query, key, value):
+        if query.device.type != "cpu":
+            saved[0](query, key, value)
+
+    def uncompiled(query, key, value, training=False, **kwargs):
+        return fa.flex_attention(query, key, value, **kwargs)
+
+    fa._validate_device, tfa.compile_friendly_flex_attention = validate, uncompiled
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*without torch.compile.*")
+            yield
+    finally:
+        fa._validate_device, tfa.compile_friendly_flex_attention = saved
+
+
 def hidden_states(model, batch: PackedBatch) -> torch.Tensor:
     """Last hidden states ``[rows, T, d]`` of a packed batch, each example isolated by the mask.
 
@@ -202,13 +329,42 @@ def hidden_states(model, batch: PackedBatch) -> torch.Tensor:
     """
     impl = model.config._attn_implementation
     decoder = model.get_decoder()
-    mask = document_mask(batch.doc_ids, impl, dtype=next(model.parameters()).dtype)
+    if impl == "flex_attention":
+        mask = flex_document_mask(batch.doc_ids, builder=getattr(model, "_wb_mask_builder", "blocks"))
+    else:
+        mask = document_mask(batch.doc_ids, impl, dtype=next(model.parameters()).dtype)
     out = decoder(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
                   use_cache=False)
     return out.last_hidden_state
 
 
 # --------------------------------------------------------------------------- loss
+
+def _xent_grad(logits: torch.Tensor, y: torch.Tensor, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy, d loss / d logits = softmax - one-hot) of one chunk of logits.
+
+    Written for ``torch.compile``: inductor fuses it into one reduction pass (log-sum-exp) and one
+    pointwise pass (the gradient, written in ``out_dtype``), where eager runs 5 fp32 passes.
+    """
+    x = logits.float()
+    lse = torch.logsumexp(x, dim=-1)
+    loss = (lse - x.gather(1, y[:, None]).squeeze(1)).sum()
+    onehot = torch.arange(x.shape[1], device=x.device)[None, :] == y[:, None]
+    return loss, (torch.exp(x - lse[:, None]) - onehot.to(x.dtype)).to(out_dtype)
+
+
+_COMPILED_XENT: dict = {}
+
+
+def _compiled_xent(logits: torch.Tensor, y: torch.Tensor, out_dtype: torch.dtype):
+    """``_xent_grad`` compiled once: the chunk length is symbolic (the last chunk's changes every step),
+    the vocabulary static (a reduction of known size)."""
+    if "fn" not in _COMPILED_XENT:
+        _COMPILED_XENT["fn"] = torch.compile(_xent_grad, dynamic=False)
+    torch._dynamo.maybe_mark_dynamic(logits, 0)
+    torch._dynamo.maybe_mark_dynamic(y, 0)
+    return _COMPILED_XENT["fn"](logits, y, out_dtype)
+
 
 class _LinearCrossEntropy(torch.autograd.Function):
     """Sum of token cross-entropies of ``hidden @ weight.T`` against ``targets``, in chunks.
@@ -219,7 +375,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk, need_h, need_w):
+    def forward(ctx, hidden, weight, targets, chunk, need_h, need_w, compiled=False):
         ctx.weight_dtype = weight.dtype
         weight = weight.to(hidden.dtype)  # bf16 activations with fp32 master weights: one bf16 copy
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -227,17 +383,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_w = None
         for s in range(0, hidden.shape[0], chunk):
             h, y = hidden[s:s + chunk], targets[s:s + chunk]
-            logits = (h @ weight.T).float()
-            picked = logits.gather(1, y[:, None]).squeeze(1)
-            top = logits.amax(dim=-1, keepdim=True)
-            e = logits.sub_(top).exp_()  # in place: one chunk of logits alive, 5 passes over it in all
-            z = e.sum(dim=-1, keepdim=True)
-            total += (top.squeeze(1) + z.log().squeeze(1) - picked).sum()
-            if not (need_h or need_w):
-                continue
-            g = e.div_(z)  # softmax
-            g[torch.arange(len(y), device=g.device), y] -= 1.0
-            g = g.to(hidden.dtype)
+            if compiled:  # fused: one reduction + one pointwise pass over the chunk's logits
+                loss, g = _compiled_xent(h @ weight.T, y, hidden.dtype)
+                total += loss
+            else:
+                logits = (h @ weight.T).float()
+                picked = logits.gather(1, y[:, None]).squeeze(1)
+                top = logits.amax(dim=-1, keepdim=True)
+                e = logits.sub_(top).exp_()  # in place: one chunk of logits alive, 5 passes over it in all
+                z = e.sum(dim=-1, keepdim=True)
+                total += (top.squeeze(1) + z.log().squeeze(1) - picked).sum()
+                g = e.div_(z)  # softmax
+                g[torch.arange(len(y), device=g.device), y] -= 1.0
+                g = g.to(hidden.dtype)
             if need_h:
                 grad_h[s:s + chunk] = g @ weight
             if need_w:
@@ -255,17 +413,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
         gw = (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None
-        return gh, gw, None, None, None, None
+        return gh, gw, None, None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor, *,
-                         chunk: int = 4096, index: torch.Tensor | None = None) -> torch.Tensor:
+                         chunk: int = 4096, index: torch.Tensor | None = None, compiled: bool = False) -> torch.Tensor:
     """Summed cross-entropy of the loss-bearing positions (``targets != -100``), chunked.
 
     ``hidden`` is ``[..., d]`` and ``targets`` the matching ``[...]``; returns a float32 scalar
     (divide by the number of trained tokens of the whole accumulated batch yourself).
     ``index`` (flat loss-bearing positions, e.g. ``PackedBatch.trained_index``) avoids the host
-    sync that boolean indexing costs on CUDA.
+    sync that boolean indexing costs on CUDA. ``compiled=True`` runs each chunk's softmax and
+    gradient as one ``torch.compile``-d function (about 7x less memory traffic than the eager passes;
+    the matmuls stay cuBLAS calls).
     """
     if index is None:
         keep = targets != IGNORE
@@ -284,7 +444,7 @@ def linear_cross_entropy(hidden: torch.Tensor, lm_head: torch.nn.Module, targets
             w = weight.to(h.dtype)
             return sum(F.cross_entropy((h[s:s + chunk] @ w.T).float(), y[s:s + chunk], reduction="sum")
                        for s in range(0, h.shape[0], chunk))
-    return _LinearCrossEntropy.apply(h, weight, y, chunk, need_h, need_w)
+    return _LinearCrossEntropy.apply(h, weight, y, chunk, need_h, need_w, compiled)
 
 
 def document_logprobs(hidden: torch.Tensor, lm_head: torch.nn.Module, batch: PackedBatch, *,

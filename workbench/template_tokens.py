@@ -13,8 +13,10 @@
 * otherwise: ``[BOS/CLS] prompt PLAIN_SEPARATOR completion EOS`` (EOS falls back to SEP for BERT-style
   tokenizers), each piece tokenized on its own so the prompt/completion boundary is exact.
 
-Too long: the prompt is cut first (its end, keeping the instruction); a completion that alone does
-not fit is cut and loses its EOS, which ``mask_audit`` reports.
+Too long: the prompt is cut first (its end, keeping the instruction; ``keep_prompt="end"`` cuts its
+start instead, as SFT does); a completion that alone does not fit is cut and loses its EOS, which
+``mask_audit`` reports. ``layout="bare"`` is the SFT routine's ``[BOS] prompt completion EOS``
+(``workbench.packing.tokenize_example`` calls this function with it).
 
 ``mask_audit(examples, tokenizer)`` fails loudly on the silent fine-tuning bugs: zero trained tokens,
 EOS/end-of-turn not trained, a doubled BOS, prompt not masked, labels not aligned with input_ids.
@@ -152,35 +154,57 @@ def prompt_ids(tokenizer, prompt: str, *, system: str | None = None) -> list[int
 
 
 def tokenize_example(tokenizer, prompt: str, completion: str, *, max_length: int, add_eos: bool = True,
-                     system: str | None = None) -> dict[str, list[int]]:
+                     system: str | None = None, keep_prompt: str = "start",
+                     layout: str = "auto") -> dict[str, list[int]]:
     """``{'input_ids', 'labels'}`` of one prompt/completion pair: prompt labels -100, completion + EOS trained.
 
-    Chat template when the tokenizer has one, else ``prompt + PLAIN_SEPARATOR + completion + EOS``.
-    Longer than ``max_length``: the prompt is cut (its end) first; a completion that alone does not fit
-    is cut and loses its EOS (``mask_audit`` reports that example).
+    ``layout``: ``"auto"`` (the chat template when the tokenizer has one, else ``"plain"``), ``"chat"``,
+    ``"plain"`` (``prefix prompt + PLAIN_SEPARATOR + completion + EOS``, the tokenizer's own special-token
+    prefix, EOS falling back to SEP) or ``"bare"`` (``[BOS] prompt completion EOS``: no separator, only the
+    tokenizer's BOS, EOS required; the SFT routine's layout, ``workbench.packing.tokenize_example``).
+    Longer than ``max_length``: the prompt is cut first, keeping its start (``keep_prompt="start"``, the
+    instruction survives) or its end (``"end"``, the text next to the answer survives: SFT); a completion
+    that alone does not fit is cut and loses its EOS (``mask_audit`` reports that example).
     """
-    if max_length < 2:
-        raise ValueError(f"max_length must be at least 2, not {max_length}")
-    f = _facts(tokenizer)
-    if f["chat"]:
-        return _tokenize_chat(tokenizer, f, prompt, completion, max_length, add_eos, system)
+    if keep_prompt not in ("start", "end"):
+        raise ValueError(f"keep_prompt must be 'start' or 'end', not {keep_prompt!r}")
+    if layout not in ("auto", "chat", "plain", "bare"):
+        raise ValueError(f"layout must be 'auto', 'chat', 'plain' or 'bare', not {layout!r}")
+    if max_length < (1 if layout == "bare" else 2):
+        raise ValueError(f"max_length must be at least {1 if layout == 'bare' else 2}, not {max_length}")
     head = f"{system}\n\n" if system else ""
-    p, s, c = _enc(tokenizer, head + prompt), _enc(tokenizer, PLAIN_SEPARATOR), _enc(tokenizer, completion)
-    e = [f["eos"]] if add_eos else []
-    fixed = len(f["prefix"]) + len(s)
+    if layout == "bare":
+        eos = tokenizer.eos_token_id
+        if add_eos and eos is None:
+            raise ValueError(f"tokenizer {type(tokenizer).__name__} has no EOS token; set tokenizer.eos_token")
+        prefix = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        sep: list[int] = []
+    else:
+        f = _facts(tokenizer)
+        if layout == "chat" or (layout == "auto" and f["chat"]):
+            return _tokenize_chat(tokenizer, f, prompt, completion, max_length, add_eos, system, keep_prompt)
+        prefix, sep, eos = f["prefix"], _enc(tokenizer, PLAIN_SEPARATOR), f["eos"]
+    return _fit(list(prefix), _enc(tokenizer, head + prompt), sep, _enc(tokenizer, completion),
+                [eos] if add_eos else [], max_length, keep_prompt)
+
+
+def _fit(prefix: list[int], p: list[int], s: list[int], c: list[int], e: list[int], max_length: int,
+         keep_prompt: str) -> dict[str, list[int]]:
+    """``prefix p s c e`` within ``max_length``: the prompt ``p`` gives way first, then the EOS and completion."""
+    fixed = len(prefix) + len(s)
     if fixed + len(p) + len(c) + len(e) > max_length:
         room = max_length - fixed - len(c) - len(e)
         if room >= 0:
-            p = p[:room]
+            p = p[:room] if keep_prompt == "start" else p[len(p) - room:]
         else:   # the completion alone does not fit: no prompt, cut completion, no EOS
             p, e = [], []
             c = c[:max(0, max_length - fixed)]
-    ids = f["prefix"] + p + s + c + e
-    labels = [IGNORE_INDEX] * (len(f["prefix"]) + len(p) + len(s)) + c + e
+    ids = prefix + p + s + c + e
+    labels = [IGNORE_INDEX] * (len(prefix) + len(p) + len(s)) + c + e
     return {"input_ids": ids[:max_length], "labels": labels[:max_length]}
 
 
-def _tokenize_chat(tok, f, prompt, completion, max_length, add_eos, system) -> dict[str, list[int]]:
+def _tokenize_chat(tok, f, prompt, completion, max_length, add_eos, system, keep_prompt="start"):
     text = prompt
     for _ in range(6):
         msgs = to_messages(text, None, system)
@@ -199,7 +223,7 @@ def _tokenize_chat(tok, f, prompt, completion, max_length, add_eos, system) -> d
         if excess >= len(toks):   # even an empty prompt does not leave room: cut the answer
             p_ids, c_ids = p_ids[:max_length], c_ids[:max(0, max_length - len(p_ids))]
             break
-        text = tok.decode(toks[:len(toks) - excess - 1])
+        text = tok.decode(toks[:len(toks) - excess - 1] if keep_prompt == "start" else toks[excess + 1:])
     else:
         p_ids, c_ids = p_ids[:max_length], c_ids[:max(0, max_length - len(p_ids))]
     return {"input_ids": p_ids + c_ids, "labels": [IGNORE_INDEX] * len(p_ids) + c_ids}
