@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -75,8 +76,9 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
     """CSV via DuckDB's reader with ``store_rejects``: bad rows go to ``reject_errors``.
 
     DuckDB numbers CSV records by line (header = line 1). It reports a rejected record's line, and
-    parsed rows come out in file order, so the k-th parsed row's line is ``k + 1`` plus the number of
-    rejected records before it: an ASOF join on the rejects' positions.
+    parsed rows land in the temp table in file order (insertion order is preserved, also with a
+    parallel scan), so a row's ``rowid`` is its ordinal and its line is ``rowid + 2`` plus the number
+    of rejected (or blank) lines before it: a hash join on a small table of shifts (``_shifts``).
     """
     delim = "\t" if path.name.lower().endswith((".tsv", ".tsv.gz")) else ","
     header = _csv_header(path, delim)
@@ -87,10 +89,10 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
             "quote = '\"', escape = '\"', store_rejects = true, "
             "rejects_table = 'wb_reject_errors', rejects_scan = 'wb_reject_scans', "
             "strict_mode = true, null_padding = false, max_line_size = 4194304, parallel = true")
-    con.execute(f"create or replace temp table wb_csv_rows{tag} as "
-                f"select row_number() over () as wb_ordinal, * from read_csv({_q(path)}, {opts})")
+    con.execute(f"create or replace temp table wb_csv_rows{tag} as select * from read_csv({_q(path)}, {opts})")
     rej = con.execute(
-        "select distinct line, error_type, error_message, csv_line from temp.wb_reject_errors order by line"
+        "select distinct line, error_type, error_message, csv_line from temp.wb_reject_errors "
+        "order by line, error_type, error_message"  # one record can be reported more than once
     ).fetchall()
     # rejects: several errors can hit one record; keep one row per line with all reasons joined
     by_line: dict[int, list] = {}
@@ -102,15 +104,11 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
     # Blank lines are no rows, but DuckDB counts them in its line numbers: they shift like rejects.
     n_lines, blanks = _line_scan(path)
     skipped = sorted({line for line, _, _ in rejects} | set(blanks))
-    con.execute(f"create or replace temp table wb_csv_reject_lines{tag} (j bigint, a bigint)")
-    if skipped:
-        # a_j = parsed rows before the j-th skipped line = line_j - 1 (header) - j
-        con.executemany(f"insert into temp.wb_csv_reject_lines{tag} values (?, ?)",
-                        _reject_positions(skipped, first_data_line=2))
-    cols = [r[0] for r in con.execute(f"describe temp.wb_csv_rows{tag}").fetchall() if r[0] != "wb_ordinal"]
+    n_rows = con.execute(f"select count(*) from temp.wb_csv_rows{tag}").fetchall()[0][0]
+    shift = _shifts(con, f"wb_csv_shift{tag}", skipped, first_data_line=2, n_rows=n_rows)
+    cols = [r[0] for r in con.execute(f"describe temp.wb_csv_rows{tag}").fetchall()]
     select = ", ".join(f'r."{c}"' for c in cols)
-    sql = (f"select r.wb_ordinal + 1 + coalesce(x.j, 0) as source_line, {select} "
-           f"from temp.wb_csv_rows{tag} r asof left join temp.wb_csv_reject_lines{tag} x on r.wb_ordinal > x.a")
+    sql = f"select r.rowid + 2 + {shift} as source_line, {select} from temp.wb_csv_rows{tag} r {_shift_join(shift, tag, 'csv')}"
     con.execute("drop table if exists temp.wb_reject_errors; drop table if exists temp.wb_reject_scans")
     # An unterminated quote makes DuckDB's reader swallow every line after it: neither rows nor
     # rejects. Those lines are rejects too, so the accounting still adds up.
@@ -123,20 +121,70 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
     return sql, rejects
 
 
+SHIFT_BLOCK = 256  # rows per block of the shift join: each row meets about 1 + 256 * (reject rate) shifts
+
+
+def _shifts(con: duckdb.DuckDBPyConnection, name: str, skipped: list[int], *, first_data_line: int,
+            n_rows: int) -> str:
+    """A temp table of line shifts for parsed rows numbered by ordinal; returns the SQL term to add.
+
+    Parsed row ``i`` (0-based, file order) sits on line ``i + first_data_line + shift(i)`` where
+    ``shift(i)`` counts the skipped lines (rejects, blanks) before it: ``#{j : a_j <= i}`` with
+    ``a_j = line_j - first_data_line - (j - 1)`` the number of rows parsed before the j-th skipped
+    line. ``shift`` is constant on ranges ``[lo, hi)`` of ordinals; each range is listed once per
+    block of ``SHIFT_BLOCK`` ordinals it touches, so a row finds its range with an equality join on
+    its block (cheap, parallel) instead of a sort-based ASOF join. No skipped lines: the term is 0.
+    """
+    if not skipped:
+        return "0"
+    starts: dict[int, int] = {}  # a -> largest j with a_j = a (consecutive skipped lines share an a)
+    for j, line in enumerate(sorted(skipped), 1):
+        starts[line - first_data_line - (j - 1)] = j
+    los = sorted(starts)
+    ranges = [(lo, los[k + 1] if k + 1 < len(los) else n_rows, starts[lo]) for k, lo in enumerate(los)]
+    frame = pd.DataFrame([r for r in ranges if r[0] < r[1]], columns=["lo", "hi", "shift"], dtype="int64")
+    con.register("wb_shift_ranges", frame)
+    try:
+        con.execute(f"create or replace temp table {name} as "
+                    f"select b as block, lo, hi, shift from wb_shift_ranges, "
+                    f"unnest(range(lo // {SHIFT_BLOCK}, (hi - 1) // {SHIFT_BLOCK} + 1)) t(b)")
+    finally:
+        con.unregister("wb_shift_ranges")
+    return "coalesce(x.shift, 0)"
+
+
+def _shift_join(shift: str, tag: str, kind: str) -> str:
+    if shift == "0":
+        return ""
+    return (f"left join temp.wb_{kind}_shift{tag} x on x.block = r.rowid // {SHIFT_BLOCK} "
+            "and r.rowid >= x.lo and r.rowid < x.hi")
+
+
 def _open_bytes(path: Path):
     import gzip
 
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
 
+_BLANK_LINE = re.compile(rb"(?<![^\n])\r?\n")  # a line holding nothing (or a lone \r) before its \n
+
+
 def _line_scan(path: Path) -> tuple[int, list[int]]:
-    """Physical lines in a file, and the numbers of its blank lines."""
-    n, blanks = 0, []
+    """Physical lines in a file (``\n``-terminated; a last line without one counts), and the numbers
+    of its blank lines (empty or a lone ``\r``). Reads 16 MiB at a time, no per-line Python."""
+    n, blanks, carry = 0, [], b""
     with _open_bytes(path) as f:
-        for n, line in enumerate(f, 1):
-            if line == b"\n" or line == b"\r\n":
-                blanks.append(n)
-    return n, blanks
+        while chunk := f.read(1 << 24):
+            buf = carry + chunk
+            end = buf.rfind(b"\n") + 1  # buf[:end] holds whole lines; buf starts at a line start
+            pos, line = 0, n
+            for m in _BLANK_LINE.finditer(buf, 0, end):
+                line += buf.count(b"\n", pos, m.start()) + 1
+                pos = m.end()
+                blanks.append(line)
+            n += buf.count(b"\n", 0, end)
+            carry = buf[end:]
+    return n + (1 if carry else 0), blanks
 
 
 def _read_lines(path: Path, first: int, last: int) -> list[tuple[int, str]]:
@@ -148,19 +196,6 @@ def _read_lines(path: Path, first: int, last: int) -> list[tuple[int, str]]:
             if n >= first:
                 out.append((n, line.rstrip(b"\r\n").decode("utf-8", errors="replace")))
     return out
-
-
-def _reject_positions(lines: list[int], first_data_line: int) -> list[tuple[int, int]]:
-    """``(j, a_j)`` for the sorted rejected lines: ``a_j`` rows were parsed before the j-th reject.
-
-    The k-th parsed row's line is ``k + first_data_line - 1 + max{j : a_j < k}`` (an ASOF join on
-    ``a``). Consecutive rejects share an ``a``; only the last of them (largest j) is kept, since an
-    ASOF join picks any one of equal keys.
-    """
-    by_a: dict[int, int] = {}
-    for j, line in enumerate(sorted(lines), 1):
-        by_a[line - first_data_line - (j - 1)] = j
-    return [(j, a) for a, j in by_a.items()]
 
 
 def _csv_header(path: Path, delim: str) -> list[str]:
@@ -195,24 +230,21 @@ def _jsonl(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[s
     opts = ("columns = {'raw_line': 'VARCHAR'}, header = false, delim = '\\x1e', quote = '', escape = '', "
             "store_rejects = true, rejects_table = 'wb_reject_errors', rejects_scan = 'wb_reject_scans', "
             "max_line_size = 4194304, strict_mode = false, parallel = true")
-    con.execute(f"create or replace temp table wb_json_lines{tag} as "
-                f"select row_number() over () as wb_ordinal, raw_line from read_csv({_q(path)}, {opts})")
+    con.execute(f"create or replace temp table wb_json_lines{tag} as select raw_line from read_csv({_q(path)}, {opts})")
     bad = con.execute(
         "select distinct line, error_type, error_message, csv_line from temp.wb_reject_errors order by line"
     ).fetchall()
     # lines the reader rejected (invalid UTF-8) are absent from wb_json_lines: shift like CSV
-    shift = _reject_positions([int(line) for line, *_ in bad], first_data_line=1)
-    con.execute(f"create or replace temp table wb_json_shift{tag} (j bigint, a bigint)")
-    if shift:
-        con.executemany(f"insert into temp.wb_json_shift{tag} values (?, ?)", shift)
+    n_rows = con.execute(f"select count(*) from temp.wb_json_lines{tag}").fetchall()[0][0]
+    shift = _shifts(con, f"wb_json_shift{tag}", [int(line) for line, *_ in bad], first_data_line=1, n_rows=n_rows)
     con.execute(f"""
         create or replace temp table wb_json_parsed{tag} as
-        select l.wb_ordinal + coalesce(x.j, 0) as source_line, l.raw_line,
-               case when not json_valid(l.raw_line) then 'malformed JSON'
-                    when json_type(l.raw_line) <> 'OBJECT' then 'not a JSON object: ' || json_type(l.raw_line)
+        select r.rowid + 1 + {shift} as source_line, r.raw_line,
+               case when not json_valid(r.raw_line) then 'malformed JSON'
+                    when json_type(r.raw_line) <> 'OBJECT' then 'not a JSON object: ' || json_type(r.raw_line)
                end as reason
-        from temp.wb_json_lines{tag} l asof left join temp.wb_json_shift{tag} x on l.wb_ordinal > x.a
-        where trim(l.raw_line) <> ''
+        from temp.wb_json_lines{tag} r {_shift_join(shift, tag, 'json')}
+        where trim(r.raw_line) <> ''
     """)
     rejects = [(int(line), f"{et.lower().replace('_', ' ')}: {msg}", raw) for line, et, msg, raw in bad]
     rejects += con.execute(f"select source_line, reason, raw_line from temp.wb_json_parsed{tag} "
