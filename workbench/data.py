@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -166,25 +165,14 @@ def _open_bytes(path: Path):
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
 
-_BLANK_LINE = re.compile(rb"(?<![^\n])\r?\n")  # a line holding nothing (or a lone \r) before its \n
-
-
 def _line_scan(path: Path) -> tuple[int, list[int]]:
-    """Physical lines in a file (``\n``-terminated; a last line without one counts), and the numbers
-    of its blank lines (empty or a lone ``\r``). Reads 16 MiB at a time, no per-line Python."""
-    n, blanks, carry = 0, [], b""
+    """Physical lines in a file, and the numbers of its blank lines."""
+    n, blanks = 0, []
     with _open_bytes(path) as f:
-        while chunk := f.read(1 << 24):
-            buf = carry + chunk
-            end = buf.rfind(b"\n") + 1  # buf[:end] holds whole lines; buf starts at a line start
-            pos, line = 0, n
-            for m in _BLANK_LINE.finditer(buf, 0, end):
-                line += buf.count(b"\n", pos, m.start()) + 1
-                pos = m.end()
-                blanks.append(line)
-            n += buf.count(b"\n", 0, end)
-            carry = buf[end:]
-    return n + (1 if carry else 0), blanks
+        for n, line in enumerate(f, 1):
+            if line == b"\n" or line == b"\r\n":
+                blanks.append(n)
+    return n, blanks
 
 
 def _read_lines(path: Path, first: int, last: int) -> list[tuple[int, str]]:
