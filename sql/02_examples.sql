@@ -6,11 +6,13 @@ with passing as (
     select * from int_messages where filter_reason is null
 ),
 
-ranked as (
-    select
-        *,
-        row_number() over (partition by text_norm order by created_at, source_row_id) as dup_rank
+earliest as (
+    -- the row that wins each normalized text: the earliest created_at, ties to the smallest
+    -- source_row_id (a struct compares field by field). An aggregate over three columns, not a
+    -- window that sorts whole rows: a third of the CPU, on every thread.
+    select min({'created_at': created_at, 'source_row_id': source_row_id}).source_row_id as example_id
     from passing
+    group by text_norm
 )
 
 select
@@ -25,5 +27,5 @@ select
     text_norm,
     intent,
     reply
-from ranked
-where dup_rank = 1
+from passing
+where source_row_id in (select example_id from earliest)
