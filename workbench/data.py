@@ -232,7 +232,7 @@ def _jsonl(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[s
                     when json_type(r.raw_line) <> 'OBJECT' then 'not a JSON object: ' || json_type(r.raw_line)
                end as reason
         from temp.wb_json_lines{tag} r {_shift_join(shift, tag, 'json')}
-        where trim(r.raw_line) <> ''
+        where r.raw_line <> '' and (strpos({_ZS}, substr(r.raw_line, 1, 1)) = 0 or trim(r.raw_line) <> '')
     """)
     rejects = [(int(line), f"{et.lower().replace('_', ' ')}: {msg}", raw) for line, et, msg, raw in bad]
     rejects += con.execute(f"select source_line, reason, raw_line from temp.wb_json_parsed{tag} "
@@ -248,6 +248,12 @@ def _jsonl(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[s
            + f" from temp.wb_json_parsed{tag} where reason is null")
     con.execute("drop table if exists temp.wb_reject_errors; drop table if exists temp.wb_reject_scans")
     return sql, sorted(rejects)
+
+
+# The characters DuckDB's trim() removes (Unicode category Zs). A line whose first character is not
+# one of them is not blank: trim (which copies every line) runs only on the others.
+_ZS = sql_literal("\u0020\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+                  "\u202f\u205f\u3000")
 
 
 def _json_path_key(key: str) -> str:
