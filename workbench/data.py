@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -78,6 +79,8 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
     parsed rows land in the temp table in file order (insertion order is preserved, also with a
     parallel scan), so a row's ``rowid`` is its ordinal and its line is ``rowid + 2`` plus the number
     of rejected (or blank) lines before it: a hash join on a small table of shifts (``_shifts``).
+    A file that mixes ``\\n`` and ``\\r\\n`` line ends (DuckDB's reader aborts on one) is read from a
+    copy with every ``\\r\\n`` written as ``\\n``: the same lines, so the same line numbers.
     """
     delim = "\t" if path.name.lower().endswith((".tsv", ".tsv.gz")) else ","
     header = _csv_header(path, delim)
@@ -88,21 +91,40 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
             "quote = '\"', escape = '\"', store_rejects = true, "
             "rejects_table = 'wb_reject_errors', rejects_scan = 'wb_reject_scans', "
             "strict_mode = true, null_padding = false, max_line_size = 4194304, parallel = true")
-    con.execute(f"create or replace temp table wb_csv_rows{tag} as select * from read_csv({_q(path)}, {opts})")
-    rej = con.execute(
-        "select distinct line, error_type, error_message, csv_line from temp.wb_reject_errors "
-        "order by line, error_type, error_message"  # one record can be reported more than once
-    ).fetchall()
+    with tempfile.TemporaryDirectory(prefix="wb-csv-") as tmp:
+        read_path = path
+        try:
+            con.execute(f"create or replace temp table wb_csv_rows{tag} as "
+                        f"select * from read_csv({_q(path)}, {opts})")
+        except duckdb.Error:
+            if not _mixed_line_ends(path):
+                raise
+            con.execute("drop table if exists temp.wb_reject_errors; drop table if exists temp.wb_reject_scans")
+            read_path = _lf_copy(path, Path(tmp) / "lf.csv")
+            con.execute(f"create or replace temp table wb_csv_rows{tag} as "
+                        f"select * from read_csv({_q(read_path)}, {opts})")
+        rej = con.execute(
+            "select distinct line, error_type, error_message, csv_line, line_byte_position "
+            "from temp.wb_reject_errors order by line, error_type, error_message"  # a record can be reported twice
+        ).fetchall()
+        # A record's csv_line starts at byte line_byte_position - 1 and carries the line breaks of
+        # blank lines before it: strip those. Where a record spans several physical lines (a quote
+        # opened on one line and closed on a later one), find its first physical line in the file
+        # (earlier multi-line records shift DuckDB's record numbering away from physical lines).
+        rej = [(int(line), etype, msg, (raw or "").lstrip("\r\n").rstrip("\r\n"),
+                int(pos) - 1 + len(raw or "") - len((raw or "").lstrip("\r\n")))
+               for line, etype, msg, raw, pos in rej]
+        first_lines = _physical_lines(read_path, {pos for _, _, _, raw, pos in rej if "\n" in raw})
     # rejects: several errors can hit one record; keep one row per line with all reasons joined
     by_line: dict[int, list] = {}
-    for line, etype, msg, raw in rej:
-        entry = by_line.setdefault(int(line), [{}, raw])
+    for line, etype, msg, raw, pos in rej:
+        entry = by_line.setdefault(line, [{}, raw, first_lines.get(pos, line)])
         entry[0].setdefault(etype.lower().replace("_", " "), msg)  # one reason per error type
-    rejects = [(line, "; ".join(f"{t}: {m}" for t, m in sorted(reasons.items())), raw)
-               for line, (reasons, raw) in sorted(by_line.items())]
+    rejects = [(line, "; ".join(f"{t}: {m}" for t, m in sorted(reasons.items())), raw, first)
+               for line, (reasons, raw, first) in sorted(by_line.items())]
     # Blank lines are no rows, but DuckDB counts them in its line numbers: they shift like rejects.
     n_lines, blanks = _line_scan(path)
-    skipped = sorted({line for line, _, _ in rejects} | set(blanks))
+    skipped = sorted({r[0] for r in rejects} | set(blanks))
     n_rows = con.execute(f"select count(*) from temp.wb_csv_rows{tag}").fetchall()[0][0]
     shift = _shifts(con, f"wb_csv_shift{tag}", skipped, first_data_line=2, n_rows=n_rows)
     cols = [r[0] for r in con.execute(f"describe temp.wb_csv_rows{tag}").fetchall()]
@@ -110,14 +132,75 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
     sql = f"select r.rowid + 2 + {shift} as source_line, {select} from temp.wb_csv_rows{tag} r {_shift_join(shift, tag, 'csv')}"
     con.execute("drop table if exists temp.wb_reject_errors; drop table if exists temp.wb_reject_scans")
     # An unterminated quote makes DuckDB's reader swallow every line after it: neither rows nor
-    # rejects. Those lines are rejects too, so the accounting still adds up.
-    if rejects and "unterminated quote" in rejects[-1][1] and rejects[-1][0] < n_lines:
-        start = rejects[-1][0]
+    # rejects. The record keeps its first line; every line after it is a reject of its own, so the
+    # accounting adds up.
+    swallowed = []
+    if rejects and "unterminated quote" in rejects[-1][1]:
+        start, reason, raw, first = rejects[-1]
         last_row = con.execute(f"select max(source_line) from ({sql})").fetchall()[0][0] or 0
-        if last_row < start:
-            rejects += [(line, f"swallowed by the unterminated quoted field that starts at line {start}", raw)
-                        for line, raw in _read_lines(path, start + 1, n_lines) if line not in blanks]
-    return sql, rejects
+        if last_row < start and first < n_lines:
+            rejects[-1] = (start, reason, raw.split("\n")[0].rstrip("\r"), first)
+            where = f"line {start}" + (f" (physical line {first})" if first != start else "")
+            swallowed = [(start + (phys - first), f"swallowed by the unterminated quoted field that starts at {where}",
+                          text, phys) for phys, text in _read_lines(path, first + 1, n_lines) if phys not in blanks]
+    for k, (line, reason, raw, first) in enumerate(rejects):
+        spans = raw.count("\n")
+        if spans:  # a quote opened on one line and closed on a later one: one record over those lines
+            rejects[k] = (line, f"{reason} (one record over physical lines {first}-{first + spans}: a quoted "
+                          "field runs across line ends; raw_line holds all of them)", raw, first)
+    return sql, [r[:3] for r in rejects + swallowed]
+
+
+def _mixed_line_ends(path: Path) -> bool:
+    """True when some lines end with ``\\r\\n`` and others with ``\\n`` alone."""
+    crlf = lf = 0
+    with _open_bytes(path) as f:
+        carry = b""
+        while chunk := f.read(_CHUNK):
+            buf = carry + chunk
+            carry = b"\r" if buf.endswith(b"\r") else b""  # its \n may open the next chunk
+            body = buf[:len(buf) - len(carry)]
+            crlf += body.count(b"\r\n")
+            lf += body.count(b"\n")
+            if 0 < crlf < lf:
+                return True
+    return False
+
+
+def _lf_copy(path: Path, dest: Path) -> Path:
+    """``path`` with every ``\\r\\n`` written as ``\\n`` (also inside quoted values), uncompressed."""
+    with _open_bytes(path) as src, open(dest, "wb") as out:
+        carry = b""
+        while chunk := src.read(_CHUNK):
+            chunk = carry + chunk
+            carry = b"\r" if chunk.endswith(b"\r") else b""  # its \n may open the next chunk
+            out.write(chunk[:len(chunk) - len(carry)].replace(b"\r\n", b"\n"))
+        out.write(carry)
+    return dest
+
+
+_CHUNK = 1 << 24  # bytes per read of the streaming scans
+
+
+def _physical_lines(path: Path, positions: set[int]) -> dict[int, int]:
+    """The physical line (1-based) holding each byte position: one streaming pass."""
+    out: dict[int, int] = {}
+    todo = sorted(positions)
+    base, offset, k = 0, 0, 0  # newlines before the chunk, the chunk's file offset, next position
+    with _open_bytes(path) as f:
+        while k < len(todo) and (chunk := f.read(_CHUNK)):
+            last = 0
+            while k < len(todo) and todo[k] < offset + len(chunk):
+                pos = todo[k] - offset
+                base += chunk.count(b"\n", last, pos)
+                last = pos
+                out[todo[k]] = base + 1
+                k += 1
+            base += chunk.count(b"\n", last)
+            offset += len(chunk)
+    for pos in todo[k:]:  # past the end of the file
+        out[pos] = base + 1
+    return out
 
 
 SHIFT_BLOCK = 256  # rows per block of the shift join: each row meets about 1 + 256 * (reject rate) shifts
@@ -218,7 +301,12 @@ def _jsonl(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[s
     opts = ("columns = {'raw_line': 'VARCHAR'}, header = false, delim = '\\x1e', quote = '', escape = '', "
             "store_rejects = true, rejects_table = 'wb_reject_errors', rejects_scan = 'wb_reject_scans', "
             "max_line_size = 4194304, strict_mode = false, parallel = true")
-    con.execute(f"create or replace temp table wb_json_lines{tag} as select raw_line from read_csv({_q(path)}, {opts})")
+    # DuckDB's reader counts the \\r of a \\r\\n line as a line of its own in a file that mostly ends
+    # lines with \\n (a silent shift of every later line number): read such a file from an LF copy
+    with tempfile.TemporaryDirectory(prefix="wb-jsonl-") as tmp:
+        read_path = _lf_copy(path, Path(tmp) / "lf.jsonl") if _mixed_line_ends(path) else path
+        con.execute(f"create or replace temp table wb_json_lines{tag} as "
+                    f"select raw_line from read_csv({_q(read_path)}, {opts})")
     bad = con.execute(
         "select distinct line, error_type, error_message, csv_line from temp.wb_reject_errors order by line"
     ).fetchall()
@@ -359,7 +447,8 @@ def _printable(raw: Any) -> str | None:
         return None
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", errors="replace")
-    return str(raw)[:2000]
+    raw = str(raw)
+    return raw[:2000 * (1 + raw.count("\n"))]  # 2,000 characters per physical line the record spans
 
 
 # ---------------------------------------------------------------------------------------- pipeline
