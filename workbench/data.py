@@ -301,8 +301,8 @@ def _jsonl(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[s
     opts = ("columns = {'raw_line': 'VARCHAR'}, header = false, delim = '\\x1e', quote = '', escape = '', "
             "store_rejects = true, rejects_table = 'wb_reject_errors', rejects_scan = 'wb_reject_scans', "
             "max_line_size = 4194304, strict_mode = false, parallel = true")
-    # DuckDB's reader counts the \\r of a \\r\\n line as a line of its own in a file that mostly ends
-    # lines with \\n (a silent shift of every later line number): read such a file from an LF copy
+    # DuckDB's reader counts the \r of a \r\n line as a line of its own in a file that mostly ends
+    # lines with \n (a silent shift of every later line number): read such a file from an LF copy
     with tempfile.TemporaryDirectory(prefix="wb-jsonl-") as tmp:
         read_path = _lf_copy(path, Path(tmp) / "lf.jsonl") if _mixed_line_ends(path) else path
         con.execute(f"create or replace temp table wb_json_lines{tag} as "
