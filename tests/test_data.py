@@ -220,3 +220,12 @@ def test_quote_closed_lines_later_is_one_reject_naming_its_lines(con, tmp_path):
     assert raw.split("\n") == [f'M2,{lead},"opens here,refund,ok', f"M3,{lead},swallowed,refund,ok", f'M4,{lead},closes",x']
     assert con.execute("select source_line, message_id from stg order by source_line").fetchall() == [
         (2, "M1"), (3, "M0"), (5, "M5")]
+
+
+def test_jsonl_lines_of_spaces_are_blank(con, tmp_path):
+    lines = ["   ", json.dumps({"message_id": "A1"}), "\u00a0\u3000", "  " + json.dumps({"message_id": "A2"}), "\t"]
+    f = write(tmp_path / "s.jsonl", "\n".join(lines).encode() + b"\n")
+    data.ingest(con, [f], table="stg")
+    assert con.execute("select source_row_id, message_id from stg order by source_line").fetchall() == [
+        ("s.jsonl:2", "A1"), ("s.jsonl:4", "A2")]
+    assert con.execute("select source_line, reason from ingest_rejects").fetchall() == [(5, "malformed JSON")]
