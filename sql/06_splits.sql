@@ -47,7 +47,13 @@ known_groups as (
 ),
 
 unit_labels as (
-    -- a unit's label for stratification: its most common label (ties: the smallest)
+    -- a unit's label for stratification: its most common label (ties: the smallest). Without a
+    -- group key a unit is one example: its own label (the count and window would cost a third of
+    -- the split; {{group_key}} is a literal, so the branch not taken is pruned before it runs)
+    select unit_key, label
+    from new_examples
+    where {{group_key}} = ''
+    union all
     select unit_key, label
     from (
         select
@@ -55,6 +61,7 @@ unit_labels as (
             label,
             row_number() over (partition by unit_key order by count(*) desc, label) as pick
         from new_examples
+        where {{group_key}} <> ''
         group by unit_key, label
     ) counted
     where pick = 1

@@ -181,3 +181,51 @@ def test_unterminated_quote_swallowing_the_rest_is_accounted_for(con, tmp_path):
     rej = con.execute("select source_row_id, reason, raw_line from ingest_rejects order by source_line").fetchall()
     assert [r[0] for r in rej] == ["u.csv:3", "u.csv:4", "u.csv:5"]
     assert "unterminated quote" in rej[0][1] and "swallowed" in rej[1][1] and rej[2][2].startswith("M4,")
+
+
+def test_mixed_line_ends_load_with_physical_line_numbers(con, tmp_path):
+    """A file mixing \\n and \\r\\n line ends loads (DuckDB's reader alone aborts on it); same line numbers."""
+    rows = [good(1), good(2), good(3), good(4)]
+    body = (HEADER.replace("\n", "\r\n") + rows[0] + rows[1].replace("\n", "\r\n") + "\r\n"
+            + "M9,C1,2026-01-05,email,north\n" + rows[2] + rows[3].replace("\n", "\r\n"))
+    f = write(tmp_path / "mixed.csv", body)
+    assert data.ingest(con, [f], table="stg")[str(f)] == {"format": "csv", "rows": 4, "rejected": 1}
+    got = con.execute("select source_row_id, message_id, reply from stg order by source_line").fetchall()
+    assert got == [("mixed.csv:2", "M1", "We will refund it."), ("mixed.csv:3", "M2", "We will refund it."),
+                   ("mixed.csv:6", "M3", "We will refund it."), ("mixed.csv:7", "M4", "We will refund it.")]
+    rej = con.execute("select source_row_id, reason, raw_line from ingest_rejects").fetchall()
+    assert rej == [("mixed.csv:5", rej[0][1], "M9,C1,2026-01-05,email,north")] and "missing columns" in rej[0][1]
+    lines = [json.dumps({"message_id": f"A{i}"}) for i in range(1, 5)]
+    j = write(tmp_path / "mixed.jsonl", lines[0] + "\n" + lines[1] + "\r\n\r\n" + lines[2] + "\n" + lines[3] + "\r\n")
+    data.ingest(con, [j], table="stg_j")
+    assert con.execute("select source_row_id, message_id from stg_j order by source_line").fetchall() == [
+        ("mixed.jsonl:1", "A1"), ("mixed.jsonl:2", "A2"), ("mixed.jsonl:4", "A3"), ("mixed.jsonl:5", "A4")]
+
+
+def test_quote_closed_lines_later_is_one_reject_naming_its_lines(con, tmp_path):
+    """A stray quote closed on a later line makes one record of the lines between: one reject that names
+    the physical line range and holds every line; later rows keep DuckDB's record numbering."""
+    lead = "C1,2026-01-05 10:00:00,email,north,30-44"
+    body = (HEADER + good(1)
+            + f'M0,{lead},"multi\nline text",refund,ok\n'            # a legal two-line record: lines 3-4
+            + f'M2,{lead},"opens here,refund,ok\n'                   # line 5: the quote opens ...
+            + f"M3,{lead},swallowed,refund,ok\n"                     # line 6
+            + f'M4,{lead},closes",x\n'                               # ... and closes on line 7
+            + good(5))                                               # line 8
+    f = write(tmp_path / "q.csv", body)
+    assert data.ingest(con, [f], table="stg")[str(f)] == {"format": "csv", "rows": 3, "rejected": 1}
+    (line, reason, raw), = con.execute("select source_line, reason, raw_line from ingest_rejects").fetchall()
+    assert line == 4  # DuckDB's record number (the two-line record before counts once)
+    assert "one record over physical lines 5-7" in reason
+    assert raw.split("\n") == [f'M2,{lead},"opens here,refund,ok', f"M3,{lead},swallowed,refund,ok", f'M4,{lead},closes",x']
+    assert con.execute("select source_line, message_id from stg order by source_line").fetchall() == [
+        (2, "M1"), (3, "M0"), (5, "M5")]
+
+
+def test_jsonl_lines_of_spaces_are_blank(con, tmp_path):
+    lines = ["   ", json.dumps({"message_id": "A1"}), "\u00a0\u3000", "  " + json.dumps({"message_id": "A2"}), "\t"]
+    f = write(tmp_path / "s.jsonl", "\n".join(lines).encode() + b"\n")
+    data.ingest(con, [f], table="stg")
+    assert con.execute("select source_row_id, message_id from stg order by source_line").fetchall() == [
+        ("s.jsonl:2", "A1"), ("s.jsonl:4", "A2")]
+    assert con.execute("select source_line, reason from ingest_rejects").fetchall() == [(5, "malformed JSON")]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -75,8 +76,11 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
     """CSV via DuckDB's reader with ``store_rejects``: bad rows go to ``reject_errors``.
 
     DuckDB numbers CSV records by line (header = line 1). It reports a rejected record's line, and
-    parsed rows come out in file order, so the k-th parsed row's line is ``k + 1`` plus the number of
-    rejected records before it: an ASOF join on the rejects' positions.
+    parsed rows land in the temp table in file order (insertion order is preserved, also with a
+    parallel scan), so a row's ``rowid`` is its ordinal and its line is ``rowid + 2`` plus the number
+    of rejected (or blank) lines before it: a hash join on a small table of shifts (``_shifts``).
+    A file that mixes ``\\n`` and ``\\r\\n`` line ends (DuckDB's reader aborts on one) is read from a
+    copy with every ``\\r\\n`` written as ``\\n``: the same lines, so the same line numbers.
     """
     delim = "\t" if path.name.lower().endswith((".tsv", ".tsv.gz")) else ","
     header = _csv_header(path, delim)
@@ -87,40 +91,155 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
             "quote = '\"', escape = '\"', store_rejects = true, "
             "rejects_table = 'wb_reject_errors', rejects_scan = 'wb_reject_scans', "
             "strict_mode = true, null_padding = false, max_line_size = 4194304, parallel = true")
-    con.execute(f"create or replace temp table wb_csv_rows{tag} as "
-                f"select row_number() over () as wb_ordinal, * from read_csv({_q(path)}, {opts})")
-    rej = con.execute(
-        "select distinct line, error_type, error_message, csv_line from temp.wb_reject_errors order by line"
-    ).fetchall()
+    with tempfile.TemporaryDirectory(prefix="wb-csv-") as tmp:
+        read_path = path
+        try:
+            con.execute(f"create or replace temp table wb_csv_rows{tag} as "
+                        f"select * from read_csv({_q(path)}, {opts})")
+        except duckdb.Error:
+            if not _mixed_line_ends(path):
+                raise
+            con.execute("drop table if exists temp.wb_reject_errors; drop table if exists temp.wb_reject_scans")
+            read_path = _lf_copy(path, Path(tmp) / "lf.csv")
+            con.execute(f"create or replace temp table wb_csv_rows{tag} as "
+                        f"select * from read_csv({_q(read_path)}, {opts})")
+        rej = con.execute(
+            "select distinct line, error_type, error_message, csv_line, line_byte_position "
+            "from temp.wb_reject_errors order by line, error_type, error_message"  # a record can be reported twice
+        ).fetchall()
+        # A record's csv_line starts at byte line_byte_position - 1 and carries the line breaks of
+        # blank lines before it: strip those. Where a record spans several physical lines (a quote
+        # opened on one line and closed on a later one), find its first physical line in the file
+        # (earlier multi-line records shift DuckDB's record numbering away from physical lines).
+        rej = [(int(line), etype, msg, (raw or "").lstrip("\r\n").rstrip("\r\n"),
+                int(pos) - 1 + len(raw or "") - len((raw or "").lstrip("\r\n")))
+               for line, etype, msg, raw, pos in rej]
+        first_lines = _physical_lines(read_path, {pos for _, _, _, raw, pos in rej if "\n" in raw})
     # rejects: several errors can hit one record; keep one row per line with all reasons joined
     by_line: dict[int, list] = {}
-    for line, etype, msg, raw in rej:
-        entry = by_line.setdefault(int(line), [{}, raw])
+    for line, etype, msg, raw, pos in rej:
+        entry = by_line.setdefault(line, [{}, raw, first_lines.get(pos, line)])
         entry[0].setdefault(etype.lower().replace("_", " "), msg)  # one reason per error type
-    rejects = [(line, "; ".join(f"{t}: {m}" for t, m in sorted(reasons.items())), raw)
-               for line, (reasons, raw) in sorted(by_line.items())]
+    rejects = [(line, "; ".join(f"{t}: {m}" for t, m in sorted(reasons.items())), raw, first)
+               for line, (reasons, raw, first) in sorted(by_line.items())]
     # Blank lines are no rows, but DuckDB counts them in its line numbers: they shift like rejects.
     n_lines, blanks = _line_scan(path)
-    skipped = sorted({line for line, _, _ in rejects} | set(blanks))
-    con.execute(f"create or replace temp table wb_csv_reject_lines{tag} (j bigint, a bigint)")
-    if skipped:
-        # a_j = parsed rows before the j-th skipped line = line_j - 1 (header) - j
-        con.executemany(f"insert into temp.wb_csv_reject_lines{tag} values (?, ?)",
-                        _reject_positions(skipped, first_data_line=2))
-    cols = [r[0] for r in con.execute(f"describe temp.wb_csv_rows{tag}").fetchall() if r[0] != "wb_ordinal"]
+    skipped = sorted({r[0] for r in rejects} | set(blanks))
+    n_rows = con.execute(f"select count(*) from temp.wb_csv_rows{tag}").fetchall()[0][0]
+    shift = _shifts(con, f"wb_csv_shift{tag}", skipped, first_data_line=2, n_rows=n_rows)
+    cols = [r[0] for r in con.execute(f"describe temp.wb_csv_rows{tag}").fetchall()]
     select = ", ".join(f'r."{c}"' for c in cols)
-    sql = (f"select r.wb_ordinal + 1 + coalesce(x.j, 0) as source_line, {select} "
-           f"from temp.wb_csv_rows{tag} r asof left join temp.wb_csv_reject_lines{tag} x on r.wb_ordinal > x.a")
+    sql = f"select r.rowid + 2 + {shift} as source_line, {select} from temp.wb_csv_rows{tag} r {_shift_join(shift, tag, 'csv')}"
     con.execute("drop table if exists temp.wb_reject_errors; drop table if exists temp.wb_reject_scans")
     # An unterminated quote makes DuckDB's reader swallow every line after it: neither rows nor
-    # rejects. Those lines are rejects too, so the accounting still adds up.
-    if rejects and "unterminated quote" in rejects[-1][1] and rejects[-1][0] < n_lines:
-        start = rejects[-1][0]
+    # rejects. The record keeps its first line; every line after it is a reject of its own, so the
+    # accounting adds up.
+    swallowed = []
+    if rejects and "unterminated quote" in rejects[-1][1]:
+        start, reason, raw, first = rejects[-1]
         last_row = con.execute(f"select max(source_line) from ({sql})").fetchall()[0][0] or 0
-        if last_row < start:
-            rejects += [(line, f"swallowed by the unterminated quoted field that starts at line {start}", raw)
-                        for line, raw in _read_lines(path, start + 1, n_lines) if line not in blanks]
-    return sql, rejects
+        if last_row < start and first < n_lines:
+            rejects[-1] = (start, reason, raw.split("\n")[0].rstrip("\r"), first)
+            where = f"line {start}" + (f" (physical line {first})" if first != start else "")
+            swallowed = [(start + (phys - first), f"swallowed by the unterminated quoted field that starts at {where}",
+                          text, phys) for phys, text in _read_lines(path, first + 1, n_lines) if phys not in blanks]
+    for k, (line, reason, raw, first) in enumerate(rejects):
+        spans = raw.count("\n")
+        if spans:  # a quote opened on one line and closed on a later one: one record over those lines
+            rejects[k] = (line, f"{reason} (one record over physical lines {first}-{first + spans}: a quoted "
+                          "field runs across line ends; raw_line holds all of them)", raw, first)
+    return sql, [r[:3] for r in rejects + swallowed]
+
+
+def _mixed_line_ends(path: Path) -> bool:
+    """True when some lines end with ``\\r\\n`` and others with ``\\n`` alone."""
+    crlf = lf = 0
+    with _open_bytes(path) as f:
+        carry = b""
+        while chunk := f.read(_CHUNK):
+            buf = carry + chunk
+            carry = b"\r" if buf.endswith(b"\r") else b""  # its \n may open the next chunk
+            body = buf[:len(buf) - len(carry)]
+            crlf += body.count(b"\r\n")
+            lf += body.count(b"\n")
+            if 0 < crlf < lf:
+                return True
+    return False
+
+
+def _lf_copy(path: Path, dest: Path) -> Path:
+    """``path`` with every ``\\r\\n`` written as ``\\n`` (also inside quoted values), uncompressed."""
+    with _open_bytes(path) as src, open(dest, "wb") as out:
+        carry = b""
+        while chunk := src.read(_CHUNK):
+            chunk = carry + chunk
+            carry = b"\r" if chunk.endswith(b"\r") else b""  # its \n may open the next chunk
+            out.write(chunk[:len(chunk) - len(carry)].replace(b"\r\n", b"\n"))
+        out.write(carry)
+    return dest
+
+
+_CHUNK = 1 << 24  # bytes per read of the streaming scans
+
+
+def _physical_lines(path: Path, positions: set[int]) -> dict[int, int]:
+    """The physical line (1-based) holding each byte position: one streaming pass."""
+    out: dict[int, int] = {}
+    todo = sorted(positions)
+    base, offset, k = 0, 0, 0  # newlines before the chunk, the chunk's file offset, next position
+    with _open_bytes(path) as f:
+        while k < len(todo) and (chunk := f.read(_CHUNK)):
+            last = 0
+            while k < len(todo) and todo[k] < offset + len(chunk):
+                pos = todo[k] - offset
+                base += chunk.count(b"\n", last, pos)
+                last = pos
+                out[todo[k]] = base + 1
+                k += 1
+            base += chunk.count(b"\n", last)
+            offset += len(chunk)
+    for pos in todo[k:]:  # past the end of the file
+        out[pos] = base + 1
+    return out
+
+
+SHIFT_BLOCK = 256  # rows per block of the shift join: each row meets about 1 + 256 * (reject rate) shifts
+
+
+def _shifts(con: duckdb.DuckDBPyConnection, name: str, skipped: list[int], *, first_data_line: int,
+            n_rows: int) -> str:
+    """A temp table of line shifts for parsed rows numbered by ordinal; returns the SQL term to add.
+
+    Parsed row ``i`` (0-based, file order) sits on line ``i + first_data_line + shift(i)`` where
+    ``shift(i)`` counts the skipped lines (rejects, blanks) before it: ``#{j : a_j <= i}`` with
+    ``a_j = line_j - first_data_line - (j - 1)`` the number of rows parsed before the j-th skipped
+    line. ``shift`` is constant on ranges ``[lo, hi)`` of ordinals; each range is listed once per
+    block of ``SHIFT_BLOCK`` ordinals it touches, so a row finds its range with an equality join on
+    its block (cheap, parallel) instead of a sort-based ASOF join. No skipped lines: the term is 0.
+    """
+    if not skipped:
+        return "0"
+    starts: dict[int, int] = {}  # a -> largest j with a_j = a (consecutive skipped lines share an a)
+    for j, line in enumerate(sorted(skipped), 1):
+        starts[line - first_data_line - (j - 1)] = j
+    los = sorted(starts)
+    ranges = [(lo, los[k + 1] if k + 1 < len(los) else n_rows, starts[lo]) for k, lo in enumerate(los)]
+    frame = pd.DataFrame([r for r in ranges if r[0] < r[1]], columns=["lo", "hi", "shift"], dtype="int64")
+    con.register("wb_shift_ranges", frame)
+    try:
+        con.execute(f"create or replace temp table {name} as "
+                    f"select b as block, lo, hi, shift from wb_shift_ranges, "
+                    f"unnest(range(lo // {SHIFT_BLOCK}, (hi - 1) // {SHIFT_BLOCK} + 1)) t(b)")
+    finally:
+        con.unregister("wb_shift_ranges")
+    return "coalesce(x.shift, 0)"
+
+
+def _shift_join(shift: str, tag: str, kind: str) -> str:
+    if shift == "0":
+        return ""
+    return (f"left join temp.wb_{kind}_shift{tag} x on x.block = r.rowid // {SHIFT_BLOCK} "
+            "and r.rowid >= x.lo and r.rowid < x.hi")
 
 
 def _open_bytes(path: Path):
@@ -148,19 +267,6 @@ def _read_lines(path: Path, first: int, last: int) -> list[tuple[int, str]]:
             if n >= first:
                 out.append((n, line.rstrip(b"\r\n").decode("utf-8", errors="replace")))
     return out
-
-
-def _reject_positions(lines: list[int], first_data_line: int) -> list[tuple[int, int]]:
-    """``(j, a_j)`` for the sorted rejected lines: ``a_j`` rows were parsed before the j-th reject.
-
-    The k-th parsed row's line is ``k + first_data_line - 1 + max{j : a_j < k}`` (an ASOF join on
-    ``a``). Consecutive rejects share an ``a``; only the last of them (largest j) is kept, since an
-    ASOF join picks any one of equal keys.
-    """
-    by_a: dict[int, int] = {}
-    for j, line in enumerate(sorted(lines), 1):
-        by_a[line - first_data_line - (j - 1)] = j
-    return [(j, a) for a, j in by_a.items()]
 
 
 def _csv_header(path: Path, delim: str) -> list[str]:
@@ -195,24 +301,26 @@ def _jsonl(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[s
     opts = ("columns = {'raw_line': 'VARCHAR'}, header = false, delim = '\\x1e', quote = '', escape = '', "
             "store_rejects = true, rejects_table = 'wb_reject_errors', rejects_scan = 'wb_reject_scans', "
             "max_line_size = 4194304, strict_mode = false, parallel = true")
-    con.execute(f"create or replace temp table wb_json_lines{tag} as "
-                f"select row_number() over () as wb_ordinal, raw_line from read_csv({_q(path)}, {opts})")
+    # DuckDB's reader counts the \r of a \r\n line as a line of its own in a file that mostly ends
+    # lines with \n (a silent shift of every later line number): read such a file from an LF copy
+    with tempfile.TemporaryDirectory(prefix="wb-jsonl-") as tmp:
+        read_path = _lf_copy(path, Path(tmp) / "lf.jsonl") if _mixed_line_ends(path) else path
+        con.execute(f"create or replace temp table wb_json_lines{tag} as "
+                    f"select raw_line from read_csv({_q(read_path)}, {opts})")
     bad = con.execute(
         "select distinct line, error_type, error_message, csv_line from temp.wb_reject_errors order by line"
     ).fetchall()
     # lines the reader rejected (invalid UTF-8) are absent from wb_json_lines: shift like CSV
-    shift = _reject_positions([int(line) for line, *_ in bad], first_data_line=1)
-    con.execute(f"create or replace temp table wb_json_shift{tag} (j bigint, a bigint)")
-    if shift:
-        con.executemany(f"insert into temp.wb_json_shift{tag} values (?, ?)", shift)
+    n_rows = con.execute(f"select count(*) from temp.wb_json_lines{tag}").fetchall()[0][0]
+    shift = _shifts(con, f"wb_json_shift{tag}", [int(line) for line, *_ in bad], first_data_line=1, n_rows=n_rows)
     con.execute(f"""
         create or replace temp table wb_json_parsed{tag} as
-        select l.wb_ordinal + coalesce(x.j, 0) as source_line, l.raw_line,
-               case when not json_valid(l.raw_line) then 'malformed JSON'
-                    when json_type(l.raw_line) <> 'OBJECT' then 'not a JSON object: ' || json_type(l.raw_line)
+        select r.rowid + 1 + {shift} as source_line, r.raw_line,
+               case when not json_valid(r.raw_line) then 'malformed JSON'
+                    when json_type(r.raw_line) <> 'OBJECT' then 'not a JSON object: ' || json_type(r.raw_line)
                end as reason
-        from temp.wb_json_lines{tag} l asof left join temp.wb_json_shift{tag} x on l.wb_ordinal > x.a
-        where trim(l.raw_line) <> ''
+        from temp.wb_json_lines{tag} r {_shift_join(shift, tag, 'json')}
+        where r.raw_line <> '' and (strpos({_ZS}, substr(r.raw_line, 1, 1)) = 0 or trim(r.raw_line) <> '')
     """)
     rejects = [(int(line), f"{et.lower().replace('_', ' ')}: {msg}", raw) for line, et, msg, raw in bad]
     rejects += con.execute(f"select source_line, reason, raw_line from temp.wb_json_parsed{tag} "
@@ -228,6 +336,12 @@ def _jsonl(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[s
            + f" from temp.wb_json_parsed{tag} where reason is null")
     con.execute("drop table if exists temp.wb_reject_errors; drop table if exists temp.wb_reject_scans")
     return sql, sorted(rejects)
+
+
+# The characters DuckDB's trim() removes (Unicode category Zs). A line whose first character is not
+# one of them is not blank: trim (which copies every line) runs only on the others.
+_ZS = sql_literal("\u0020\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+                  "\u202f\u205f\u3000")
 
 
 def _json_path_key(key: str) -> str:
@@ -333,7 +447,8 @@ def _printable(raw: Any) -> str | None:
         return None
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", errors="replace")
-    return str(raw)[:2000]
+    raw = str(raw)
+    return raw[:2000 * (1 + raw.count("\n"))]  # 2,000 characters per physical line the record spans
 
 
 # ---------------------------------------------------------------------------------------- pipeline
