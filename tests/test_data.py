@@ -135,6 +135,24 @@ def test_clean_normalizes_filters_dedups_with_reasons(con, tmp_path):
     assert data.check_row_fate(con)["messages"] == {"input_rows": 11, "kept": 4, "duplicate": 1, "filtered": 6}
 
 
+def test_int_messages_is_a_view_with_text_norm_and_replaces_an_older_table(con, tmp_path):
+    body = good(1, "Refund For ORDER 1") + good(2, "x")
+    data.ingest(con, [write(tmp_path / "m.csv", HEADER + body)], table="stg_messages")
+    # a workspace written before int_messages became a view holds it as a table
+    con.execute("create table int_messages as select 1 as stale")
+    data._run_sql(con, "02_int_messages", {"min_chars": 3, "max_chars": 80}, "duckdb")
+    kinds = dict(con.execute("select table_name, table_type from information_schema.tables where table_catalog = "
+                             "current_database() and table_name like 'int_messages%'").fetchall())
+    assert kinds == {"int_messages": "VIEW", "int_messages_data": "BASE TABLE"}
+    rows = con.execute("select source_row_id, text, text_norm, filter_reason from int_messages "
+                       "order by source_row_id").fetchall()
+    assert rows == [("m.csv:2", "Refund For ORDER 1", "refund for order 1", None),
+                    ("m.csv:3", "x", "x", "text shorter than 3 chars")]
+    assert "text_norm" not in [r[0] for r in con.execute("describe int_messages_data").fetchall()]
+    data._run_sql(con, "02_int_messages", {"min_chars": 3, "max_chars": 80}, "duckdb")  # runs again over the view
+    assert con.execute("select count(*) from int_messages").fetchone()[0] == 2
+
+
 def test_pii_masking_positive_and_negative(con, tmp_path):
     cases = {
         "write to a.b-c@mail.example.org today": "write to <EMAIL> today",

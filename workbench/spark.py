@@ -345,6 +345,10 @@ def read_workspace_table(spark, con, table: str):
     ``<workspace>/spark/_export/<table>.parquet``."""
     if not table_exists(con, table):
         raise SparkError(f"table {table!r} is not in the workspace (run the step that writes it first)")
+    view = con.execute("select sql from duckdb_views() where database_name = ? and view_name = ?",
+                       [ALIAS, table]).fetchall()
+    if view and (df := _view_on_spark(spark, con, view[0][0])) is not None:
+        return df
     columns = [r[0] for r in con.execute(f'describe "{table}"').fetchall()]
     files = _table_files(con, table)
     if files:
@@ -355,6 +359,26 @@ def read_workspace_table(spark, con, table: str):
     path.parent.mkdir(parents=True, exist_ok=True)
     con.execute(f'copy (select * from "{table}") to {sql_literal(str(path))} (format parquet)')
     return spark.read.parquet(str(path))
+
+
+def _view_on_spark(spark, con, ddl: str):
+    """A workspace view as a Spark DataFrame: its query on Spark over its own inputs (read like any
+    workspace table), or None when SQLGlot cannot carry it over (the caller exports it instead)."""
+    import sqlglot
+    from sqlglot import exp
+
+    try:
+        stmt = sqlglot.parse_one(ddl, read="duckdb")
+        query = stmt.expression
+        ctes = {c.alias_or_name for c in query.find_all(exp.CTE)}
+        tables = [t for t in query.find_all(exp.Table) if t.name not in ctes]
+        if not isinstance(query, exp.Query) or any(not isinstance(t.this, exp.Identifier) for t in tables):
+            return None
+        for name in sorted({t.name for t in tables}):
+            read_workspace_table(spark, con, name).createOrReplaceTempView(name)
+        return spark.sql(to_spark_sql(query, source=f"view {stmt.this.name}"))
+    except Exception:
+        return None
 
 
 def _table_files(con, table: str) -> list[str]:
@@ -393,12 +417,19 @@ def write_dataset(df, path: Path | str) -> str:
     return str(path)
 
 
-def register(con, datasets: Mapping[str, Path | str], *, what: str = "registering Spark output") -> None:
-    """Make Parquet dataset folders workspace tables (``create or replace``), all in one transaction."""
+def register(con, datasets: Mapping[str, Path | str], *, what: str = "registering Spark output",
+             views: Sequence[str] = ()) -> None:
+    """Make Parquet dataset folders workspace tables (``create or replace``), then run ``views``
+    (``create or replace view`` statements in DuckDB SQL), all in one transaction."""
+    from .data import drop_tables_becoming_views
+
     def body(c):
         for table, path in datasets.items():
             c.execute(f'create or replace table "{table}" as select * from read_parquet('
                       f'{sql_literal(str(Path(path) / "*.parquet"))})')
+        for ddl in views:
+            drop_tables_becoming_views(c, ddl)
+            c.execute(ddl)
     transaction(con, body, what=what)
 
 
@@ -409,7 +440,9 @@ def run_sql_file_spark(con, name: str | os.PathLike, params: Mapping[str, Any] |
     """Run one SQL file on Spark; its tables land in ``<workspace>/spark/<table>/`` and in the
     workspace (one transaction). Returns the tables written.
 
-    Statements: ``create [or replace] table T as <query>`` and ``insert into T [(cols)] <query>``.
+    Statements: ``create [or replace] table T as <query>``, ``insert into T [(cols)] <query>`` and
+    ``create or replace view V as <query>`` (a view over the file's tables: in the workspace it is
+    the same DuckDB view, which later Spark runs read by running its query on Spark).
     """
     import sqlglot
     from sqlglot import exp
@@ -424,9 +457,13 @@ def run_sql_file_spark(con, name: str | os.PathLike, params: Mapping[str, Any] |
     out = spark_dir(con)
     views: dict[str, str] = {}  # table -> where its view reads from in this run
     written: dict[str, str] = {}
+    view_ddl: list[str] = []  # views land in the workspace as DuckDB views over the tables written
     for k, stmt in enumerate(statements, 1):
         where = f"{path.name} statement {k}"
-        if isinstance(stmt, exp.Create) and stmt.kind == "TABLE" and isinstance(stmt.expression, exp.Query):
+        is_view = isinstance(stmt, exp.Create) and stmt.kind == "VIEW"
+        if is_view and isinstance(stmt.expression, exp.Query):
+            target, query, columns = _table_name(stmt.this), stmt.expression, None
+        elif isinstance(stmt, exp.Create) and stmt.kind == "TABLE" and isinstance(stmt.expression, exp.Query):
             target, query, columns = _table_name(stmt.this), stmt.expression, None
         elif isinstance(stmt, exp.Insert) and isinstance(stmt.expression, exp.Query):
             target = _table_name(stmt.this)
@@ -435,8 +472,8 @@ def run_sql_file_spark(con, name: str | os.PathLike, params: Mapping[str, Any] |
             if stmt.args.get("with"):  # SQLGlot hangs 'insert into ... with ...' CTEs on the insert
                 query.set("with", stmt.args["with"].copy())
         else:
-            raise SparkError(f"{where}: only 'create table ... as <query>' and 'insert into ... <query>' "
-                             f"run on Spark, not {stmt.key.upper()}")
+            raise SparkError(f"{where}: only 'create table ... as <query>', 'create view ... as <query>' and "
+                             f"'insert into ... <query>' run on Spark, not {stmt.key.upper()}")
         ctes = {c.alias_or_name for c in query.find_all(exp.CTE)}
         tables = list(query.find_all(exp.Table))
         for t in tables:
@@ -449,6 +486,16 @@ def run_sql_file_spark(con, name: str | os.PathLike, params: Mapping[str, Any] |
             if table not in views:
                 read_workspace_table(spark, con, table).createOrReplaceTempView(table)
                 views[table] = "workspace"
+        if is_view:  # a Spark temp view for the statements after it; a DuckDB view in the workspace
+            try:
+                spark.sql(to_spark_sql(query, source=where)).createOrReplaceTempView(target)
+            except SparkError:
+                raise
+            except Exception as exc:
+                raise SparkError(f"{where} ({target}): Spark failed: {_short(exc)}") from exc
+            views[target] = "view"
+            view_ddl.append(stmt.sql(dialect="duckdb"))
+            continue
         try:
             df = spark.sql(to_spark_sql(query, source=where))
             if columns is not None:  # insert: the table's old rows, then the new ones in its types
@@ -463,7 +510,7 @@ def run_sql_file_spark(con, name: str | os.PathLike, params: Mapping[str, Any] |
             raise SparkError(f"{where} ({target}): Spark failed: {_short(exc)}") from exc
         spark.read.parquet(str(dest)).createOrReplaceTempView(target)
         views[target] = written[target] = str(dest)
-    register(con, written, what=path.name)
+    register(con, written, what=path.name, views=view_ddl)
     return list(written)
 
 
