@@ -247,3 +247,21 @@ def test_jsonl_lines_of_spaces_are_blank(con, tmp_path):
     assert con.execute("select source_row_id, message_id from stg order by source_line").fetchall() == [
         ("s.jsonl:2", "A1"), ("s.jsonl:4", "A2")]
     assert con.execute("select source_line, reason from ingest_rejects").fetchall() == [(5, "malformed JSON")]
+
+
+def test_cleaning_sql_plans_join_by_hash(con):
+    """Every join in the cleaning SQL is an equality (hash) join: a non-equality term in a join
+    condition makes DuckDB fall back to a nested-loop join, quadratic in the rows (row_fate's
+    'duplicate of' lookup once took 639 CPU s at 1M rows this way, 0.2 s at 100k as a hash join)."""
+    import re
+    from workbench.workspace import render_sql, sql_file_params, sql_path
+    data.build_spine(con, rows=200, seed=3)
+    slow = re.compile(r"NESTED_LOOP_JOIN|BLOCKWISE_NL_JOIN|PIECEWISE_MERGE_JOIN")
+    joins = 0
+    for name in data.CLEAN_SQL + ["06_split_leakage"]:
+        params = {k: data.CLEAN_DEFAULTS.get(k, 1) for k in sql_file_params(name)}
+        for stmt in con.extract_statements(render_sql(sql_path(name).read_text(), params)):
+            plan = "".join(r[1] for r in con.execute("explain " + stmt.query).fetchall())
+            assert not slow.search(plan), f"{name}: a nested-loop join in\n{stmt.query[:300]}"
+            joins += plan.count("HASH_JOIN")
+    assert joins >= 2  # examples' semi join and row_fate's lookups at least
