@@ -340,3 +340,21 @@ def test_pipeline_runs_on_spark_connect_with_duckdbs_results(connect_server, wor
     n, only_a, only_b = differences(con, "splits", "example_id, split, seed, batch_id")
     assert n > 2000 and only_a == only_b == 0
     assert (workspace / "spark" / "examples").is_dir()  # written by the Connect server, registered here
+
+
+@needs_java
+def test_mixed_line_ends_ingest_like_duckdb(spark, tmp_path):
+    """A file mixing \\n and \\r\\n line ends: the same rows, lines and rejects on both engines."""
+    header = b"a,b,c\r\n"
+    (tmp_path / "m.csv").write_bytes(header + b"1,x,y\n2,x,y\r\n\r\n3,x\n4,x,y\r\n5,x,y\n")
+    (tmp_path / "m.jsonl").write_bytes(b'{"a": "1"}\n{"a": "2"}\r\n\r\n{"a": 3\n{"a": "4"}\r\n')
+    got = []
+    for engine in ("duckdb", "spark"):
+        con = workbench.connect(tmp_path / engine)
+        report = data.ingest(con, [tmp_path / "m.csv", tmp_path / "m.jsonl"], table="t", engine=engine)
+        got.append((report, con.execute("select source_row_id, a from t order by 1").fetchall(),
+                    con.execute("select source_row_id from ingest_rejects order by 1").fetchall()))
+    assert got[0] == got[1]
+    assert got[0][1] == [("m.csv:2", "1"), ("m.csv:3", "2"), ("m.csv:6", "4"), ("m.csv:7", "5"),
+                         ("m.jsonl:1", "1"), ("m.jsonl:2", "2"), ("m.jsonl:5", "4")]
+    assert got[0][2] == [("m.csv:5",), ("m.jsonl:4",)]
