@@ -24,3 +24,15 @@ def con(workspace):
     c = workbench.connect(workspace)
     yield c
     c.close()
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread: on the shared 2-core machine two threads contend badly (10x slower
+    training steps). Test files that train use it for every test (``pytest.mark.usefixtures``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -20,16 +20,7 @@ from workbench import cli, cpt, data, pipeline
 from workbench.cpt_gates import stable_fraction
 from workbench.workspace import write_table
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on this shared 2-core machine two threads contend badly."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,8 @@ from workbench import runs
 from workbench.finetune import SFTConfig, SFTDataError, generate, load_model, normalize_answer, train_sft
 from workbench.workspace import write_table
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 INTENTS = {
     "billing": ["I was charged twice this month", "why is my invoice higher than usual", "a fee on my bill I do not know"],
     "refund": ["I want my money back for the order", "please refund the broken item", "when will my refund arrive"],
@@ -29,14 +31,6 @@ INTENTS = {
 }
 OPENERS, CLOSERS = ["hello,", "hi team,", "", "urgent:", "good morning,"], ["thanks", "please help", "", "asap"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on this shared 2-core machine two threads contend badly (10x slower steps)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 def make_intent_tables(con, n: int = 72, seed: int = 0, split_of=None) -> pd.DataFrame:
     """Small ``sft_examples`` (intent_classification, 6 choices) and ``splits`` tables, per docs/schema.md."""

@@ -11,14 +11,8 @@ from workbench.packing import (IGNORE, Prefetcher, collate_packed, document_logp
                                flex_document_mask, flex_reference_backward, hidden_states, linear_cross_entropy,
                                pack_rows, plan_epoch, shift_targets, tokenize_example)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on this shared 2-core machine two threads contend badly (10x slower steps)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 @pytest.fixture(scope="module")
 def tokenizer():

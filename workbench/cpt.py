@@ -408,16 +408,6 @@ def _lr_lambda(total_steps: int, warmup: int, min_ratio: float):
     return f
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
-
-
-def _checkpoints(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "checkpoints").glob("step-*.pt"))
-
 
 def train(model, tokenizer, examples: list[dict], config: CPTConfig, *, seed: int, run_dir: Path,
           log: _MetricLog | None = None, progress: bool = False) -> tuple[str, int]:
@@ -442,7 +432,7 @@ def train(model, tokenizer, examples: list[dict], config: CPTConfig, *, seed: in
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(total, min(config.warmup_steps, total // 2), config.min_lr_ratio))
     start = 0
-    ckpts = _checkpoints(run_dir)
+    ckpts = runs.checkpoints(run_dir)
     if ckpts:
         ck = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"])
@@ -453,9 +443,9 @@ def train(model, tokenizer, examples: list[dict], config: CPTConfig, *, seed: in
     def save(step: int) -> None:
         if log is not None:
             log.flush()  # the loss curve up to this step is stored before the checkpoint that claims it
-        _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        runs.atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "step": step}, run_dir / "checkpoints" / f"step-{step:07d}.pt")
-        for old in _checkpoints(run_dir)[:-2]:
+        for old in runs.checkpoints(run_dir)[:-2]:
             old.unlink(missing_ok=True)
 
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
@@ -577,7 +567,7 @@ def _resume(con, round_no: int, caller: CPTConfig, progress: bool) -> RoundResul
                      snapshot=snap, documents=docs[["ordinal", "doc_id", "source", "published_at", "text", "tokens"]],
                      watermark_from=wm_from, watermark_to=wm_to, n_late=int(r["n_late_docs"]),
                      eval_docs=eval_docs)
-    ckpts = _checkpoints(workspace_root(con) / "models" / r["run_id"])
+    ckpts = runs.checkpoints(workspace_root(con) / "models" / r["run_id"])
     after = int(ckpts[-1].stem.split("-")[1]) if ckpts else 0
     transaction(con, lambda c: (
         c.execute("delete from run_metrics where run_id = ? and ((split = 'train' and step > ?) or "

@@ -508,16 +508,6 @@ def _set_rng_state(s: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a kill mid-write leaves the previous file intact
-
-
-def _checkpoints(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "checkpoints").glob("step-*.pt"))
-
 
 # =========================================================================== training
 
@@ -650,7 +640,7 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
         if diff:
             raise ValueError(f"resume_from: config differs from run {resume_from!r} in {diff}; pass the run's config")
         snapshot = int(row[1])
-        ckpts = _checkpoints(runs.model_dir(resume_from))
+        ckpts = runs.checkpoints(runs.model_dir(resume_from))
         resume_ckpt = ckpts[-1] if ckpts else None
     else:
         snapshot = snapshot_id(con)
@@ -739,7 +729,7 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
         if state["best"] is None or value > state["best"]:
             state.update(best=value, best_step=step)
             if config.keep_best:
-                _atomic_save(_trainable_state(model), run_dir / f"best-{step:07d}.pt")
+                runs.atomic_save(_trainable_state(model), run_dir / f"best-{step:07d}.pt")
                 prune_best()
         # patience counts evaluations where the metric itself did not improve
         if state["best_metric"] is None or value[0] > state["best_metric"]:
@@ -759,13 +749,13 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
 
     def save_checkpoint(step: int) -> None:
         log.flush()  # metrics up to this step are on disk before the checkpoint that claims them
-        _atomic_save({"model": _trainable_state(model), "optimizer": optimizer.state_dict(),
+        runs.atomic_save({"model": _trainable_state(model), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "rng": _rng_state(), "state": dict(state),
                       "position": {"step": step, "epoch": schedule[step - 1][0] if step else 0,
                                    "batch": schedule[step - 1][1] if step else -1}},
                      run_dir / "checkpoints" / f"step-{step:07d}.pt")
         (run_dir / "checkpoints" / f"step-{step:07d}.json").write_text(json.dumps({"best_step": state["best_step"]}))
-        for old in _checkpoints(run_dir)[:-config.keep_checkpoints]:
+        for old in runs.checkpoints(run_dir)[:-config.keep_checkpoints]:
             old.unlink(missing_ok=True)
             old.with_suffix(".json").unlink(missing_ok=True)
         prune_best()

@@ -79,6 +79,21 @@ def model_dir(run_id: str, path: str | os.PathLike | None = None) -> Path:
     return home(path) / "models" / run_id
 
 
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temp file, then rename: a kill mid-write leaves the previous file intact."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """A run folder's training checkpoints (``checkpoints/step-NNNNNNN.pt``), oldest first."""
+    return sorted((run_dir / "checkpoints").glob("step-*.pt"))
+
+
 def start_run(con: duckdb.DuckDBPyConnection, *, model: str, task: str, kind: str,
               config: Mapping[str, Any], sweep_id: str | None = None, sweep_trial: int | None = None,
               run_id: str | None = None) -> str:
