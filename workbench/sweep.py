@@ -346,6 +346,18 @@ def _trial_run(sw: _Sweep, number: int) -> str | None:
     return row[0][0] if row else None
 
 
+def _trial_step(sw: _Sweep, trial, box: dict, step: int) -> None:
+    """Each training step of a trial: find its run once (the run row exists before the first step; a
+    resumed sweep continues that run after a kill), and stop when the sweep's time budget is spent."""
+    if box.get("run_id") is None and not box.get("looked"):
+        box["looked"] = True
+        box["run_id"] = _trial_run(sw, trial.number)
+        if box["run_id"]:
+            _upsert_trial(sw.con, sw.sweep_id, trial.number, run_id=box["run_id"])
+    if sw.deadline is not None and time.monotonic() >= sw.deadline:
+        raise _OutOfTime(f"the sweep's time budget ran out at step {step}")
+
+
 def _validation_value(sw: _Sweep, run_id: str, step: int | None = None) -> float | None:
     """The chosen validation metric of a run: at ``step``, or its best evaluation."""
     agg = "max" if sw.direction == "maximize" else "min"
@@ -377,13 +389,7 @@ def _run_trial(sw: _Sweep, trial, cfg, resume_run: str | None, box: dict) -> flo
             raise _OutOfTime("the sweep's time budget ran out before this trial started")
 
         def on_sft_step(step: int) -> None:
-            if box.get("run_id") is None and not box.get("looked"):
-                box["looked"] = True
-                box["run_id"] = _trial_run(sw, trial.number)
-                if box["run_id"]:
-                    _upsert_trial(sw.con, sw.sweep_id, trial.number, run_id=box["run_id"])
-            if sw.deadline is not None and time.monotonic() >= sw.deadline:
-                raise _OutOfTime(f"the sweep's time budget ran out at step {step}")
+            _trial_step(sw, trial, box, step)
             value = _validation_value(sw, box["run_id"], step) if sw.prune and box.get("run_id") else None
             if value is not None:  # an evaluation happened at this step: report it, prune a hopeless trial
                 trial.report(value, step)
@@ -409,13 +415,7 @@ def _run_trial(sw: _Sweep, trial, cfg, resume_run: str | None, box: dict) -> flo
     per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
 
     def on_step(step: int) -> None:
-        if box.get("run_id") is None and not box.get("looked"):
-            box["looked"] = True  # once: the run row exists before the first step
-            box["run_id"] = _trial_run(sw, trial.number)
-            if box["run_id"]:  # known at once: a resumed sweep continues this run after a kill
-                _upsert_trial(sw.con, sw.sweep_id, trial.number, run_id=box["run_id"])
-        if sw.deadline is not None and time.monotonic() >= sw.deadline:
-            raise _OutOfTime(f"the sweep's time budget ran out at step {step}")
+        _trial_step(sw, trial, box, step)
         epoch, at_end = divmod(step, per_epoch)
         if sw.prune and at_end == 0 and epoch < cfg.epochs and box.get("run_id"):
             value = _validation_value(sw, box["run_id"], step)
