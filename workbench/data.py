@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,8 +20,7 @@ from typing import Any, Sequence
 import duckdb
 import pandas as pd
 
-from .workspace import (WorkspaceError, render_sql, run_sql_file, sql_literal, sql_path, table_exists,
-                        transaction)
+from .workspace import WorkspaceError, run_sql_file, sql_literal, table_exists, transaction
 
 FORMATS = ("csv", "jsonl", "parquet")
 ENGINES = ("duckdb", "spark")  # engine="spark": the same SQL and ingest rules on Spark (workbench.spark)
@@ -53,31 +51,8 @@ def _run_sql(con: duckdb.DuckDBPyConnection, name: str, params: dict, engine: st
     if engine == "spark":
         from .spark import run_sql_file_spark
         run_sql_file_spark(con, name, params)
-        return
-    path = sql_path(name)
-    text = render_sql(path.read_text(), params, source=str(path))
-
-    def body(c: duckdb.DuckDBPyConnection) -> None:
-        drop_tables_becoming_views(c, text)
-        c.execute(text)
-
-    try:
-        transaction(con, body, what=path.name)
-    except duckdb.Error as exc:
-        raise WorkspaceError(f"{path.name}: {exc}") from exc
-
-
-_CREATE_VIEW = re.compile(r'^\s*create\s+or\s+replace\s+view\s+"?(\w+)"?', re.IGNORECASE | re.MULTILINE)
-
-
-def drop_tables_becoming_views(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """Drop each table that ``sql`` replaces by a view (``create or replace view`` refuses to replace
-    a table): a workspace written before ``int_messages`` became a view holds it as a table."""
-    for name in _CREATE_VIEW.findall(sql):
-        kind = con.execute("select table_type from information_schema.tables "
-                           "where table_catalog = current_database() and table_name = ?", [name]).fetchall()
-        if kind and kind[0][0] == "BASE TABLE":
-            con.execute(f'drop table "{name}"')
+    else:
+        run_sql_file(con, name, params)
 
 
 def detect_format(path: str | os.PathLike) -> str:

@@ -421,7 +421,7 @@ def register(con, datasets: Mapping[str, Path | str], *, what: str = "registerin
              views: Sequence[str] = ()) -> None:
     """Make Parquet dataset folders workspace tables (``create or replace``), then run ``views``
     (``create or replace view`` statements in DuckDB SQL), all in one transaction."""
-    from .data import drop_tables_becoming_views
+    from .workspace import drop_tables_becoming_views
 
     def body(c):
         for table, path in datasets.items():

@@ -268,13 +268,31 @@ def sql_file_params(name: str | os.PathLike) -> list[str]:
     return list(seen)
 
 
+_CREATE_VIEW = re.compile(r'^\s*create\s+or\s+replace\s+view\s+"?(\w+)"?', re.IGNORECASE | re.MULTILINE)
+
+
+def drop_tables_becoming_views(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Drop each table that ``sql`` replaces by a view (``create or replace view`` refuses to replace
+    a table): a workspace written before ``int_messages`` became a view holds it as a table."""
+    for name in _CREATE_VIEW.findall(sql):
+        kind = con.execute("select table_type from information_schema.tables "
+                           "where table_catalog = current_database() and table_name = ?", [name]).fetchall()
+        if kind and kind[0][0] == "BASE TABLE":
+            con.execute(f'drop table "{name}"')
+
+
 def run_sql_file(con: duckdb.DuckDBPyConnection, name: str | os.PathLike,
                  params: Mapping[str, Any] | None = None) -> None:
     """Run one SQL file (all its statements) in one transaction, retried on commit races."""
     path = sql_path(name)
     text = render_sql(path.read_text(), params, source=str(path))
+
+    def body(c: duckdb.DuckDBPyConnection) -> None:
+        drop_tables_becoming_views(c, text)
+        c.execute(text)
+
     try:
-        transaction(con, lambda c: c.execute(text), what=path.name)
+        transaction(con, body, what=path.name)
     except duckdb.Error as exc:
         raise WorkspaceError(f"{path.name}: {exc}") from exc
 
