@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .workspace import sql_literal
+
 
 class FlowError(ValueError):
     """A flow file is invalid; the message names the file, the step and the field."""
@@ -76,14 +78,7 @@ def qi(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def lit(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return "'" + str(value).replace("'", "''") + "'"
+lit = sql_literal  # a Python value as a SQL literal (one definition for the package)
 
 
 def hex8_int(hex_expr: str) -> str:
