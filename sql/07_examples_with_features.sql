@@ -1,5 +1,6 @@
 -- creates: examples_with_features (one row per example: its columns, the customer's profile as it
---          was when the message was written, and a prompt-ready customer_context sentence)
+--          was when the message was written, a prompt-ready customer_context sentence, and
+--          text_with_context = that sentence, then the message: a model input that sees the profile)
 -- reads:   examples, example_features (written by workbench.features.retrieve, point-in-time)
 -- params:  (none)
 create or replace table examples_with_features as
@@ -32,4 +33,7 @@ with_context as (
     from joined
 )
 
-select * from with_context
+select
+    *,
+    customer_context || ' Message: ' || text as text_with_context,
+from with_context
