@@ -359,6 +359,14 @@ def test_import_bad_rows_reports_each_and_writes_nothing(tmp_path, con, capsys):
     with pytest.raises(L.LabelImportError, match=r"cols.csv:1: column 'item_id': missing"):
         L.import_labels(con, missing, label_set="intent")
 
+    # choices given with a file of bad rows: the label set is not redefined either
+    sets_before = con.execute("select label_set, kind, choices from label_sets order by label_set").fetchall()
+    with pytest.raises(L.LabelImportError):
+        L.import_labels(con, bad, label_set="intent", choices=["billing", "refnd"])
+    with pytest.raises(L.LabelImportError):
+        L.import_labels(con, bad, label_set="fresh_set", choices=["billing", "refund"])
+    assert con.execute("select label_set, kind, choices from label_sets order by label_set").fetchall() == sets_before
+
     # the CLI: one line per bad row on stderr, exit status 2, nothing written
     rc = cli_main(["label", "import", str(bad), "--label-set", "intent"])
     err = capsys.readouterr().err

@@ -127,22 +127,30 @@ def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
 
 def register_label_set(con, label_set: str, choices: Sequence[str] | None) -> None:
     """Record a label set's kind and choices (rewritten only when they changed)."""
+    choices = _checked_choices(label_set, choices)
+    kind = "text" if choices is None else "choice"
+    ensure_tables(con)
+    transaction(con, lambda c: _register_in(c, label_set, kind, choices), what=f"registering label set {label_set}")
+
+
+def _checked_choices(label_set: str, choices: Sequence[str] | None) -> list[str] | None:
     if not label_set or not str(label_set).strip():
         raise ValueError("label_set must be a non-empty name")
-    kind = "text" if choices is None else "choice"
-    if choices is not None:
-        choices = [str(c) for c in choices]
-        if not choices or len(set(choices)) != len(choices) or any(not c.strip() for c in choices):
-            raise ValueError(f"label set {label_set!r}: choices must be distinct non-empty strings: {choices}")
-    ensure_tables(con)
+    if choices is None:
+        return None
+    choices = [str(c) for c in choices]
+    if not choices or len(set(choices)) != len(choices) or any(not c.strip() for c in choices):
+        raise ValueError(f"label set {label_set!r}: choices must be distinct non-empty strings: {choices}")
+    return choices
 
-    def body(c):
-        row = c.execute("select kind, choices from label_sets where label_set = ?", [label_set]).fetchall()
-        if row == [(kind, choices)]:
-            return
-        c.execute("delete from label_sets where label_set = ?", [label_set])
-        c.execute("insert into label_sets values (?, ?, ?, ?)", [label_set, kind, choices, _now()])
-    transaction(con, body, what=f"registering label set {label_set}")
+
+def _register_in(c, label_set: str, kind: str, choices: list[str] | None) -> None:
+    """Write a label set's row in the caller's transaction (only when it changed)."""
+    row = c.execute("select kind, choices from label_sets where label_set = ?", [label_set]).fetchall()
+    if row == [(kind, choices)]:
+        return
+    c.execute("delete from label_sets where label_set = ?", [label_set])
+    c.execute("insert into label_sets values (?, ?, ?, ?)", [label_set, kind, choices, _now()])
 
 
 def label_set_choices(con, label_set: str) -> list[str] | None:
@@ -623,9 +631,8 @@ def import_labels(con, path: str | os.PathLike, *, label_set: str, item_column: 
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     ensure_tables(con)
-    if choices is not None:
-        register_label_set(con, label_set, choices)
-    known_choices = label_set_choices(con, label_set)
+    choices = _checked_choices(label_set, choices)  # written with the rows: bad rows change nothing
+    known_choices = choices if choices is not None else label_set_choices(con, label_set)
     cols, rows = _read_rows(path)
     need = [c for c in (item_column, value_column, None if annotator else annotator_column, created_at_column) if c]
     if annotator is None and not annotator_column:
@@ -684,6 +691,10 @@ def import_labels(con, path: str | os.PathLike, *, label_set: str, item_column: 
     if errors:
         raise LabelImportError(errors)
     if good:
-        transaction(con, lambda c: _append(c, good), what=f"importing {path.name}")
+        def body(c):
+            if choices is not None:
+                _register_in(c, label_set, "choice", choices)
+            _append(c, good)
+        transaction(con, body, what=f"importing {path.name}")
     return {"file": str(path), "label_set": label_set, "rows": len(good), "session_id": session,
             "annotators": sorted({g["annotator"] for g in good})}
