@@ -333,6 +333,35 @@ def test_run_flow_writes_output_stats_and_fates(con):
     assert con.execute("select count(distinct run_id) from flow_step_stats").fetchone()[0] == 2
 
 
+def test_row_fates_follow_a_renamed_key_and_count_every_removed_row(con):
+    make(con, [("r1", "a b c", "x"), ("r2", "hi", "y"), ("r3", "a b c", "x"), ("r4", "zz", "y")],
+         ["id", "text", "lab"], name="fate_src")
+
+    def fates(steps, name):
+        flow = Flow.from_dict({"name": name, "source": {"table": "fate_src"}, "key": "id", "steps": steps})
+        res = run_flow(con, flow)
+        rows = con.execute("select row_key, step_name from flow_row_fate where run_id = ? order by 1, 2",
+                           [res.run_id]).fetchall()
+        return rows, int(res.stats()["removed"].sum()) - int(res.stats().query("step_name == 'resample'")["removed"].sum())
+
+    # the key renamed by a select step: later removals are still named (by the key's value)
+    rows, removed = fates([{"step": "select", "rename": {"id": "rid"}},
+                           {"step": "length_filter", "column": "text", "min": 3}], "renamed")
+    assert rows == [("r2", "length_filter"), ("r4", "length_filter")] and removed == 2
+    # oversampled copies removed later: one fate per removed row, not per distinct key
+    rows, removed = fates([{"step": "resample", "label": "lab", "key": "id", "target": 4},
+                           {"step": "dedup", "columns": ["text"]}], "copies")
+    assert removed == 8 - 3 and len(rows) == removed and {r[1] for r in rows} == {"dedup"}
+    # dropping the key is fine after the last step that removes rows, an error before one
+    rows, removed = fates([{"step": "length_filter", "column": "text", "min": 3},
+                           {"step": "select", "columns": ["text"]}], "dropped_last")
+    assert rows == [("r2", "length_filter"), ("r4", "length_filter")]
+    with pytest.raises(FlowError, match=r"step 1 \(select\): field 'columns': drops the flow's key column 'id', "
+                                        r"but step 2 \(length_filter\) removes rows"):
+        fates([{"step": "select", "columns": ["text"]}, {"step": "length_filter", "column": "text", "min": 3}],
+              "dropped_first")
+
+
 def test_flow_file_round_trip_and_save(tmp_path, mem):
     flow = sample_flow()
     p = save_flow(flow, tmp_path / "sample.yaml")

@@ -195,6 +195,8 @@ class PlannedStep:
     params: dict[str, Any]     # with defaults filled in
     columns_in: list[str]
     compiled: CompiledStep
+    key_in: str | None = None  # the flow's key column as named in this step's input (renames followed)
+    key_out: str | None = None  # ... and in its output
 
 
 def cte_name(index: int, step: dict[str, Any]) -> str:
@@ -214,6 +216,8 @@ def validate(flow: Flow, columns: list[str] | duckdb.DuckDBPyConnection) -> list
     prev = SOURCE_CTE
     if flow.key and flow.key.lower() not in {c.lower() for c in cols}:
         raise FlowError(f"{flow.where}: field 'key': column {flow.key!r} not in the source; columns: {', '.join(cols)}")
+    key = next((c for c in cols if c.lower() == flow.key.lower()), None) if flow.key else None
+    dropped = ""  # set when a step drops the key: a later step that removes rows is then an error
     for i, raw in enumerate(flow.steps, 1):
         kind = raw.get("step")
         where = f"{flow.where}: step {i} ({kind})"
@@ -226,8 +230,16 @@ def validate(flow: Flow, columns: list[str] | duckdb.DuckDBPyConnection) -> list
             compiled = spec.compile(prev, name, cols, params)
         except BadParam as exc:
             raise FlowError(f"{where}: field {exc.field!r}: {exc.message}") from None
-        plan.append(PlannedStep(i, kind, name, params, cols, compiled))
-        cols, prev = compiled.columns, name
+        if dropped and compiled.reason:
+            raise FlowError(f"{dropped}, but step {i} ({kind}) removes rows after it: flow_row_fate could not "
+                            "name them; keep the key column until the last step that removes rows (a rename "
+                            "is followed), or remove 'key' from the flow")
+        key_out = _follow_key(key, kind, params, compiled)
+        if key is not None and key_out is None:
+            fld = "rename" if kind == "select" and key in params.get("rename", {}) else "columns"
+            dropped = f"{where}: field {fld!r}: drops the flow's key column {key!r}"
+        plan.append(PlannedStep(i, kind, name, params, cols, compiled, key, key_out))
+        cols, prev, key = compiled.columns, name, key_out
     if con is not None:
         ctes = [(SOURCE_CTE, f"select * from {source_sql(flow)}")]
         for p in plan:
@@ -239,6 +251,17 @@ def validate(flow: Flow, columns: list[str] | duckdb.DuckDBPyConnection) -> list
                 raise FlowError(f"{flow.where}: step {p.index} ({p.kind}): the step's SQL does not bind: "
                                 f"{str(exc).splitlines()[0]}") from None
     return plan
+
+
+def _follow_key(key: str | None, kind: str, params: dict[str, Any], compiled: CompiledStep) -> str | None:
+    """The key column's name after a step: the same, its new name after a ``select`` rename, or None."""
+    if key is None:
+        return None
+    if kind == "select":
+        new = params.get("rename", {}).get(key, key)
+        keep = params.get("columns") or []
+        return new if (not keep or key in keep) and new in compiled.columns else None
+    return key if key in compiled.columns else None
 
 
 def _header(flow: Flow, plan: list[PlannedStep], output: str | None) -> list[str]:
@@ -357,12 +380,12 @@ def _execute(con: duckdb.DuckDBPyConnection, flow: Flow, *, upto: int | None, li
                 raise FlowError(f"{flow.where}: step {p.index} ({p.kind}) failed: {str(exc).splitlines()[0]}") from None
             rows_in = results[-1].rows_out
             rows_out = con.execute(f"select count(*) from {cur}").fetchone()[0]
-            if fates and flow.key and compiled.reason:
-                key = next((c for c in p.columns_in if c.lower() == flow.key.lower()), None)
-                if key and key in compiled.columns:
-                    gone = con.execute(f"select cast({qi(key)} as varchar) from {prev} except "
-                                       f"select cast({qi(key)} as varchar) from {cur}").fetchall()
-                    fate_rows += [(r[0], p.index, p.kind, compiled.reason) for r in gone]
+            if fates and p.key_in and p.key_out and compiled.reason:
+                # a multiset difference: one fate per removed row, also when copies of a key
+                # (oversampling) are removed by a later step
+                gone = con.execute(f"select cast({qi(p.key_in)} as varchar) from {prev} except all "
+                                   f"select cast({qi(p.key_out)} as varchar) from {cur}").fetchall()
+                fate_rows += [(r[0], p.index, p.kind, compiled.reason) for r in gone]
             results.append(StepResult(p.index, p.kind, rows_in, rows_out, compiled.reason,
                                       con.execute(f"select * from {cur} limit {limit}").df()))
             con.execute(f"drop table {prev}")
