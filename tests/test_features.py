@@ -374,6 +374,10 @@ def test_retrieve_several_groups_prefix_keys_and_errors(con):
     with pytest.raises(fs.FeatureError, match=r"\['nope'\] not in group"):
         fs.retrieve(con, ent, "customer_profile", timestamp_column="created_at",
                     key_map={"customer_id": "cust"}, features=["nope"])
+    bad_ts = ent.assign(created_at=["2024-01-03 12:00", "last tuesday", None])
+    with pytest.raises(fs.FeatureError, match=r"timestamp_column 'created_at': 1 value\(s\) are not timestamps, "
+                                              r"e.g. 'last tuesday'"):
+        fs.retrieve(con, bad_ts, "customer_profile", timestamp_column="created_at", key_map={"customer_id": "cust"})
 
 
 def test_asof_sql_is_one_function():

@@ -669,6 +669,17 @@ def point_in_time_sql(con: duckdb.DuckDBPyConnection, entity: str, groups: str |
     ts = "__wb_ts"  # the entity timestamp, as a TIMESTAMP when it came as text
     ts_expr = _q(timestamp_column) if ecols[timestamp_column] in TEMPORAL_TYPES else \
         f"cast({_q(timestamp_column)} as timestamp)"
+    if ecols[timestamp_column] not in TEMPORAL_TYPES:  # text timestamps: name a bad value before the join fails
+        try:
+            bad = con.execute(f"select cast({_q(timestamp_column)} as varchar), count(*) over () from ({entity_sql}) "
+                              f"where {_q(timestamp_column)} is not null "
+                              f"and try_cast({_q(timestamp_column)} as timestamp) is null limit 1").fetchall()
+        except duckdb.Error as exc:
+            raise FeatureError(f"retrieve: timestamp_column {timestamp_column!r} ({ecols[timestamp_column]}) "
+                               f"cannot be read as a timestamp: {str(exc).splitlines()[0]}") from None
+        if bad:
+            raise FeatureError(f"retrieve: timestamp_column {timestamp_column!r}: {bad[0][1]} value(s) are not "
+                               f"timestamps, e.g. {bad[0][0]!r} (use 'YYYY-MM-DD[ HH:MM:SS]')")
     ctes = [f"e0 as (\n    select *, {ts_expr} as {ts}\n    from ({entity_sql})\n)"]
     out_cols = [c for c in ecols if c != "__wb_row"]
     taken = set(ecols) | {ts}
