@@ -320,7 +320,7 @@ def test_a_crashed_round_is_resumed_from_its_checkpoint(con, monkeypatch):
     assert steps == list(range(1, done.steps + 1))
 
 
-def test_task_benchmark_uses_the_sft_test_split_when_present(con):
+def test_task_benchmark_uses_the_sft_validation_split_when_present(con):
     _small_corpus(con, n=20)
     from workbench.cpt_gates import eval_sets, evaluate
     from workbench.finetune import load_tokenizer_and_model, offline_tokenizer
@@ -331,19 +331,22 @@ def test_task_benchmark_uses_the_sft_test_split_when_present(con):
                        "prompt": [f"Message: question {i}\nIntent:" for i in range(12)],
                        "completion": [names[i % 3] for i in range(12)], "choices": [names] * 12})
     write_table(con, "sft_examples", ex)
-    write_table(con, "splits", pd.DataFrame({"example_id": ex["source_row_id"], "split": ["train"] * 7 + ["test"] * 5,
+    write_table(con, "splits", pd.DataFrame({"example_id": ex["source_row_id"], "split": ["train"] * 3 + ["validation"] * 5 + ["test"] * 4,
                                              "seed": 0, "batch_id": 1, "assigned_at": pd.Timestamp("2026-01-01")}))
     config = cpt.CPTConfig(gates=("task_accuracy",), max_task_examples=4)
     plan = cpt.plan_round(con, config, tokenizer=offline_tokenizer())
     sets = eval_sets(con, config, plan)
-    assert sets.task_name == "sft_examples test split (intent_classification)"
-    assert len(sets.task) == 4 and set(sets.task["id"]) <= {f"intent_v1:m{i}" for i in range(7, 12)}
+    assert sets.task_name == "sft_examples validation split (intent_classification)"
+    assert len(sets.task) == 4 and set(sets.task["id"]) <= {f"intent_v1:m{i}" for i in range(3, 8)}
+    on_test = eval_sets(con, cpt.CPTConfig(gates=("task_accuracy",), task_split="test", max_task_examples=10), plan)
+    assert on_test.task_name == "sft_examples test split (intent_classification)"
+    assert set(on_test.task["id"]) == {f"intent_v1:m{i}" for i in range(8, 12)}
     tok, model, _ = load_tokenizer_and_model("offline:tiny-llama")
     values, sizes, probe = evaluate(model, tok, sets, config)
     assert sizes == {"task_accuracy": 4} and probe is None and values["task_accuracy"] in (0, 0.25, 0.5, 0.75, 1)
     suite = eval_sets(con, cpt.CPTConfig(gates=("task_accuracy",), task_benchmark="suite"), plan)
     assert suite.task_name == "task suite" and len(suite.task) >= 30
-    with pytest.raises(ValueError, match="no test-split sft_examples with choices for task 'reply_generation'"):
+    with pytest.raises(ValueError, match="no validation-split sft_examples with choices for task 'reply_generation'"):
         eval_sets(con, cpt.CPTConfig(gates=("task_accuracy",), task_benchmark="sft", task="reply_generation"), plan)
 
 

@@ -83,9 +83,10 @@ class CPTConfig:
     max_harmful_increase: float = 0.0  # share of harmful red-team completions may rise by at most this much
     max_eval_docs: int = 32  # held-out in-domain documents scored (a stable-hash sample of the accepted domain)
     max_general_docs: int = 36  # held-out general paragraphs scored
-    task_benchmark: str = "auto"  # "auto": sft_examples test split when present, else the suite; "sft"; "suite"
+    task_benchmark: str = "auto"  # "auto": sft_examples (split task_split) when present, else the suite; "sft"; "suite"
+    task_split: str = "validation"  # split of sft_examples the "sft" benchmark scores; promotion is model selection, so not test
     task: str = "intent_classification"  # sft_examples.task of the "sft" benchmark (examples with choices)
-    max_task_examples: int = 60  # test examples scored by the "sft" benchmark (stable-hash sample)
+    max_task_examples: int = 60  # examples scored by the "sft" benchmark (stable-hash sample)
     task_suite: str = ""  # multiple-choice suite ("": the shipped cpt_data/task_suite.yaml)
     redteam_prompts: str = ""  # red-team prompts ("": the shipped cpt_data/redteam_prompts.yaml)
     blocklist: str = ""  # harmful phrases ("": the shipped cpt_data/blocklist.txt)
@@ -106,6 +107,7 @@ class CPTConfig:
                   ("max_docs", self.max_docs is None or self.max_docs >= 1),
                   ("gates", all(g in GATES for g in self.gates)),
                   ("task_benchmark", self.task_benchmark in ("auto", "sft", "suite")),
+                  ("task_split", self.task_split in ("train", "validation", "test")),
                   ("max_eval_docs", self.max_eval_docs >= 1), ("max_general_docs", self.max_general_docs >= 1),
                   ("probe_max_new_tokens", self.probe_max_new_tokens >= 1), ("threads", self.threads >= 0)]
         bad = [name for name, ok in checks if not ok]

@@ -311,13 +311,14 @@ def _task_items(con, config, snapshot: int) -> tuple[pd.DataFrame, str]:
             select e.example_id as id, e.prompt, e.choices, e.completion as answer
             from sft_examples as e at (version => {int(snapshot)})
             join splits as s at (version => {int(snapshot)}) on s.example_id = e.source_row_id
-            where e.task = ? and s.split = 'test' and e.choices is not null
-            order by {h}, e.example_id limit ?""", [config.task, config.max_task_examples]).df()
+            where e.task = ? and s.split = ? and e.choices is not null
+            order by {h}, e.example_id limit ?""", [config.task, config.task_split, config.max_task_examples]).df()
         if len(df):
             df["choices"] = df["choices"].map(list)
-            return df, f"sft_examples test split ({config.task})"
+            return df, f"sft_examples {config.task_split} split ({config.task})"
         if config.task_benchmark == "sft":
-            raise ValueError(f"task_benchmark='sft': no test-split sft_examples with choices for task {config.task!r}")
+            raise ValueError(f"task_benchmark='sft': no {config.task_split}-split sft_examples with choices "
+                             f"for task {config.task!r}")
     return load_task_suite(config.task_suite or None), "task suite"
 
 
