@@ -95,6 +95,22 @@ def test_report_table_and_splits_table(con, report):
     rep2 = quality_report(con, "ex2", QualityConfig(near_dup_threshold=0.7))
     assert value(rep2, "leakage_exact_texts", "text") == 1 and value(rep2, "leakage_near_pairs", "text") == 1
     assert len(rep2[rep2["check_name"] == "split_count"]) == 3
+    assert value(rep2, "split_join", "example_id") == len(ROWS)
+    # a table rendered from examples (sft_examples) has its own example_id; source_row_id is the
+    # example's id that splits knows: the report joins on it and still finds the leaks
+    con.execute("create table sft as select 'tpl-a:' || example_id as example_id, example_id as source_row_id, "
+                "text, intent from ex")
+    rep3 = quality_report(con, "sft", QualityConfig(near_dup_threshold=0.7))
+    assert value(rep3, "split_join", "source_row_id") == len(ROWS)
+    assert value(rep3, "leakage_exact_texts", "text") == 1 and value(rep3, "leakage_near_pairs", "text") == 1
+    # keys that splits does not know: said so, and no leakage rows that would read as 'no leakage'
+    con.execute("create table other as select 'x' || example_id as id, text from ex")
+    rep4 = quality_report(con, "other", QualityConfig(near_dup_threshold=0.7))
+    assert value(rep4, "split_join") == 0 and "leakage not checked" in rep4.loc[
+        rep4["check_name"] == "split_join", "detail"].iloc[0]
+    assert not rep4["check_name"].str.startswith("leakage").any()
+    with pytest.raises(ValueError, match="split key column 'nope' is not a column of sft"):
+        quality_report(con, "sft", QualityConfig(split_key_column="nope"))
     assert "split_count" not in set(summary(rep2)["check_name"])  # the summary keeps headline checks only
     fig = plot_report(report)
     assert len(fig.axes) == 4

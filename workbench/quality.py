@@ -34,6 +34,8 @@ class QualityConfig:
     key_column: str | None = None      # None: the first of example_id, source_row_id, item_id, id present
     split_column: str | None = None    # None: a 'split' column, else the splits table joined on the key
     splits_table: str = "splits"       # where split assignments live (example_id, split)
+    split_key_column: str | None = None  # column joined to splits.example_id; None: the key or source_row_id,
+                                         # whichever matches more (sft_examples: source_row_id = examples' id)
     near_dup: bool = True              # MinHash/LSH near-duplicates: the slowest check on big tables
     near_dup_threshold: float = 0.8    # Jaccard similarity of word 3-gram sets
     ngram: int = 3                     # word n-grams: cheaper than character n-grams on millions of rows
@@ -71,6 +73,7 @@ def quality_report(con: duckdb.DuckDBPyConnection, table: str, config: QualityCo
     label = _pick(cols, cfg.label_column, ("intent", "label"), "label column", table)
     key = _pick(cols, cfg.key_column, ("example_id", "source_row_id", "item_id", "id"), "key column", table)
     split = _pick(cols, cfg.split_column, ("split",), "split column", table)
+    split_key, matched = (None, 0) if split else _split_key(con, table, cols, key, cfg)
     created = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     report_id = report_id or f"qr-{created:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
     rows: list[tuple] = []
@@ -97,10 +100,15 @@ def quality_report(con: duckdb.DuckDBPyConnection, table: str, config: QualityCo
     add("duplicate_rows", None, dup, "rows equal to an earlier row in every column" + (f" but {key}" if key else ""))
     if timings is not None:
         timings["rows, nulls, duplicate rows"] = time.perf_counter() - t0
+    if split_key:
+        add("split_join", split_key, matched, f"rows whose {split_key} is an example_id of {cfg.splits_table}")
+    elif not split and table_exists(con, cfg.splits_table):
+        add("split_join", None, 0, f"no key column matches {cfg.splits_table}.example_id: no split, "
+                                   "leakage not checked")
     if text:
         prof = f"_quality_{secrets.token_hex(4)}"
         with _timed(timings, "text: profile pass (normalize, lengths, pii flags)"):
-            _profile(con, t, prof, text, key, split, cfg)
+            _profile(con, t, prof, text, key, split, split_key, cfg)
         try:
             with _timed(timings, "text: duplicates, lengths, outliers"):
                 _text_checks(con, prof, text, key, cfg, add)
@@ -111,7 +119,7 @@ def quality_report(con: duckdb.DuckDBPyConnection, table: str, config: QualityCo
                 for i, kind in enumerate(PII_PATTERNS):
                     add(f"pii_{kind}", text, res[2 * i], f"rows with an unmasked {kind[:-1]}; {res[2 * i + 1]} "
                                                           f"rows hold the mask {PII_PATTERNS[kind][0]}")
-            has_splits = bool(split or (key and table_exists(con, cfg.splits_table)))
+            has_splits = bool(split or split_key)
             if has_splits:
                 with _timed(timings, "text: exact leakage between splits"):
                     _leakage_checks(con, prof, text, cfg, add)
@@ -137,14 +145,37 @@ def _timed(timings: dict | None, what: str):
         timings[what] = timings.get(what, 0.0) + time.perf_counter() - t0
 
 
-def _profile(con, t, prof, text, key, split, cfg) -> None:
+def _split_key(con, table: str, cols: list[str], key: str | None, cfg) -> tuple[str | None, int]:
+    """The column that links rows to ``splits.example_id`` and the rows it links (None, 0: no splits
+    table, or nothing matches).
+
+    A table derived from ``examples`` may carry its own id next to the example's: ``sft_examples`` has
+    ``example_id`` (one per rendered example) and ``source_row_id`` (the example it was rendered from,
+    the id ``splits`` knows). Joining on the wrong one finds no split and reports no leakage.
+    """
+    if not table_exists(con, cfg.splits_table):
+        return None, 0
+    lower = {c.lower(): c for c in cols}
+    cands = ([_pick(cols, cfg.split_key_column, (), "split key column", table)] if cfg.split_key_column
+             else [c for c in dict.fromkeys([key, lower.get("source_row_id")]) if c])
+    if not cands:
+        return None, 0
+    s = qi(cfg.splits_table)
+    hits = con.execute("select " + ", ".join(
+        f"(select count(*) from {qi(table)} as x where cast(x.{qi(c)} as varchar) in (select example_id from {s}))"
+        for c in cands)).fetchone()
+    best = max(range(len(cands)), key=lambda i: hits[i])  # ties: the key
+    return (cands[best], hits[best]) if hits[best] else (None, 0)
+
+
+def _profile(con, t, prof, text, key, split, split_key, cfg) -> None:
     """One pass over the raw text: normalized text, lengths, PII flags, split (a temp table)."""
     c = qi(text)
     if split:
         base, split_col = t, qi(split)
-    elif key and table_exists(con, cfg.splits_table):
+    elif split_key:
         base = (f"(select x.*, s.split as _split_ from {t} as x left join {qi(cfg.splits_table)} as s "
-                f"on s.example_id = cast(x.{qi(key)} as varchar))")
+                f"on s.example_id = cast(x.{qi(split_key)} as varchar))")
         split_col = "_split_"
     else:
         base, split_col = t, "null"
