@@ -267,6 +267,16 @@ def test_model_bias_matches_direct_metricframe_calls(preds):
     worst = max(metric(m, "age", "equalized_odds_difference", c) for c in "abc")
     assert metric(m, "age", "equalized_odds_difference") == pytest.approx(worst)
     assert "age" in frames
+    # 'junk' is only ever predicted (more often for 'old'): selection rate, FPR and parity, no recall or odds
+    sr = MetricFrame(metrics={"sr": lambda t, p: selection_rate(t, p, pos_label="junk")},
+                     y_true=yt, y_pred=yp, sensitive_features=sf)
+    assert sr.by_group.loc["old", "sr"] > 0
+    assert metric(m, "age=old", "selection_rate", "junk") == pytest.approx(sr.by_group.loc["old", "sr"])
+    dpd = demographic_parity_difference(yt == "junk", yp == "junk", sensitive_features=sf)
+    assert dpd > 0 and metric(m, "age", "demographic_parity_difference", "junk") == pytest.approx(dpd)
+    assert metric(m, "(all)", "fpr", "junk") == pytest.approx((yp == "junk").mean())
+    junk = m[m["label"] == "junk"]
+    assert not junk["metric"].isin(["recall", "equalized_odds_difference", "equalized_odds_ratio"]).any()
 
 
 def test_model_bias_intersections_and_no_bootstrap(preds):

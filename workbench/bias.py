@@ -545,14 +545,18 @@ def model_bias(df: pd.DataFrame, group_cols: Sequence[str], *, y_true: str = "la
         raise ValueError(f"predictions frame lacks column(s) {missing}")
     yt = df[y_true].astype(str).to_numpy()
     yp = df[y_pred].astype(str).to_numpy()
-    classes = sorted(set(yt))
+    true_classes = set(yt)
+    # a class only the model answers (a causal LM's invalid answer, a label missing from this split)
+    # still has a selection rate and FPR per group: answering it more often for one group is a bias
+    classes = sorted(true_classes | set(yp))
     fns = resolve_metrics(metrics)
     if "accuracy" not in fns:
         fns = {"accuracy": accuracy, **fns}
     rates: dict[str, Callable] = {}  # per-class TPR / FPR: point values only (see below)
     for cls in classes:
         fns[f"selection_rate[{cls}]"] = class_rate(cls, given="pred")
-        rates[f"recall[{cls}]"] = class_rate(cls, given="true")
+        if cls in true_classes:
+            rates[f"recall[{cls}]"] = class_rate(cls, given="true")
         rates[f"fpr[{cls}]"] = class_rate(cls, given="other")
     alpha = 1 - cfg.ci_level
     boot = dict(n_boot=cfg.n_boot, ci_quantiles=[alpha / 2, 1 - alpha / 2], random_state=cfg.seed) if cfg.n_boot else {}
@@ -596,9 +600,11 @@ def model_bias(df: pd.DataFrame, group_cols: Sequence[str], *, y_true: str = "la
                                                   _at(d_lo, sel), _at(d_hi, sel)),
                 "demographic_parity_ratio": (demographic_parity_ratio(tb, pb, sensitive_features=key),
                                              _at(r_lo, sel), _at(r_hi, sel)),
-                "equalized_odds_difference": (equalized_odds_difference(tb, pb, sensitive_features=key), None, None),
-                "equalized_odds_ratio": (equalized_odds_ratio(tb, pb, sensitive_features=key), None, None),
             }
+            if cls in true_classes:  # equalized odds needs true positives of the class
+                values["equalized_odds_difference"] = (equalized_odds_difference(tb, pb, sensitive_features=key),
+                                                       None, None)
+                values["equalized_odds_ratio"] = (equalized_odds_ratio(tb, pb, sensitive_features=key), None, None)
             for metric, (v, lo, hi) in values.items():
                 rows.append(metric_row(colname, colname, metric, cls, v, lo, hi))
                 if _isnum(v):
