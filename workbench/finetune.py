@@ -17,11 +17,9 @@ import json
 import math
 import os
 import random
-import re
 import resource
 import shutil
 import time
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Any, Sequence
@@ -31,6 +29,7 @@ import pandas as pd
 import torch
 
 from . import runs
+from .evaluate import normalize_answer  # noqa: F401  (one exact-match rule for training, reports, sweeps)
 from .packing import (PackedBatch, Prefetcher, collate_packed, document_logprobs, hidden_states,
                       linear_cross_entropy, plan_epoch, tokenize_example)
 from .workspace import snapshot_id, table_exists, transaction, write_table
@@ -262,18 +261,6 @@ def majority_baseline(train: pd.DataFrame, test: pd.DataFrame) -> float | None:
         return None
     top = train["completion"].map(normalize_answer).value_counts().idxmax()
     return float((test["completion"].map(normalize_answer) == top).mean())
-
-
-def normalize_answer(text: str) -> str:
-    """Normalized form for exact match: NFKC, lowercase, ``_`` as a space, no space next to
-    punctuation, single spaces, no final period.
-
-    ``technical_issue``, ``technical issue`` (a plain-words template) and ``technical _ issue``
-    (WordPiece decoding) all normalize to ``technical issue``.
-    """
-    s = unicodedata.normalize("NFKC", str(text)).lower().replace("_", " ").strip()
-    s = re.sub(r"\s*([^\w\s])\s*", r"\1", s)
-    return re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
 
 
 # =========================================================================== model
