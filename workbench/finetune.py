@@ -256,6 +256,21 @@ def tokenize_split(tokenizer, frame: pd.DataFrame, config: SFTConfig, split: str
     return examples, frame
 
 
+def audit_training_masks(tokenizer, examples: list[dict], frame: pd.DataFrame, config: SFTConfig,
+                         sample: int | None = 256):
+    """The mask audit (``template_tokens.mask_audit``) of exactly what training will see, before anything
+    is written: a stable sample of the tokenized train examples; raises ``MaskAuditError`` on zero trained
+    tokens, an untrained EOS, a doubled BOS, an unmasked prompt or misaligned labels. Completions cut by
+    ``overlength="truncate"`` lose their EOS by choice (``tokenize_split`` reported them): not audited."""
+    from .template_tokens import mask_audit
+
+    rows = [{"example_id": i, "input_ids": e["input_ids"], "labels": e["labels"]}
+            for i, e in zip(frame["example_id"], examples)
+            if not (config.overlength == "truncate" and len(e["input_ids"]) >= config.max_length)]
+    return mask_audit(rows, tokenizer, max_length=config.max_length, sample=sample, seed=config.seed,
+                      raise_on_error=True) if rows else None
+
+
 def majority_baseline(train: pd.DataFrame, test: pd.DataFrame) -> float | None:
     if test.empty:
         return None
@@ -647,6 +662,7 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
         parts["train"] = parts["train"].sample(n=config.max_train_examples, random_state=config.seed)\
             .sort_values("example_id").reset_index(drop=True)
     train_ex, parts["train"] = tokenize_split(tokenizer, parts["train"], config, "train")
+    audit = audit_training_masks(tokenizer, train_ex, parts["train"], config)  # raises before a row is written
     _, parts["validation"] = tokenize_split(tokenizer, parts["validation"], config, "validation")
     val_frame = parts["validation"] if config.max_eval_examples is None else parts["validation"].head(config.max_eval_examples)
     lengths = [len(e["input_ids"]) for e in train_ex]
@@ -691,6 +707,10 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
         run_id = resume_from
     run_dir = runs.model_dir(run_id)
     log = _Metrics(con, run_id)
+    if resume_from is None and audit is not None:  # trained tokens per audited example (the audit passed)
+        trained = audit.table["n_trained"]
+        log.add({"mask_audit_examples": len(trained), "mask_audit_min_trained_tokens": trained.min(),
+                 "mask_audit_mean_trained_tokens": trained.mean()}, step=0, epoch=0.0, split="train")
     state = {"step": 0, "best": None, "best_metric": None, "best_step": None, "bad_evals": 0, "stopped_early": False}
     if resume_ckpt is not None:
         ck = torch.load(resume_ckpt, map_location="cpu", weights_only=False)
