@@ -344,10 +344,11 @@ def run_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> str:
 
 def compare_runs(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str] | None = None, *,
                  task: str | None = None, kind: str | None = None, digits: int | None = None) -> pd.DataFrame:
-    """One row per run with its headline figures, best test accuracy first.
+    """One row per run with its headline figures, best validation accuracy first (then newest first).
 
     Choose between runs on ``validation_accuracy``; the test column is there to report, not to
-    select on (selecting on test makes its figure optimistic). ``digits`` rounds the accuracies.
+    select on (selecting on test makes its figure optimistic), so the table is not ordered by it.
+    ``digits`` rounds the accuracies.
     """
     if not table_exists(con, "runs"):
         return pd.DataFrame(columns=["run_id", "kind", "task", "model", "status", "test_accuracy",
@@ -369,7 +370,8 @@ def compare_runs(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str] | None =
         return out
     cols = ["run_id", "kind", "task", "model", "status", "started_at", "test_accuracy", "majority_baseline",
             "validation_accuracy", "best_validation_accuracy", "tested_step", "steps"]
-    out = out[cols].sort_values("test_accuracy", ascending=False, na_position="last").reset_index(drop=True)
+    out = out[cols].sort_values(["validation_accuracy", "started_at"], ascending=[False, False],
+                                na_position="last").reset_index(drop=True)
     if digits is not None:
         num = ["test_accuracy", "majority_baseline", "validation_accuracy", "best_validation_accuracy"]
         out[num] = out[num].astype(float).round(digits)
