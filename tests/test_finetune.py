@@ -329,6 +329,20 @@ def test_mask_audit_runs_before_training_and_stops_a_doubled_bos(con, tmp_path):
     assert audit["mask_audit_min_trained_tokens"] == 2  # one label word + EOS
 
 
+def test_validation_subset_is_a_seeded_sample_across_templates():
+    """Evaluations during training score max_eval_examples validation rows drawn across every template,
+    not the first rows (ids start with the template id: those would be one template's)."""
+    from workbench.finetune import validation_subset
+
+    frame = pd.DataFrame({"example_id": [f"{t}|messages.csv:{i}" for t in ("ic-a", "ic-b", "ic-c") for i in range(100)]})
+    sub = validation_subset(frame, SFTConfig(max_eval_examples=60, seed=3))
+    per_template = sub["example_id"].str.split("|").str[0].value_counts()
+    assert len(sub) == 60 and set(per_template.index) == {"ic-a", "ic-b", "ic-c"} and per_template.min() >= 10
+    assert sub.equals(validation_subset(frame, SFTConfig(max_eval_examples=60, seed=3)))  # same seed, same rows
+    assert sub["example_id"].is_monotonic_increasing
+    assert validation_subset(frame, SFTConfig(max_eval_examples=None)) is frame
+
+
 def test_evaluation_of_a_flex_attention_model_runs_on_sdpa_and_switches_back():
     """The CUDA training path uses flex attention; evaluation (generation) switches to SDPA and back."""
     from workbench.finetune import evaluate, load_tokenizer_and_model

@@ -63,7 +63,7 @@ class SFTConfig:
     # --- evaluation, early stopping, model choice
     eval_every: int = 0  # optimizer steps between validation evaluations; 0 = only at each epoch end
     eval_at_start: bool = True  # evaluate before the first step (the untrained model's point on the curves)
-    max_eval_examples: int | None = 200  # validation examples scored per evaluation (None = all); test is always all
+    max_eval_examples: int | None = 200  # validation examples scored per evaluation, a seeded random subset (None = all); test is always all
     eval_batch_size: int = 32  # prompts per generation batch
     max_new_tokens: int = 8  # greedy generation length; must cover the longest label + EOS
     metric: str = "accuracy"  # early stopping / model choice: "accuracy" (generation), "choice_accuracy", "loss"
@@ -269,6 +269,18 @@ def audit_training_masks(tokenizer, examples: list[dict], frame: pd.DataFrame, c
             if not (config.overlength == "truncate" and len(e["input_ids"]) >= config.max_length)]
     return mask_audit(rows, tokenizer, max_length=config.max_length, sample=sample, seed=config.seed,
                       raise_on_error=True) if rows else None
+
+
+def validation_subset(frame: pd.DataFrame, config: SFTConfig) -> pd.DataFrame:
+    """The validation examples scored at each evaluation: all, or a seeded random ``max_eval_examples``.
+
+    Not the first rows: ``example_id`` starts with the template id, so the first rows would be one or
+    two templates' examples only, and early stopping, keep-best and sweep pruning would choose on them.
+    """
+    n = config.max_eval_examples
+    if n is None or len(frame) <= n:
+        return frame
+    return frame.sample(n=n, random_state=config.seed).sort_values("example_id").reset_index(drop=True)
 
 
 def majority_baseline(train: pd.DataFrame, test: pd.DataFrame) -> float | None:
@@ -664,7 +676,7 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
     train_ex, parts["train"] = tokenize_split(tokenizer, parts["train"], config, "train")
     audit = audit_training_masks(tokenizer, train_ex, parts["train"], config)  # raises before a row is written
     _, parts["validation"] = tokenize_split(tokenizer, parts["validation"], config, "validation")
-    val_frame = parts["validation"] if config.max_eval_examples is None else parts["validation"].head(config.max_eval_examples)
+    val_frame = validation_subset(parts["validation"], config)
     lengths = [len(e["input_ids"]) for e in train_ex]
 
     # ---------------------------------------------------------------- model, optimizer, schedule
