@@ -103,6 +103,25 @@ def test_class_report_by_hand(tables):
     assert rep["support"].tolist() == [2, 2, 2] and rep["predicted"].tolist() == [1, 3, 1]
 
 
+def test_causal_lm_answers_count_as_the_label_they_normalize_to(con):
+    """A causal LM decodes ``technical_issue`` as ``technical _ issue`` (WordPiece): ``correct`` counts it
+    right, so the confusion matrix and the per-class report must too (not as ``<other>``)."""
+    runs.start_run(con, model="lm", task="intent_classification", kind="sft", config={}, run_id="lm1")
+    rows = [("s1", "technical_issue", "technical _ issue"), ("s2", "technical_issue", "billing"),
+            ("s3", "billing", "Billing."), ("s4", "account_access", "account _ access"),
+            ("s5", "billing", "no idea")]
+    # correct as the SFT trainer writes it: normalized exact match
+    runs.write_predictions(con, "lm1", "test", _preds(rows).assign(correct=[True, False, True, True, False]))
+    assert ev.accuracy_by_split(con, "lm1")["n_correct"].tolist() == [3]
+    cm = ev.confusion_matrix(con, "lm1")
+    assert list(cm.columns) == ["account_access", "billing", "technical_issue", ev.OTHER]
+    assert cm.values.tolist() == [[1, 0, 0, 0], [0, 1, 0, 1], [0, 1, 1, 0]]
+    rep = ev.class_report(con, "lm1").set_index("label")
+    assert rep["recall"].tolist() == pytest.approx([1.0, 0.5, 0.5])
+    assert rep["predicted"].tolist() == [1, 2, 1]
+    assert ev.as_labels(["technical issue", "refund", "x"], ["technical_issue"]) == ["technical_issue", "refund", "x"]
+
+
 def test_wrong_predictions(tables):
     wrong = ev.wrong_predictions(tables, "r1")
     assert wrong[["example_id", "label", "prediction"]].values.tolist() == [["e2", "a", "b"], ["e5", "c", "garbage"]]
@@ -152,14 +171,15 @@ def test_run_summary_and_fallbacks(tables):
 
 def test_compare_runs(tables):
     t = ev.compare_runs(tables)
-    assert t["run_id"].tolist() == ["r2", "r1"]  # best test accuracy first
+    # ordered by validation accuracy, never by test (r2 has the better test figure but no validation one)
+    assert t["run_id"].tolist() == ["r1", "r2"]
     assert t.set_index("run_id").loc["r1", "best_validation_accuracy"] == 0.5
     assert t.set_index("run_id").loc["r1", "tested_step"] == 2
     assert ev.compare_runs(tables, kind="classifier")["run_id"].tolist() == ["r1"]
     assert ev.compare_runs(tables, ["r1"])["run_id"].tolist() == ["r1"]
     assert ev.compare_runs(tables, task="other").empty
     fig = ev.plot_compare_runs(t)
-    assert [p.get_height() for p in fig.axes[0].patches] == pytest.approx([0.75, 4 / 6])
+    assert [p.get_height() for p in fig.axes[0].patches] == pytest.approx([4 / 6, 0.75])
 
 
 def test_latest_run(tables, con):

@@ -294,6 +294,55 @@ def test_a_tokenizer_without_pad_or_eos_gets_them(con, tmp_path):
     assert model.get_input_embeddings().weight.shape[0] == len(saved) == len(tok) + 2
 
 
+def test_mask_audit_runs_before_training_and_stops_a_doubled_bos(con, tmp_path):
+    """Training audits its own tokenized examples first: prompts that already start with the BOS text get a
+    second BOS from the layout; the run stops with MaskAuditError before a run row is written. Clean data
+    passes and the audit's counts are logged at step 0."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+
+    from workbench.template_tokens import MaskAuditError
+
+    data = make_intent_tables(con)
+    words = sorted({w for t in list(data["prompt"]) + list(data["completion"]) for w in t.replace("\n", " ").split()})
+    raw = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "<pad>"] + words)},
+                                     unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                  pad_token="<pad>")
+    folder = tmp_path / "bos-llama"
+    AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                                 num_hidden_layers=1, num_attention_heads=2,
+                                                 num_key_value_heads=1)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    write_table(con, "sft_examples", data.assign(prompt="<s> " + data["prompt"]))
+    with pytest.raises(MaskAuditError, match="doubled_bos"):
+        train_sft(con, small(model=str(folder), epochs=1), progress=False)
+    assert con.execute("select count(*) from runs").fetchone()[0] == 0
+
+    write_table(con, "sft_examples", data)
+    res = train_sft(con, small(model=str(folder), epochs=1), progress=False)
+    audit = dict(con.execute("select metric, value from run_metrics where run_id = ? and step = 0 and split = 'train'"
+                             " and metric like 'mask_audit%'", [res.run_id]).fetchall())
+    n_train = int((con.execute("select count(*) from splits where split = 'train'").fetchone()[0]))
+    assert audit["mask_audit_examples"] == n_train  # fewer than the 256-example sample: all of them
+    assert audit["mask_audit_min_trained_tokens"] == 2  # one label word + EOS
+
+
+def test_validation_subset_is_a_seeded_sample_across_templates():
+    """Evaluations during training score max_eval_examples validation rows drawn across every template,
+    not the first rows (ids start with the template id: those would be one template's)."""
+    from workbench.finetune import validation_subset
+
+    frame = pd.DataFrame({"example_id": [f"{t}|messages.csv:{i}" for t in ("ic-a", "ic-b", "ic-c") for i in range(100)]})
+    sub = validation_subset(frame, SFTConfig(max_eval_examples=60, seed=3))
+    per_template = sub["example_id"].str.split("|").str[0].value_counts()
+    assert len(sub) == 60 and set(per_template.index) == {"ic-a", "ic-b", "ic-c"} and per_template.min() >= 10
+    assert sub.equals(validation_subset(frame, SFTConfig(max_eval_examples=60, seed=3)))  # same seed, same rows
+    assert sub["example_id"].is_monotonic_increasing
+    assert validation_subset(frame, SFTConfig(max_eval_examples=None)) is frame
+
+
 def test_evaluation_of_a_flex_attention_model_runs_on_sdpa_and_switches_back():
     """The CUDA training path uses flex attention; evaluation (generation) switches to SDPA and back."""
     from workbench.finetune import evaluate, load_tokenizer_and_model

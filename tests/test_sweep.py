@@ -406,6 +406,40 @@ def test_sft_sweep_over_lora_and_token_budget(con):
 
 
 @pytest.mark.slow
+def test_sft_test_predictions_are_judged_as_the_test_accuracy_is(con):
+    """The chosen SFT trial's test predictions: ``correct`` is the normalized exact match the accuracy
+    uses (the WordPiece tokenizer decodes ``yes_please`` as ``yes _ please``), and the test rows sit at
+    the step whose weights were kept."""
+    from workbench.evaluate import normalize_answer
+
+    rows, splits = [], []
+    for i in range(40):  # a trivial two-label task the tiny model learns in a dozen steps
+        src = f"ex{i:03d}"
+        rows.append({"example_id": f"t|{src}", "source_row_id": src, "task": "intent_classification",
+                     "template_id": "t", "prompt": ("do you want tea" if i % 2 == 0 else "are you full") + "\nAnswer:",
+                     "completion": ["yes_please", "no_thanks"][i % 2], "choices": ["no_thanks", "yes_please"]})
+        k = i * 7 % 10
+        splits.append({"example_id": src, "split": "train" if k < 6 else "validation" if k < 8 else "test",
+                       "seed": 0, "batch_id": 1, "assigned_at": pd.Timestamp("2026-01-01")})
+    workbench.write_table(con, "sft_examples", pd.DataFrame(rows))
+    workbench.write_table(con, "splits", pd.DataFrame(splits))
+    fixed = {"epochs": 6, "token_budget": 64, "micro_batch_size": 2, "max_length": 32, "eval_at_start": False,
+             "max_new_tokens": 5, "warmup_steps": 2, "patience": 0, "threads": 1}
+    res = S.sweep({"lr": [3e-3]}, 1, con=con, strategy="grid", trainer="sft", config=fixed, progress=False)
+    preds = con.execute("select prediction, label, correct from predictions where run_id = ? and split = 'test'",
+                        [res.best_run_id]).df()
+    assert len(preds) == 8 and preds["prediction"].str.contains(" _ ").any()  # the case this test is about
+    assert preds["correct"].tolist() == [normalize_answer(p) == normalize_answer(y)
+                                         for p, y in zip(preds["prediction"], preds["label"])]
+    assert preds["correct"].mean() == pytest.approx(res.test_metric) and res.test_metric > 0.5
+    tested = con.execute("select distinct step from run_metrics where run_id = ? and split = 'test'",
+                         [res.best_run_id]).fetchall()
+    kept = con.execute("select distinct step from run_metrics where run_id = ? and split = 'validation'"
+                       " and metric = 'final_accuracy'", [res.best_run_id]).fetchall()
+    assert tested == kept and len(tested) == 1
+
+
+@pytest.mark.slow
 def test_time_budget_stops_a_running_sft_trial(con):
     """SFT trials get the same step callback as classifier trials: the deadline stops them mid-run."""
     write_sft_examples(con)

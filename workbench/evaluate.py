@@ -10,6 +10,8 @@ saves them.
 """
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections import Counter
 from typing import Iterable, Sequence
 
@@ -19,6 +21,31 @@ import pandas as pd
 from .workspace import table_exists
 
 OTHER = "<other>"  # column of the confusion matrix for predictions outside the label set (free text)
+
+
+# --------------------------------------------------------------------------- answers
+
+def normalize_answer(text: str) -> str:
+    """Normalized form for exact match: NFKC, lowercase, ``_`` as a space, no space next to
+    punctuation, single spaces, no final period.
+
+    ``technical_issue``, ``technical issue`` (a plain-words template) and ``technical _ issue``
+    (WordPiece decoding) all normalize to ``technical issue``.
+    """
+    s = unicodedata.normalize("NFKC", str(text)).lower().replace("_", " ").strip()
+    s = re.sub(r"\s*([^\w\s])\s*", r"\1", s)
+    return re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
+
+
+def as_labels(predictions: Iterable[str], labels: Sequence[str]) -> list[str]:
+    """Each prediction spelled as the label it means: a causal LM's ``technical _ issue`` (WordPiece
+    decoding) is the label ``technical_issue``, as ``predictions.correct`` already counts it. A
+    prediction that matches no label (after ``normalize_answer``) is kept as it is."""
+    known = set(labels)
+    canon: dict[str, str] = {}
+    for lab in labels:
+        canon.setdefault(normalize_answer(lab), lab)
+    return [p if p in known else canon.get(normalize_answer(p), p) for p in predictions]
 
 
 # --------------------------------------------------------------------------- baselines
@@ -77,14 +104,17 @@ def confusion_matrix(con: duckdb.DuckDBPyConnection, run_id: str, split: str = "
                      labels: Sequence[str] | None = None) -> pd.DataFrame:
     """Counts with true labels as rows and predicted labels as columns.
 
-    Predictions outside the label set (a generative model's free text) are counted in one
-    ``<other>`` column, so every row still sums to the label's support.
+    Predictions are matched to labels as ``correct`` is computed (``normalize_answer``: a causal
+    LM's ``technical _ issue`` is ``technical_issue``). Predictions outside the label set (a
+    generative model's free text) are counted in one ``<other>`` column, so every row still sums to
+    the label's support.
     """
     from sklearn.metrics import confusion_matrix as sk_confusion
 
     df = predictions(con, run_id, split)
     labels = list(labels) if labels is not None else sorted(set(df["label"]))
-    pred = df["prediction"].where(df["prediction"].isin(labels), OTHER)
+    pred = pd.Series(as_labels(df["prediction"], labels), index=df.index)
+    pred = pred.where(pred.isin(labels), OTHER)
     cols = labels + ([OTHER] if (pred == OTHER).any() else [])
     cm = sk_confusion(df["label"], pred, labels=cols)
     out = pd.DataFrame(cm, index=pd.Index(cols, name="label"), columns=pd.Index(cols, name="predicted"))
@@ -117,13 +147,15 @@ def plot_confusion_matrix(cm: pd.DataFrame, *, title: str = "", normalize: bool 
 
 
 def class_report(con: duckdb.DuckDBPyConnection, run_id: str, split: str = "test") -> pd.DataFrame:
-    """Per-class precision, recall, F1 and support (one row per true label), from ``predictions``."""
+    """Per-class precision, recall, F1 and support (one row per true label), from ``predictions``
+    (predictions matched to labels with ``normalize_answer``, as ``correct`` is)."""
     from sklearn.metrics import precision_recall_fscore_support
 
     df = predictions(con, run_id, split)
     labels = sorted(set(df["label"]))
-    p, r, f, s = precision_recall_fscore_support(df["label"], df["prediction"], labels=labels, zero_division=0)
-    predicted = df["prediction"].value_counts()
+    pred = pd.Series(as_labels(df["prediction"], labels), index=df.index)
+    p, r, f, s = precision_recall_fscore_support(df["label"], pred, labels=labels, zero_division=0)
+    predicted = pred.value_counts()
     return pd.DataFrame({"label": labels, "precision": p, "recall": r, "f1": f, "support": s,
                          "predicted": [int(predicted.get(lab, 0)) for lab in labels]})
 
@@ -312,10 +344,11 @@ def run_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> str:
 
 def compare_runs(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str] | None = None, *,
                  task: str | None = None, kind: str | None = None, digits: int | None = None) -> pd.DataFrame:
-    """One row per run with its headline figures, best test accuracy first.
+    """One row per run with its headline figures, best validation accuracy first (then newest first).
 
     Choose between runs on ``validation_accuracy``; the test column is there to report, not to
-    select on (selecting on test makes its figure optimistic). ``digits`` rounds the accuracies.
+    select on (selecting on test makes its figure optimistic), so the table is not ordered by it.
+    ``digits`` rounds the accuracies.
     """
     if not table_exists(con, "runs"):
         return pd.DataFrame(columns=["run_id", "kind", "task", "model", "status", "test_accuracy",
@@ -337,7 +370,8 @@ def compare_runs(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str] | None =
         return out
     cols = ["run_id", "kind", "task", "model", "status", "started_at", "test_accuracy", "majority_baseline",
             "validation_accuracy", "best_validation_accuracy", "tested_step", "steps"]
-    out = out[cols].sort_values("test_accuracy", ascending=False, na_position="last").reset_index(drop=True)
+    out = out[cols].sort_values(["validation_accuracy", "started_at"], ascending=[False, False],
+                                na_position="last").reset_index(drop=True)
     if digits is not None:
         num = ["test_accuracy", "majority_baseline", "validation_accuracy", "best_validation_accuracy"]
         out[num] = out[num].astype(float).round(digits)

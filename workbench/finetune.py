@@ -17,11 +17,9 @@ import json
 import math
 import os
 import random
-import re
 import resource
 import shutil
 import time
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Any, Sequence
@@ -31,6 +29,7 @@ import pandas as pd
 import torch
 
 from . import runs
+from .evaluate import normalize_answer  # noqa: F401  (one exact-match rule for training, reports, sweeps)
 from .packing import (PackedBatch, Prefetcher, collate_packed, document_logprobs, hidden_states,
                       linear_cross_entropy, plan_epoch, tokenize_example)
 from .workspace import snapshot_id, table_exists, transaction, write_table
@@ -64,7 +63,7 @@ class SFTConfig:
     # --- evaluation, early stopping, model choice
     eval_every: int = 0  # optimizer steps between validation evaluations; 0 = only at each epoch end
     eval_at_start: bool = True  # evaluate before the first step (the untrained model's point on the curves)
-    max_eval_examples: int | None = 200  # validation examples scored per evaluation (None = all); test is always all
+    max_eval_examples: int | None = 200  # validation examples scored per evaluation, a seeded random subset (None = all); test is always all
     eval_batch_size: int = 32  # prompts per generation batch
     max_new_tokens: int = 8  # greedy generation length; must cover the longest label + EOS
     metric: str = "accuracy"  # early stopping / model choice: "accuracy" (generation), "choice_accuracy", "loss"
@@ -257,23 +256,38 @@ def tokenize_split(tokenizer, frame: pd.DataFrame, config: SFTConfig, split: str
     return examples, frame
 
 
+def audit_training_masks(tokenizer, examples: list[dict], frame: pd.DataFrame, config: SFTConfig,
+                         sample: int | None = 256):
+    """The mask audit (``template_tokens.mask_audit``) of exactly what training will see, before anything
+    is written: a stable sample of the tokenized train examples; raises ``MaskAuditError`` on zero trained
+    tokens, an untrained EOS, a doubled BOS, an unmasked prompt or misaligned labels. Completions cut by
+    ``overlength="truncate"`` lose their EOS by choice (``tokenize_split`` reported them): not audited."""
+    from .template_tokens import mask_audit
+
+    rows = [{"example_id": i, "input_ids": e["input_ids"], "labels": e["labels"]}
+            for i, e in zip(frame["example_id"], examples)
+            if not (config.overlength == "truncate" and len(e["input_ids"]) >= config.max_length)]
+    return mask_audit(rows, tokenizer, max_length=config.max_length, sample=sample, seed=config.seed,
+                      raise_on_error=True) if rows else None
+
+
+def validation_subset(frame: pd.DataFrame, config: SFTConfig) -> pd.DataFrame:
+    """The validation examples scored at each evaluation: all, or a seeded random ``max_eval_examples``.
+
+    Not the first rows: ``example_id`` starts with the template id, so the first rows would be one or
+    two templates' examples only, and early stopping, keep-best and sweep pruning would choose on them.
+    """
+    n = config.max_eval_examples
+    if n is None or len(frame) <= n:
+        return frame
+    return frame.sample(n=n, random_state=config.seed).sort_values("example_id").reset_index(drop=True)
+
+
 def majority_baseline(train: pd.DataFrame, test: pd.DataFrame) -> float | None:
     if test.empty:
         return None
     top = train["completion"].map(normalize_answer).value_counts().idxmax()
     return float((test["completion"].map(normalize_answer) == top).mean())
-
-
-def normalize_answer(text: str) -> str:
-    """Normalized form for exact match: NFKC, lowercase, ``_`` as a space, no space next to
-    punctuation, single spaces, no final period.
-
-    ``technical_issue``, ``technical issue`` (a plain-words template) and ``technical _ issue``
-    (WordPiece decoding) all normalize to ``technical issue``.
-    """
-    s = unicodedata.normalize("NFKC", str(text)).lower().replace("_", " ").strip()
-    s = re.sub(r"\s*([^\w\s])\s*", r"\1", s)
-    return re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
 
 
 # =========================================================================== model
@@ -660,8 +674,9 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
         parts["train"] = parts["train"].sample(n=config.max_train_examples, random_state=config.seed)\
             .sort_values("example_id").reset_index(drop=True)
     train_ex, parts["train"] = tokenize_split(tokenizer, parts["train"], config, "train")
+    audit = audit_training_masks(tokenizer, train_ex, parts["train"], config)  # raises before a row is written
     _, parts["validation"] = tokenize_split(tokenizer, parts["validation"], config, "validation")
-    val_frame = parts["validation"] if config.max_eval_examples is None else parts["validation"].head(config.max_eval_examples)
+    val_frame = validation_subset(parts["validation"], config)
     lengths = [len(e["input_ids"]) for e in train_ex]
 
     # ---------------------------------------------------------------- model, optimizer, schedule
@@ -704,6 +719,10 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
         run_id = resume_from
     run_dir = runs.model_dir(run_id)
     log = _Metrics(con, run_id)
+    if resume_from is None and audit is not None:  # trained tokens per audited example (the audit passed)
+        trained = audit.table["n_trained"]
+        log.add({"mask_audit_examples": len(trained), "mask_audit_min_trained_tokens": trained.min(),
+                 "mask_audit_mean_trained_tokens": trained.mean()}, step=0, epoch=0.0, split="train")
     state = {"step": 0, "best": None, "best_metric": None, "best_step": None, "bad_evals": 0, "stopped_early": False}
     if resume_ckpt is not None:
         ck = torch.load(resume_ckpt, map_location="cpu", weights_only=False)

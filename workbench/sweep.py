@@ -9,9 +9,9 @@ parameters (grid, random, or the TPE model-based sampler with a median pruner fe
 validation metric), seeded per trial from ``(seed, trial number)``, so the same seed gives the same
 trials, interrupted or not. The best trial is chosen on the validation metric; then, once, its
 saved model is scored on the test split (``sweeps.test_metric``, and ``run_metrics`` / ``predictions``
-rows with ``split = 'test'`` for that run only). Asking to select on a test metric is an error. (The
-trainers still score test at the end of every run; until they take ``evaluate_test=False`` the
-sweep deletes those rows the moment a trial ends and never reads them.)
+rows with ``split = 'test'`` for that run only). Asking to select on a test metric is an error. Trials
+run with ``evaluate_test=False`` (both trainers), so they never score test; as a second guard the
+sweep deletes any test rows of a trial the moment it ends, unread.
 
 Bounded and resumable: ``budget`` caps trials and wall-clock seconds (a trial still running at the
 deadline is stopped); a failing trial is recorded with its error and the sweep goes on; the Optuna
@@ -55,7 +55,7 @@ SFT_SEARCH_SPACE: dict[str, Any] = {
     "warmup_steps": [0, 10],                         # linear warmup steps
 }
 STRATEGIES = ("grid", "random", "tpe")
-# Config field that turns a trainer's end-of-run test evaluation off (asked for; used once it exists).
+# Config field that turns a trainer's end-of-run test evaluation off; every trial sets it to False.
 TEST_HOOK = "evaluate_test"
 TRIAL_STATUSES = ("running", "completed", "pruned", "failed", "stopped", "interrupted")
 # Names people use for the same knob; mapped to each trainer's config field.
@@ -760,7 +760,7 @@ def _classifier_test(con, run: dict, sweep_row: dict) -> tuple[dict, int, pd.Dat
     meta = Path(run["model_path"]) / classifier.META_FILE
     step = int(json.loads(meta.read_text()).get("best_step") or 0) if meta.exists() else 0
     preds = pd.DataFrame({"example_id": test["example_id"], "prompt": test["text"],
-                          "prediction": [labels[i] for i in pred], "label": test["label"]})
+                          "prediction": [labels[i] for i in pred], "label": test["label"], "correct": pred == y})
     return metrics, step, preds
 
 
@@ -777,8 +777,13 @@ def _sft_test(con, run: dict, sweep_row: dict) -> tuple[dict, int, pd.DataFrame]
     model, tok = finetune.load_model(run["model_path"], device=cfg.device if cfg.device != "auto" else "cpu")
     metrics, pred = finetune.evaluate(model, tok, parts["test"], cfg)
     metrics["majority_baseline"] = finetune.majority_baseline(parts["train"], parts["test"])
-    step = con.execute("select max(step) from run_metrics where run_id = ?", [run["run_id"]]).fetchone()[0] or 0
-    return metrics, int(step), pred[["example_id", "prompt", "prediction", "label"]]
+    # the step whose weights were saved (keep_best): where the trainer logged its final_* validation metrics
+    step = con.execute("select max(step) from run_metrics where run_id = ? and split = 'validation'"
+                       " and starts_with(metric, 'final_')", [run["run_id"]]).fetchone()[0]
+    if step is None:
+        step = con.execute("select max(step) from run_metrics where run_id = ?", [run["run_id"]]).fetchone()[0] or 0
+    # correct = normalized exact match, as the accuracy counts it ('technical _ issue' is 'technical_issue')
+    return metrics, int(step), pred[["example_id", "prompt", "prediction", "label", "correct"]]
 
 
 def evaluate_best_on_test(con: duckdb.DuckDBPyConnection, sweep_id: str) -> float:
@@ -805,9 +810,7 @@ def evaluate_best_on_test(con: duckdb.DuckDBPyConnection, sweep_id: str) -> floa
     value = metrics.get(key)
     if value is None:
         raise SweepError(f"test evaluation of run {row['best_run_id']} gave no {key!r}: {metrics}")
-    preds = preds.assign(run_id=row["best_run_id"], split="test")
-    preds["correct"] = (preds["prediction"].astype(str).str.strip().str.lower()
-                        == preds["label"].astype(str).str.strip().str.lower())
+    preds = preds.assign(run_id=row["best_run_id"], split="test")  # `correct` as the test accuracy counts it
     preds = preds[["run_id", "example_id", "split", "prompt", "prediction", "label", "correct"]]
     logged = runs._now()
     rows = [(row["best_run_id"], step, None, "test", k, float(v), logged) for k, v in metrics.items() if v is not None]
