@@ -627,8 +627,9 @@ def model_bias_report(con: duckdb.DuckDBPyConnection, run_id: str, group_cols: S
     """Model bias of one run: ``predictions`` (run_id, split) joined to ``examples`` for the groups.
 
     Per-group metrics with Fairlearn ``MetricFrame`` and bootstrap intervals, demographic parity
-    and equalized odds per class (one-vs-rest). ``normalize`` compares predictions and labels
-    after strip + lower case (what ``runs.write_predictions`` does for ``correct``).
+    and equalized odds per class (one-vs-rest). ``normalize`` reads each prediction as the label it
+    means (``evaluate.as_labels``: a causal LM's ``Technical _ issue`` is ``technical_issue``), as the
+    trainers count ``predictions.correct``.
     """
     cfg = config or BiasConfig()
     group_cols = [group_cols] if isinstance(group_cols, str) else list(group_cols)
@@ -654,8 +655,10 @@ def model_bias_report(con: duckdb.DuckDBPyConnection, run_id: str, group_cols: S
     if df.empty:
         raise WorkspaceError(f"none of the {n_pred} predictions of run {run_id!r} joins {examples_table!r} on example_id")
     if normalize:
-        for c in ("prediction", "label"):
-            df[c] = df[c].astype(str).str.strip().str.lower()
+        from .evaluate import as_labels
+
+        df["label"] = df["label"].astype(str)
+        df["prediction"] = as_labels(df["prediction"].astype(str), sorted(set(df["label"])))
     report_id = report_id or new_report_id()
     m, frames = bias.model_bias(df, group_cols, metrics=metrics, intersections=intersections, config=cfg)
     findings = model_findings(m, cfg)
