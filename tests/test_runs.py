@@ -38,3 +38,14 @@ def test_a_runs_table_from_before_sweep_trial_gets_the_column(con):
     snap = con.execute("select id from wb.current_snapshot()").fetchone()[0]
     runs.ensure_tables(con)  # a no-op once migrated: no new snapshot
     assert con.execute("select id from wb.current_snapshot()").fetchone()[0] == snap
+
+
+def test_write_predictions_counts_correct_as_the_trainers_do(con):
+    import pandas as pd
+
+    frame = pd.DataFrame({"example_id": ["a", "b", "c", "d"], "prompt": "p",
+                          "prediction": ["Technical _ issue", " REFUND ", "billing.", "refund"],
+                          "label": ["technical_issue", "refund", "billing", "billing"]})
+    runs.write_predictions(con, "r1", "test", frame)
+    got = dict(con.execute("select example_id, correct from predictions where run_id = 'r1'").fetchall())
+    assert got == {"a": True, "b": True, "c": True, "d": False}

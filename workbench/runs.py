@@ -142,8 +142,11 @@ def write_predictions(con: duckdb.DuckDBPyConnection, run_id: str, split: str,
     for col in ("example_id", "prompt", "prediction", "label"):
         if col not in df:
             raise ValueError(f"predictions need a {col!r} column")
-    if "correct" not in df:
-        df["correct"] = df["prediction"].astype(str).str.strip().str.lower() == df["label"].astype(str).str.strip().str.lower()
+    if "correct" not in df:  # the exact match the trainers count (evaluate.normalize_answer)
+        from .evaluate import normalize_answer
+
+        df["correct"] = [normalize_answer(p) == normalize_answer(lab)
+                         for p, lab in zip(df["prediction"].astype(str), df["label"].astype(str))]
     df.insert(0, "run_id", run_id)
     df["split"] = split
     df = df[["run_id", "example_id", "split", "prompt", "prediction", "label", "correct"]]
