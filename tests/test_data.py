@@ -106,7 +106,7 @@ def _clean_one_file(con, tmp_path, body: str):
 
 def test_clean_normalizes_filters_dedups_with_reasons(con, tmp_path):
     body = (good(1, "I want a refund for order 1", ts="2026-01-05 10:00:00")
-            + good(2, "  I WANT a   refund for\norder 1 ", ts="2026-01-01 09:00:00")  # exact dup (case/space), earlier
+            + good(2, "  I WANT a   refund for\norder 1 ", ts="2026-01-01 09:00:00")  # exact dup (case/space), earlier; lines 3-4
             + good(3, "I want a refund for order 1!!")                                  # near dup: kept by exact dedup
             + good(4, "")                                                                 # empty
             + 'M5,C1,2026-01-05,email,north,30-44,,refund,x\n'                           # null text
@@ -120,18 +120,18 @@ def test_clean_normalizes_filters_dedups_with_reasons(con, tmp_path):
     fate = dict(con.execute("select source_row_id, fate || coalesce(': ' || reason, '') from row_fate").fetchall())
     assert fate["m.csv:3"] == "kept"                      # M2: earliest of the exact duplicates
     assert fate["m.csv:2"] == "duplicate: duplicate of m.csv:3"
-    assert fate["m.csv:4"] == "kept"
-    assert fate["m.csv:5"] == "filtered: empty text"
+    assert fate["m.csv:5"] == "kept"
     assert fate["m.csv:6"] == "filtered: empty text"
-    assert fate["m.csv:7"] == "filtered: text longer than 80 chars"
-    assert fate["m.csv:8"] == "filtered: missing intent"
-    assert fate["m.csv:9"] == "kept"
-    assert fate["m.csv:10"] == "filtered: unknown intent: other"
-    assert fate["m.csv:11"] == "filtered: unparseable created_at: 31/02/2026"
+    assert fate["m.csv:7"] == "filtered: empty text"
+    assert fate["m.csv:8"] == "filtered: text longer than 80 chars"
+    assert fate["m.csv:9"] == "filtered: missing intent"
+    assert fate["m.csv:10"] == "kept"
+    assert fate["m.csv:11"] == "filtered: unknown intent: other"
+    assert fate["m.csv:12"] == "filtered: unparseable created_at: 31/02/2026"
     ex = dict(con.execute("select example_id, text from examples").fetchall())
     assert ex["m.csv:3"] == "I WANT a refund for order 1"
-    assert ex["m.csv:12"] == "mail me at <EMAIL> or <PHONE>, card <CARD>"
-    assert con.execute("select intent from examples where example_id = 'm.csv:9'").fetchone()[0] == "shipping"
+    assert ex["m.csv:13"] == "mail me at <EMAIL> or <PHONE>, card <CARD>"
+    assert con.execute("select intent from examples where example_id = 'm.csv:10'").fetchone()[0] == "shipping"
     assert data.check_row_fate(con)["messages"] == {"input_rows": 11, "kept": 4, "duplicate": 1, "filtered": 6}
 
 
@@ -222,7 +222,7 @@ def test_mixed_line_ends_load_with_physical_line_numbers(con, tmp_path):
 
 def test_quote_closed_lines_later_is_one_reject_naming_its_lines(con, tmp_path):
     """A stray quote closed on a later line makes one record of the lines between: one reject that names
-    the physical line range and holds every line; later rows keep DuckDB's record numbering."""
+    the physical line range and holds every line; every line number is the physical one."""
     lead = "C1,2026-01-05 10:00:00,email,north,30-44"
     body = (HEADER + good(1)
             + f'M0,{lead},"multi\nline text",refund,ok\n'            # a legal two-line record: lines 3-4
@@ -233,11 +233,11 @@ def test_quote_closed_lines_later_is_one_reject_naming_its_lines(con, tmp_path):
     f = write(tmp_path / "q.csv", body)
     assert data.ingest(con, [f], table="stg")[str(f)] == {"format": "csv", "rows": 3, "rejected": 1}
     (line, reason, raw), = con.execute("select source_line, reason, raw_line from ingest_rejects").fetchall()
-    assert line == 4  # DuckDB's record number (the two-line record before counts once)
+    assert line == 5  # the physical line (DuckDB's record number is 4: the two-line record counts once)
     assert "one record over physical lines 5-7" in reason
     assert raw.split("\n") == [f'M2,{lead},"opens here,refund,ok', f"M3,{lead},swallowed,refund,ok", f'M4,{lead},closes",x']
     assert con.execute("select source_line, message_id from stg order by source_line").fetchall() == [
-        (2, "M1"), (3, "M0"), (5, "M5")]
+        (2, "M1"), (3, "M0"), (8, "M5")]
 
 
 def test_jsonl_lines_of_spaces_are_blank(con, tmp_path):

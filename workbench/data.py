@@ -29,7 +29,7 @@ create table if not exists ingest_rejects (
     source_row_id varchar,   -- '<file name>:<line>'
     table_name varchar,      -- the table the row was meant for
     source_file varchar,     -- full path as given
-    source_line bigint,      -- 1-based line (CSV: the record's line as DuckDB counts records)
+    source_line bigint,      -- 1-based line (CSV: the physical line the record starts on)
     reason varchar,
     raw_line varchar,        -- the offending line (invalid bytes replaced)
     ingested_at timestamp
@@ -75,10 +75,14 @@ def _q(path: str | os.PathLike) -> str:
 def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str, list[tuple]]:
     """CSV via DuckDB's reader with ``store_rejects``: bad rows go to ``reject_errors``.
 
-    DuckDB numbers CSV records by line (header = line 1). It reports a rejected record's line, and
-    parsed rows land in the temp table in file order (insertion order is preserved, also with a
-    parallel scan), so a row's ``rowid`` is its ordinal and its line is ``rowid + 2`` plus the number
-    of rejected (or blank) lines before it: a hash join on a small table of shifts (``_shifts``).
+    Every row and reject gets the physical line its record starts on (header = line 1). Parsed rows
+    land in the temp table in file order (insertion order is preserved, also with a parallel scan),
+    so a row's ``rowid`` is its ordinal and its line is ``rowid + 2`` plus the number of lines before
+    it on which no row starts (rejects, blank lines, the further lines of records that span several):
+    a hash join on a small table of shifts (``_shifts``). DuckDB numbers records, not lines; when
+    rows + rejects + blank lines + header = lines, every record is one line and its numbers are the
+    lines. Otherwise (a quoted field holds a line break) rejects are placed by their byte position
+    and rows by the line breaks in their values (``_record_lines``).
     A file that mixes ``\\n`` and ``\\r\\n`` line ends (DuckDB's reader aborts on one) is read from a
     copy with every ``\\r\\n`` written as ``\\n``: the same lines, so the same line numbers.
     """
@@ -91,6 +95,7 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
             "quote = '\"', escape = '\"', store_rejects = true, "
             "rejects_table = 'wb_reject_errors', rejects_scan = 'wb_reject_scans', "
             "strict_mode = true, null_padding = false, max_line_size = 4194304, parallel = true")
+    table = f"temp.wb_csv_rows{tag}"
     with tempfile.TemporaryDirectory(prefix="wb-csv-") as tmp:
         read_path = path
         try:
@@ -107,48 +112,103 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
             "select distinct line, error_type, error_message, csv_line, line_byte_position "
             "from temp.wb_reject_errors order by line, error_type, error_message"  # a record can be reported twice
         ).fetchall()
+        con.execute("drop table if exists temp.wb_reject_errors; drop table if exists temp.wb_reject_scans")
         # A record's csv_line starts at byte line_byte_position - 1 and carries the line breaks of
-        # blank lines before it: strip those. Where a record spans several physical lines (a quote
-        # opened on one line and closed on a later one), find its first physical line in the file
-        # (earlier multi-line records shift DuckDB's record numbering away from physical lines).
-        rej = [(int(line), etype, msg, (raw or "").lstrip("\r\n").rstrip("\r\n"),
-                int(pos) - 1 + len(raw or "") - len((raw or "").lstrip("\r\n")))
-               for line, etype, msg, raw, pos in rej]
-        first_lines = _physical_lines(read_path, {pos for _, _, _, raw, pos in rej if "\n" in raw})
-    # rejects: several errors can hit one record; keep one row per line with all reasons joined
-    by_line: dict[int, list] = {}
-    for line, etype, msg, raw, pos in rej:
-        entry = by_line.setdefault(line, [{}, raw, first_lines.get(pos, line)])
-        entry[0].setdefault(etype.lower().replace("_", " "), msg)  # one reason per error type
-    rejects = [(line, "; ".join(f"{t}: {m}" for t, m in sorted(reasons.items())), raw, first)
-               for line, (reasons, raw, first) in sorted(by_line.items())]
-    # Blank lines are no rows, but DuckDB counts them in its line numbers: they shift like rejects.
-    n_lines, blanks = _line_scan(path)
-    skipped = sorted({r[0] for r in rejects} | set(blanks))
-    n_rows = con.execute(f"select count(*) from temp.wb_csv_rows{tag}").fetchall()[0][0]
-    shift = _shifts(con, f"wb_csv_shift{tag}", skipped, first_data_line=2, n_rows=n_rows)
-    cols = [r[0] for r in con.execute(f"describe temp.wb_csv_rows{tag}").fetchall()]
+        # blank lines before it: strip those. Several errors can hit one record: one reject per
+        # record (DuckDB's line) with all reasons joined.
+        by_line: dict[int, list] = {}
+        for line, etype, msg, raw, pos in rej:
+            text = (raw or "").lstrip("\r\n")
+            entry = by_line.setdefault(int(line), [{}, text.rstrip("\r\n"), int(pos) - 1 + len(raw or "") - len(text)])
+            entry[0].setdefault(etype.lower().replace("_", " "), msg)  # one reason per error type
+        n_lines, blanks = _line_scan(path)  # blank lines are no rows
+        n_rows = con.execute(f"select count(*) from {table}").fetchall()[0][0]
+        cols = [r[0] for r in con.execute(f"describe {table}").fetchall()]
+        if n_rows + len(by_line) + len(blanks) + 1 == n_lines:  # one line per record: DuckDB's lines
+            starts, multi = {line: line for line in by_line}, []
+        else:  # a record over several lines (or the lines an unterminated quote swallows)
+            at = _physical_lines(read_path, {pos for _, _, pos in by_line.values()})
+            starts, multi = {line: at[pos] for line, (_, _, pos) in by_line.items()}, _record_lines(con, table, cols)
+    rejects = sorted((starts[line], "; ".join(f"{t}: {m}" for t, m in sorted(reasons.items())), raw)
+                     for line, (reasons, raw, _) in by_line.items())
+    skipped = _skipped_lines(path, [(first, 1 + raw.count("\n")) for first, _, raw in rejects], blanks, multi)
+    block = max(1, min(SHIFT_BLOCK, n_rows // max(1, len(skipped))))  # about 2 shifts per row at most
+    shift = _shifts(con, f"wb_csv_shift{tag}", skipped, first_data_line=2, n_rows=n_rows, block=block)
     select = ", ".join(f'r."{c}"' for c in cols)
-    sql = f"select r.rowid + 2 + {shift} as source_line, {select} from temp.wb_csv_rows{tag} r {_shift_join(shift, tag, 'csv')}"
-    con.execute("drop table if exists temp.wb_reject_errors; drop table if exists temp.wb_reject_scans")
+    sql = (f"select r.rowid + 2 + {shift} as source_line, {select} from {table} r "
+           f"{_shift_join(shift, tag, 'csv', block=block)}")
     # An unterminated quote makes DuckDB's reader swallow every line after it: neither rows nor
     # rejects. The record keeps its first line; every line after it is a reject of its own, so the
     # accounting adds up.
     swallowed = []
     if rejects and "unterminated quote" in rejects[-1][1]:
-        start, reason, raw, first = rejects[-1]
+        first, reason, raw = rejects[-1]
         last_row = con.execute(f"select max(source_line) from ({sql})").fetchall()[0][0] or 0
-        if last_row < start and first < n_lines:
-            rejects[-1] = (start, reason, raw.split("\n")[0].rstrip("\r"), first)
-            where = f"line {start}" + (f" (physical line {first})" if first != start else "")
-            swallowed = [(start + (phys - first), f"swallowed by the unterminated quoted field that starts at {where}",
-                          text, phys) for phys, text in _read_lines(path, first + 1, n_lines) if phys not in blanks]
-    for k, (line, reason, raw, first) in enumerate(rejects):
+        if last_row < first < n_lines:
+            rejects[-1] = (first, reason, raw.split("\n")[0].rstrip("\r"))
+            swallowed = [(phys, f"swallowed by the unterminated quoted field that starts at line {first}", text)
+                         for phys, text in _read_lines(path, first + 1, n_lines) if phys not in blanks]
+    for k, (first, reason, raw) in enumerate(rejects):
         spans = raw.count("\n")
         if spans:  # a quote opened on one line and closed on a later one: one record over those lines
-            rejects[k] = (line, f"{reason} (one record over physical lines {first}-{first + spans}: a quoted "
-                          "field runs across line ends; raw_line holds all of them)", raw, first)
-    return sql, [r[:3] for r in rejects + swallowed]
+            rejects[k] = (first, f"{reason} (one record over physical lines {first}-{first + spans}: a quoted "
+                          "field runs across line ends; raw_line holds all of them)", raw)
+    return sql, rejects + swallowed
+
+
+def _record_lines(con: duckdb.DuckDBPyConnection, table: str, cols: list[str]) -> list[tuple[int, int]]:
+    """(ordinal, further lines) of the parsed rows whose record spans several lines, in file order.
+
+    A line break outside quotes ends a record, so a record's further lines are the ``\\n`` in its
+    values (DuckDB keeps them, ``\\r\\n`` included): DuckDB's own parse, no second CSV parser."""
+    if not cols:
+        return []
+    quoted = ['"' + c.replace('"', '""') + '"' for c in cols]
+    breaks = " + ".join(f"coalesce(length({c}) - length(replace({c}, chr(10), '')), 0)" for c in quoted)
+    where = " or ".join(f"contains({c}, chr(10))" for c in quoted)
+    return [(int(i), int(n)) for i, n in con.execute(
+        f"select rowid, {breaks} from {table} where {where} order by rowid").fetchall()]
+
+
+def _skipped_lines(path: Path, rejects: list[tuple[int, int]], blanks: list[int],
+                   multi: list[tuple[int, int]]) -> list[int]:
+    """The physical lines from line 2 on which no parsed row starts, for ``_shifts``.
+
+    ``rejects``: (first line, lines) of each rejected record in file order; ``blanks``: the blank
+    lines; ``multi``: (ordinal, further lines) of the rows over several lines. Walks the file by
+    events: the rows between two events are one line each. A blank line inside a record (a quoted
+    field holding an empty line) is part of that record, not a blank line of its own.
+    """
+    skipped: list[int] = []
+    line, row = 2, 0  # the next line not yet placed, the ordinal of the next row
+    r = b = m = 0  # next reject, blank line, multi-line row
+    end = float("inf")
+    while True:
+        while b < len(blanks) and blanks[b] < line:  # inside a record placed already
+            b += 1
+        at_r = rejects[r][0] if r < len(rejects) else end
+        at_b = blanks[b] if b < len(blanks) else end
+        at_m = line + multi[m][0] - row if m < len(multi) else end
+        if at_r < line:
+            raise IngestError(f"{path}: line {at_r}: a rejected record inside the record before it; "
+                              "cannot number the lines of this file (please report it)")
+        nxt = min(at_r, at_b, at_m)
+        if nxt == end:
+            return skipped
+        row += nxt - line  # one-line rows up to the event
+        if nxt == at_r:  # a rejected record: all its lines
+            line = at_r + rejects[r][1]
+            skipped.extend(range(at_r, line))
+            r += 1
+        elif nxt == at_b:
+            skipped.append(at_b)
+            line = at_b + 1
+            b += 1
+        else:  # a row over several lines: its further lines
+            line = at_m + 1 + multi[m][1]
+            skipped.extend(range(at_m + 1, line))
+            row += 1
+            m += 1
 
 
 def _mixed_line_ends(path: Path) -> bool:
@@ -207,15 +267,15 @@ SHIFT_BLOCK = 256  # rows per block of the shift join: each row meets about 1 + 
 
 
 def _shifts(con: duckdb.DuckDBPyConnection, name: str, skipped: list[int], *, first_data_line: int,
-            n_rows: int) -> str:
+            n_rows: int, block: int = SHIFT_BLOCK) -> str:
     """A temp table of line shifts for parsed rows numbered by ordinal; returns the SQL term to add.
 
     Parsed row ``i`` (0-based, file order) sits on line ``i + first_data_line + shift(i)`` where
     ``shift(i)`` counts the skipped lines (rejects, blanks) before it: ``#{j : a_j <= i}`` with
     ``a_j = line_j - first_data_line - (j - 1)`` the number of rows parsed before the j-th skipped
     line. ``shift`` is constant on ranges ``[lo, hi)`` of ordinals; each range is listed once per
-    block of ``SHIFT_BLOCK`` ordinals it touches, so a row finds its range with an equality join on
-    its block (cheap, parallel) instead of a sort-based ASOF join. No skipped lines: the term is 0.
+    block of ``block`` ordinals it touches, so a row finds its range with an equality join on its
+    block (cheap, parallel) instead of a sort-based ASOF join. No skipped lines: the term is 0.
     """
     if not skipped:
         return "0"
@@ -229,16 +289,16 @@ def _shifts(con: duckdb.DuckDBPyConnection, name: str, skipped: list[int], *, fi
     try:
         con.execute(f"create or replace temp table {name} as "
                     f"select b as block, lo, hi, shift from wb_shift_ranges, "
-                    f"unnest(range(lo // {SHIFT_BLOCK}, (hi - 1) // {SHIFT_BLOCK} + 1)) t(b)")
+                    f"unnest(range(lo // {block}, (hi - 1) // {block} + 1)) t(b)")
     finally:
         con.unregister("wb_shift_ranges")
     return "coalesce(x.shift, 0)"
 
 
-def _shift_join(shift: str, tag: str, kind: str) -> str:
+def _shift_join(shift: str, tag: str, kind: str, block: int = SHIFT_BLOCK) -> str:
     if shift == "0":
         return ""
-    return (f"left join temp.wb_{kind}_shift{tag} x on x.block = r.rowid // {SHIFT_BLOCK} "
+    return (f"left join temp.wb_{kind}_shift{tag} x on x.block = r.rowid // {block} "
             "and r.rowid >= x.lo and r.rowid < x.hi")
 
 
