@@ -96,6 +96,10 @@ def test_append_refuses_reingesting_the_same_rows(con, tmp_path):
 
 def _clean_one_file(con, tmp_path, body: str):
     data.ingest(con, [write(tmp_path / "m.csv", HEADER + body)], table="stg_messages")
+    _clean_messages_only(con)
+
+
+def _clean_messages_only(con):
     for t in ("stg_pool", "stg_kb_articles"):
         con.execute(f"create table {t} (source_row_id varchar, source_file varchar, source_line bigint, "
                     + ("message_id varchar, customer_id varchar, created_at varchar, channel varchar, "
@@ -238,6 +242,63 @@ def test_quote_closed_lines_later_is_one_reject_naming_its_lines(con, tmp_path):
     assert raw.split("\n") == [f'M2,{lead},"opens here,refund,ok', f"M3,{lead},swallowed,refund,ok", f'M4,{lead},closes",x']
     assert con.execute("select source_line, message_id from stg order by source_line").fetchall() == [
         (2, "M1"), (3, "M0"), (8, "M5")]
+
+
+class CsvLines:
+    """A CSV file built record by record, remembering the physical line each record starts on."""
+
+    def __init__(self):
+        self.lines = [HEADER.rstrip("\n")]
+
+    def add(self, record: str) -> int:
+        self.lines.extend(record.split("\n"))  # a record over several lines: a quoted field holds \n
+        return len(self.lines) - record.count("\n")
+
+    def body(self, eol: str) -> bytes:
+        ends = ["\n", "\r\n"] if eol == "mixed" else [eol]  # mixed: alternate, also inside quoted fields
+        return "".join(line + ends[k % len(ends)] for k, line in enumerate(self.lines)).encode()
+
+
+@pytest.mark.parametrize("variant", ["lf", "crlf", "mixed", "gz"])
+def test_records_over_several_lines_keep_physical_line_numbers(con, tmp_path, variant):
+    """Rows and rejects after records whose quoted fields hold line breaks (and blank lines, inside
+    and outside them) carry the physical line their record starts on: LF, CRLF, mixed and gzipped."""
+    import gzip
+
+    lead = "C1,2026-01-05 10:00:00,email,north,30-44"
+    f, rows, rejects = CsvLines(), {}, []
+    rows["M1"] = f.add(good(1).rstrip("\n"))
+    f.add("")
+    rows["M2"] = f.add(f'M2,{lead},"two\nlines",refund,ok')
+    rows["M3"] = f.add(f'M3,{lead},"three lines\n\nwith a blank one, and ""quotes""",refund,"ok"')
+    f.add("")
+    rows["M4"] = f.add(f"M4,{lead},my 5\" screen broke,technical_issue,ok")  # a quote inside an unquoted field
+    rejects.append(f.add(f'M5,{lead},"too many\ncolumns",refund,ok,EXTRA'))   # rejected, over 2 lines
+    rows["M6"] = f.add(f'M6,{lead}, "spaces around\nthe quotes" ,refund,"reply over\n\nthree lines"')
+    f.add("")
+    f.add("")
+    rejects.append(f.add("M7,C1,2026-01-05,email,north"))                         # missing columns
+    rows["M8"] = f.add(good(8).rstrip("\n"))
+    rejects.append(f.add(f'M9,{lead},"opens here,refund,ok\nM10,{lead},in it,refund,ok\nM11,{lead},closes",x'))
+    rows["M12"] = f.add(f'M12,{lead},"last\nrecord",refund,ok')
+    f.add("")
+    rows["M13"] = f.add(good(13).rstrip("\n"))
+    body = f.body("\r\n" if variant == "crlf" else "mixed" if variant == "mixed" else "\n")
+    path = tmp_path / ("m.csv.gz" if variant == "gz" else "m.csv")
+    path.write_bytes(gzip.compress(body) if variant == "gz" else body)
+    report = data.ingest(con, [path], table="stg_messages")
+    assert report[str(path)] == {"format": "csv", "rows": len(rows), "rejected": len(rejects)}
+    got = con.execute("select message_id, source_line, source_row_id from stg_messages order by source_line").fetchall()
+    assert got == [(m, line, f"{path.name}:{line}") for m, line in sorted(rows.items(), key=lambda kv: kv[1])]
+    rej = con.execute("select source_line, source_row_id, reason, raw_line from ingest_rejects order by 1").fetchall()
+    assert [(r[0], r[1]) for r in rej] == [(line, f"{path.name}:{line}") for line in rejects]
+    assert "too many columns" in rej[0][2] and f"physical lines {rejects[0]}-{rejects[0] + 1}" in rej[0][2]
+    assert "missing columns" in rej[1][2] and rej[1][3] == "M7,C1,2026-01-05,email,north"
+    assert f"physical lines {rejects[2]}-{rejects[2] + 2}" in rej[2][2] and len(rej[2][3].split("\n")) == 3
+    text = con.execute("select replace(text, chr(13), '') from stg_messages where message_id = 'M3'").fetchone()[0]
+    assert text == 'three lines\n\nwith a blank one, and "quotes"'
+    _clean_messages_only(con)  # the accounting: every record one row or one reject
+    assert data.check_row_fate(con)["messages"]["input_rows"] == len(rows) + len(rejects)
 
 
 def test_jsonl_lines_of_spaces_are_blank(con, tmp_path):
