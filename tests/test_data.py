@@ -256,7 +256,8 @@ class CsvLines:
 
     def body(self, eol: str) -> bytes:
         ends = ["\n", "\r\n"] if eol == "mixed" else [eol]  # mixed: alternate, also inside quoted fields
-        return "".join(line + ends[k % len(ends)] for k, line in enumerate(self.lines)).encode()
+        text = "".join(line + ends[k % len(ends)] for k, line in enumerate(self.lines))
+        return text.encode().replace(b"<E9>", b"\xe9")  # <E9>: a Latin-1 byte, invalid UTF-8
 
 
 @pytest.mark.parametrize("variant", ["lf", "crlf", "mixed", "gz"])
@@ -281,6 +282,7 @@ def test_records_over_several_lines_keep_physical_line_numbers(con, tmp_path, va
     rows["M8"] = f.add(good(8).rstrip("\n"))
     rejects.append(f.add(f'M9,{lead},"opens here,refund,ok\nM10,{lead},in it,refund,ok\nM11,{lead},closes",x'))
     rows["M12"] = f.add(f'M12,{lead},"last\nrecord",refund,ok')
+    rejects.append(f.add(f'M14,{lead},"caf<E9>\nlatin-1",refund,ok'))  # the reject's raw line loses its \n
     f.add("")
     rows["M13"] = f.add(good(13).rstrip("\n"))
     body = f.body("\r\n" if variant == "crlf" else "mixed" if variant == "mixed" else "\n")
@@ -295,10 +297,32 @@ def test_records_over_several_lines_keep_physical_line_numbers(con, tmp_path, va
     assert "too many columns" in rej[0][2] and f"physical lines {rejects[0]}-{rejects[0] + 1}" in rej[0][2]
     assert "missing columns" in rej[1][2] and rej[1][3] == "M7,C1,2026-01-05,email,north"
     assert f"physical lines {rejects[2]}-{rejects[2] + 2}" in rej[2][2] and len(rej[2][3].split("\n")) == 3
+    assert "invalid encoding" in rej[3][2] and f"physical lines {rejects[3]}-{rejects[3] + 1}" in rej[3][2]
     text = con.execute("select replace(text, chr(13), '') from stg_messages where message_id = 'M3'").fetchone()[0]
     assert text == 'three lines\n\nwith a blank one, and "quotes"'
     _clean_messages_only(con)  # the accounting: every record one row or one reject
     assert data.check_row_fate(con)["messages"]["input_rows"] == len(rows) + len(rejects)
+
+
+def test_unterminated_quote_after_records_over_several_lines(con, tmp_path):
+    """The lines an unterminated quote swallows are rejects at their physical lines, also when records
+    over several lines come before it."""
+    lead = "C1,2026-01-05 10:00:00,email,north,30-44"
+    f = CsvLines()
+    rows = {"M1": f.add(f'M1,{lead},"one\n\nrecord",refund,ok'), "M2": f.add(good(2).rstrip("\n"))}
+    f.add("")
+    start = f.add(f'M3,{lead},"never closed,refund,ok')
+    plain = "M{},C1,2026-01-05 10:00:00,email,north,30-44,plain text {},refund,ok"
+    swallowed = [f.add(plain.format(4, 4)), f.add(plain.format(5, 5))]
+    f.add("")
+    swallowed += [f.add(plain.format(6, 6))]
+    path = write(tmp_path / "u.csv", f.body("\n"))
+    assert data.ingest(con, [path], table="stg")[str(path)] == {"format": "csv", "rows": 2, "rejected": 4}
+    assert sorted(con.execute("select message_id, source_line from stg").fetchall()) == sorted(rows.items())
+    rej = con.execute("select source_line, reason from ingest_rejects order by 1").fetchall()
+    assert [r[0] for r in rej] == [start, *swallowed]
+    assert "unterminated quote" in rej[0][1]
+    assert all(r[1] == f"swallowed by the unterminated quoted field that starts at line {start}" for r in rej[1:])
 
 
 def test_jsonl_lines_of_spaces_are_blank(con, tmp_path):

@@ -125,13 +125,12 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
         n_rows = con.execute(f"select count(*) from {table}").fetchall()[0][0]
         cols = [r[0] for r in con.execute(f"describe {table}").fetchall()]
         if n_rows + len(by_line) + len(blanks) + 1 == n_lines:  # one line per record: DuckDB's lines
-            starts, multi = {line: line for line in by_line}, []
+            spans, multi = {line: (line, 1) for line in by_line}, []
         else:  # a record over several lines (or the lines an unterminated quote swallows)
-            at = _physical_lines(read_path, {pos for _, _, pos in by_line.values()})
-            starts, multi = {line: at[pos] for line, (_, _, pos) in by_line.items()}, _record_lines(con, table, cols)
-    rejects = sorted((starts[line], "; ".join(f"{t}: {m}" for t, m in sorted(reasons.items())), raw)
-                     for line, (reasons, raw, _) in by_line.items())
-    skipped = _skipped_lines(path, [(first, 1 + raw.count("\n")) for first, _, raw in rejects], blanks, multi)
+            spans, multi = _reject_spans(read_path, by_line), _record_lines(con, table, cols)
+    rejects = sorted((*spans[line], "; ".join(f"{t}: {m}" for t, m in sorted(reasons.items())), raw)
+                     for line, (reasons, raw, _) in by_line.items())  # (first line, lines, reason, raw)
+    skipped = _skipped_lines(path, [(first, n) for first, n, _, _ in rejects], blanks, multi)
     block = max(1, min(SHIFT_BLOCK, n_rows // max(1, len(skipped))))  # about 2 shifts per row at most
     shift = _shifts(con, f"wb_csv_shift{tag}", skipped, first_data_line=2, n_rows=n_rows, block=block)
     select = ", ".join(f'r."{c}"' for c in cols)
@@ -141,19 +140,28 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
     # rejects. The record keeps its first line; every line after it is a reject of its own, so the
     # accounting adds up.
     swallowed = []
-    if rejects and "unterminated quote" in rejects[-1][1]:
-        first, reason, raw = rejects[-1]
+    if rejects and "unterminated quote" in rejects[-1][2]:
+        first, _, reason, raw = rejects[-1]
         last_row = con.execute(f"select max(source_line) from ({sql})").fetchall()[0][0] or 0
         if last_row < first < n_lines:
-            rejects[-1] = (first, reason, raw.split("\n")[0].rstrip("\r"))
+            rejects[-1] = (first, 1, reason, raw.split("\n")[0].rstrip("\r"))
             swallowed = [(phys, f"swallowed by the unterminated quoted field that starts at line {first}", text)
                          for phys, text in _read_lines(path, first + 1, n_lines) if phys not in blanks]
-    for k, (first, reason, raw) in enumerate(rejects):
-        spans = raw.count("\n")
-        if spans:  # a quote opened on one line and closed on a later one: one record over those lines
-            rejects[k] = (first, f"{reason} (one record over physical lines {first}-{first + spans}: a quoted "
-                          "field runs across line ends; raw_line holds all of them)", raw)
-    return sql, rejects + swallowed
+    out = [(first, reason if n == 1 else f"{reason} (one record over physical lines {first}-{first + n - 1}: "
+            "a quoted field runs across line ends; raw_line holds all of them)", raw)
+           for first, n, reason, raw in rejects]
+    return sql, out + swallowed
+
+
+def _reject_spans(path: Path, by_line: dict[int, list]) -> dict[int, tuple[int, int]]:
+    """(first physical line, lines) of each rejected record, by DuckDB's line: from its byte range.
+
+    ``csv_line`` holds the record's bytes, each invalid UTF-8 byte as one ``?`` (one that eats a line
+    break too), so its UTF-8 length is the record's length in bytes, and its last byte says its last
+    line."""
+    ends = {line: pos + max(1, len(raw.encode("utf-8"))) - 1 for line, (_, raw, pos) in by_line.items()}
+    at = _physical_lines(path, {pos for _, _, pos in by_line.values()} | set(ends.values()))
+    return {line: (at[pos], at[ends[line]] - at[pos] + 1) for line, (_, _, pos) in by_line.items()}
 
 
 def _record_lines(con: duckdb.DuckDBPyConnection, table: str, cols: list[str]) -> list[tuple[int, int]]:
