@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from .workspace import WorkspaceError, run_sql_file, sql_literal, table_exists, transaction
@@ -125,14 +126,14 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
         n_rows = con.execute(f"select count(*) from {table}").fetchall()[0][0]
         cols = [r[0] for r in con.execute(f"describe {table}").fetchall()]
         if n_rows + len(by_line) + len(blanks) + 1 == n_lines:  # one line per record: DuckDB's lines
-            spans, multi = {line: (line, 1) for line in by_line}, []
+            spans, multi = {line: (line, 1) for line in by_line}, ([], [])
         else:  # a record over several lines (or the lines an unterminated quote swallows)
             spans, multi = _reject_spans(read_path, by_line), _record_lines(con, table, cols)
     rejects = sorted((*spans[line], "; ".join(f"{t}: {m}" for t, m in sorted(reasons.items())), raw)
                      for line, (reasons, raw, _) in by_line.items())  # (first line, lines, reason, raw)
-    skipped = _skipped_lines(path, [(first, n) for first, n, _, _ in rejects], blanks, multi)
-    block = max(1, min(SHIFT_BLOCK, n_rows // max(1, len(skipped))))  # about 2 shifts per row at most
-    shift = _shifts(con, f"wb_csv_shift{tag}", skipped, first_data_line=2, n_rows=n_rows, block=block)
+    lo, shifts = _line_shifts(path, [(first, n) for first, n, _, _ in rejects], blanks, multi, n_rows)
+    block = max(1, min(SHIFT_BLOCK, n_rows // max(1, len(lo))))  # a row meets about 2 ranges at most
+    shift = _shift_table(con, f"wb_csv_shift{tag}", lo, shifts, n_rows=n_rows, block=block)
     select = ", ".join(f'r."{c}"' for c in cols)
     sql = (f"select r.rowid + 2 + {shift} as source_line, {select} from {table} r "
            f"{_shift_join(shift, tag, 'csv', block=block)}")
@@ -164,59 +165,67 @@ def _reject_spans(path: Path, by_line: dict[int, list]) -> dict[int, tuple[int, 
     return {line: (at[pos], at[ends[line]] - at[pos] + 1) for line, (_, _, pos) in by_line.items()}
 
 
-def _record_lines(con: duckdb.DuckDBPyConnection, table: str, cols: list[str]) -> list[tuple[int, int]]:
-    """(ordinal, further lines) of the parsed rows whose record spans several lines, in file order.
+def _record_lines(con: duckdb.DuckDBPyConnection, table: str, cols: list[str]) -> tuple[list, list]:
+    """(ordinals, further lines) of the parsed rows whose record spans several lines, in file order.
 
     A line break outside quotes ends a record, so a record's further lines are the ``\\n`` in its
     values (DuckDB keeps them, ``\\r\\n`` included): DuckDB's own parse, no second CSV parser."""
     if not cols:
-        return []
+        return [], []
     quoted = ['"' + c.replace('"', '""') + '"' for c in cols]
-    breaks = " + ".join(f"coalesce(length({c}) - length(replace({c}, chr(10), '')), 0)" for c in quoted)
+    breaks = " + ".join(f"coalesce(len(string_split({c}, chr(10))) - 1, 0)" for c in quoted)  # 2x replace()
     where = " or ".join(f"contains({c}, chr(10))" for c in quoted)
-    return [(int(i), int(n)) for i, n in con.execute(
-        f"select rowid, {breaks} from {table} where {where} order by rowid").fetchall()]
+    got = con.execute(f"select rowid as i, {breaks} as n from {table} where {where} order by rowid").fetchnumpy()
+    return got["i"].tolist(), got["n"].tolist()
 
 
-def _skipped_lines(path: Path, rejects: list[tuple[int, int]], blanks: list[int],
-                   multi: list[tuple[int, int]]) -> list[int]:
-    """The physical lines from line 2 on which no parsed row starts, for ``_shifts``.
+def _line_shifts(path: Path, rejects: list[tuple[int, int]], blanks: list[int], multi: tuple[list, list],
+                 n_rows: int) -> tuple[list[int], list[int]]:
+    """Where the line shift of the parsed CSV rows changes: (ordinals, shift from there on).
 
-    ``rejects``: (first line, lines) of each rejected record in file order; ``blanks``: the blank
-    lines; ``multi``: (ordinal, further lines) of the rows over several lines. Walks the file by
-    events: the rows between two events are one line each. A blank line inside a record (a quoted
-    field holding an empty line) is part of that record, not a blank line of its own.
+    Row ``i`` (0-based, file order) starts on line ``i + 2 + shift(i)``, ``shift(i)`` counting the
+    lines before it on which no row starts: the further lines of earlier rows over several lines
+    (``multi``: ordinals, further lines), every line of earlier rejected records (``rejects``: first
+    line, lines; file order) and the blank lines between records (``blanks``: every blank line; one
+    inside a record, a quoted field holding an empty line, is part of that record). The walk visits
+    the rejects and blank lines only: rows between two of them are placed by bisecting the rows over
+    several lines, whose first lines are ``2 + ordinal + further lines before + gap lines before``.
     """
-    skipped: list[int] = []
-    line, row = 2, 0  # the next line not yet placed, the ordinal of the next row
-    r = b = m = 0  # next reject, blank line, multi-line row
-    end = float("inf")
-    while True:
-        while b < len(blanks) and blanks[b] < line:  # inside a record placed already
-            b += 1
-        at_r = rejects[r][0] if r < len(rejects) else end
-        at_b = blanks[b] if b < len(blanks) else end
-        at_m = line + multi[m][0] - row if m < len(multi) else end
-        if at_r < line:
-            raise IngestError(f"{path}: line {at_r}: a rejected record inside the record before it; "
-                              "cannot number the lines of this file (please report it)")
-        nxt = min(at_r, at_b, at_m)
-        if nxt == end:
-            return skipped
-        row += nxt - line  # one-line rows up to the event
-        if nxt == at_r:  # a rejected record: all its lines
-            line = at_r + rejects[r][1]
-            skipped.extend(range(at_r, line))
-            r += 1
-        elif nxt == at_b:
-            skipped.append(at_b)
-            line = at_b + 1
-            b += 1
-        else:  # a row over several lines: its further lines
-            line = at_m + 1 + multi[m][1]
-            skipped.extend(range(at_m + 1, line))
-            row += 1
-            m += 1
+    import itertools
+    from bisect import bisect_left
+
+    ords, extra = multi
+    before = [0, *itertools.accumulate(extra)]  # before[m]: further lines of the multi-line rows < m
+    pos = [k + c for k, c in zip(ords, before)]  # a multi-line row's first line, less 2 and the gap lines
+    events = sorted([(first, n, True) for first, n in rejects] + [(b, 1, False) for b in blanks])
+    at, add = [m + 1 for m in ords], list(extra)
+    gap = low = end = rows = 0  # gap lines so far; first multi-line row after the last gap; end of the last reject
+    for line, n, is_reject in events:
+        m = max(bisect_left(pos, line - 2 - gap) - 1, low - 1)  # the last multi-line row starting before
+        inside = line < end or (m >= low and line <= pos[m] + 2 + gap + extra[m])
+        if inside or line - 2 - gap - before[m + 1] < rows:
+            if is_reject:
+                raise IngestError(f"{path}: line {line}: a rejected record inside the record before it; "
+                                  "cannot number the lines of this file (please report it)")
+            continue  # a blank line inside a record
+        rows = line - 2 - gap - before[m + 1]  # rows before this line
+        at.append(rows)
+        add.append(n)
+        gap += n
+        low = bisect_left(ords, rows)
+        if is_reject:
+            end = line + n
+    los: list[int] = []
+    shifts: list[int] = []
+    total = 0
+    for lo, d in sorted(zip(at, add)):
+        total += d
+        if los and los[-1] == lo:
+            shifts[-1] = total
+        else:
+            los.append(lo)
+            shifts.append(total)
+    return los, shifts
 
 
 def _mixed_line_ends(path: Path) -> bool:
@@ -275,29 +284,40 @@ SHIFT_BLOCK = 256  # rows per block of the shift join: each row meets about 1 + 
 
 
 def _shifts(con: duckdb.DuckDBPyConnection, name: str, skipped: list[int], *, first_data_line: int,
-            n_rows: int, block: int = SHIFT_BLOCK) -> str:
+            n_rows: int) -> str:
     """A temp table of line shifts for parsed rows numbered by ordinal; returns the SQL term to add.
 
     Parsed row ``i`` (0-based, file order) sits on line ``i + first_data_line + shift(i)`` where
     ``shift(i)`` counts the skipped lines (rejects, blanks) before it: ``#{j : a_j <= i}`` with
     ``a_j = line_j - first_data_line - (j - 1)`` the number of rows parsed before the j-th skipped
-    line. ``shift`` is constant on ranges ``[lo, hi)`` of ordinals; each range is listed once per
-    block of ``block`` ordinals it touches, so a row finds its range with an equality join on its
-    block (cheap, parallel) instead of a sort-based ASOF join. No skipped lines: the term is 0.
+    line (``_shift_table``). No skipped lines: the term is 0.
     """
-    if not skipped:
-        return "0"
     starts: dict[int, int] = {}  # a -> largest j with a_j = a (consecutive skipped lines share an a)
     for j, line in enumerate(sorted(skipped), 1):
         starts[line - first_data_line - (j - 1)] = j
     los = sorted(starts)
-    ranges = [(lo, los[k + 1] if k + 1 < len(los) else n_rows, starts[lo]) for k, lo in enumerate(los)]
-    frame = pd.DataFrame([r for r in ranges if r[0] < r[1]], columns=["lo", "hi", "shift"], dtype="int64")
+    return _shift_table(con, name, los, [starts[lo] for lo in los], n_rows=n_rows)
+
+
+def _shift_table(con: duckdb.DuckDBPyConnection, name: str, los: list[int], shifts: list[int], *, n_rows: int,
+                 block: int = SHIFT_BLOCK) -> str:
+    """The temp table of shifts ``shifts[k]`` for the ordinals ``[los[k], los[k + 1])``; the SQL term.
+
+    Each range is listed once per block of ``block`` ordinals it touches, so a row finds its range
+    with an equality join on its block (cheap, parallel) instead of a sort-based ASOF join."""
+    if not los:
+        return "0"
+    lo = np.asarray(los, dtype="int64")
+    hi = np.append(lo[1:], n_rows)
+    keep = lo < hi
+    lo, hi, shift = lo[keep], hi[keep], np.asarray(shifts, dtype="int64")[keep]
+    first, count = lo // block, (hi - 1) // block - lo // block + 1  # the blocks each range touches
+    k = np.repeat(np.arange(len(lo)), count)
+    blocks = first[k] + np.arange(len(k)) - np.repeat(np.cumsum(count) - count, count)
+    frame = pd.DataFrame({"block": blocks, "lo": lo[k], "hi": hi[k], "shift": shift[k]})
     con.register("wb_shift_ranges", frame)
     try:
-        con.execute(f"create or replace temp table {name} as "
-                    f"select b as block, lo, hi, shift from wb_shift_ranges, "
-                    f"unnest(range(lo // {block}, (hi - 1) // {block} + 1)) t(b)")
+        con.execute(f"create or replace temp table {name} as select * from wb_shift_ranges")
     finally:
         con.unregister("wb_shift_ranges")
     return "coalesce(x.shift, 0)"
