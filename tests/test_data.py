@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -323,6 +324,39 @@ def test_unterminated_quote_after_records_over_several_lines(con, tmp_path):
     assert [r[0] for r in rej] == [start, *swallowed]
     assert "unterminated quote" in rej[0][1]
     assert all(r[1] == f"swallowed by the unterminated quoted field that starts at line {start}" for r in rej[1:])
+
+
+def test_line_shifts_place_rows_on_random_record_layouts():
+    """``_line_shifts`` on 3,000 random layouts of one-line and multi-line rows, rejects over 1-3 lines,
+    blank lines between records and inside them: each row's line is where the layout put it."""
+    import bisect
+    import random
+
+    import numpy as np
+
+    rng = random.Random(7)
+    for _ in range(3000):
+        line, rows, rejects, blanks, ords, extra = 2, [], [], [], [], []
+        for _ in range(rng.randint(0, 25)):
+            kind, n = rng.choice(["row", "row", "reject", "blank"]), rng.choice([1, 1, 2, 3, 4])
+            if kind == "blank":
+                n = 1
+                blanks.append(line)
+            else:  # a blank line may sit inside a record, never on its first or last line
+                blanks += [line + k for k in range(1, n - 1) if rng.random() < 0.4]
+                if kind == "reject":
+                    rejects.append((line, n))
+                else:
+                    if n > 1:
+                        ords.append(len(rows))
+                        extra.append(n - 1)
+                    rows.append(line)
+            line += n
+        los, shifts = data._line_shifts(Path("x.csv"), rejects, sorted(blanks),
+                                         (np.array(ords, "int64"), np.array(extra, "int64")))
+        got = [i + 2 + (int(shifts[k]) if (k := bisect.bisect_right(los, i) - 1) >= 0 else 0)
+               for i in range(len(rows))]
+        assert got == rows, (rejects, blanks, ords, extra)
 
 
 def test_jsonl_lines_of_spaces_are_blank(con, tmp_path):
