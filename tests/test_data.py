@@ -111,7 +111,7 @@ def _clean_messages_only(con):
 
 def test_clean_normalizes_filters_dedups_with_reasons(con, tmp_path):
     body = (good(1, "I want a refund for order 1", ts="2026-01-05 10:00:00")
-            + good(2, "  I WANT a   refund for\norder 1 ", ts="2026-01-01 09:00:00")  # exact dup (case/space), earlier; lines 3-4
+            + good(2, "  I WANT a   refund for\norder 1 ", ts="2026-01-01 09:00:00")  # exact dup, earlier: lines 3-4
             + good(3, "I want a refund for order 1!!")                                  # near dup: kept by exact dedup
             + good(4, "")                                                                 # empty
             + 'M5,C1,2026-01-05,email,north,30-44,,refund,x\n'                           # null text
