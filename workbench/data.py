@@ -80,10 +80,11 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
     land in the temp table in file order (insertion order is preserved, also with a parallel scan),
     so a row's ``rowid`` is its ordinal and its line is ``rowid + 2`` plus the number of lines before
     it on which no row starts (rejects, blank lines, the further lines of records that span several):
-    a hash join on a small table of shifts (``_line_shifts``). DuckDB numbers records, not lines; when
-    rows + rejects + blank lines + header = lines, every record is one line and its numbers are the
-    lines. Otherwise (a quoted field holds a line break) rejects are placed by their byte position
-    and rows by the line breaks in their values (``_record_lines``).
+    a hash join on a small table of shifts. DuckDB numbers records, not lines; when rows + rejects +
+    blank lines + header = lines, every record is one line and its numbers are the lines
+    (``_shifts``). Otherwise (a quoted field holds a line break) rejects are placed by their bytes
+    (``_reject_spans``) and rows by the line breaks in their values (``_record_lines``,
+    ``_line_shifts``).
     A file that mixes ``\\n`` and ``\\r\\n`` line ends (DuckDB's reader aborts on one) is read from a
     copy with every ``\\r\\n`` written as ``\\n``: the same lines, so the same line numbers.
     """
