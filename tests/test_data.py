@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -96,6 +97,10 @@ def test_append_refuses_reingesting_the_same_rows(con, tmp_path):
 
 def _clean_one_file(con, tmp_path, body: str):
     data.ingest(con, [write(tmp_path / "m.csv", HEADER + body)], table="stg_messages")
+    _clean_messages_only(con)
+
+
+def _clean_messages_only(con):
     for t in ("stg_pool", "stg_kb_articles"):
         con.execute(f"create table {t} (source_row_id varchar, source_file varchar, source_line bigint, "
                     + ("message_id varchar, customer_id varchar, created_at varchar, channel varchar, "
@@ -106,7 +111,7 @@ def _clean_one_file(con, tmp_path, body: str):
 
 def test_clean_normalizes_filters_dedups_with_reasons(con, tmp_path):
     body = (good(1, "I want a refund for order 1", ts="2026-01-05 10:00:00")
-            + good(2, "  I WANT a   refund for\norder 1 ", ts="2026-01-01 09:00:00")  # exact dup (case/space), earlier
+            + good(2, "  I WANT a   refund for\norder 1 ", ts="2026-01-01 09:00:00")  # exact dup, earlier: lines 3-4
             + good(3, "I want a refund for order 1!!")                                  # near dup: kept by exact dedup
             + good(4, "")                                                                 # empty
             + 'M5,C1,2026-01-05,email,north,30-44,,refund,x\n'                           # null text
@@ -120,18 +125,18 @@ def test_clean_normalizes_filters_dedups_with_reasons(con, tmp_path):
     fate = dict(con.execute("select source_row_id, fate || coalesce(': ' || reason, '') from row_fate").fetchall())
     assert fate["m.csv:3"] == "kept"                      # M2: earliest of the exact duplicates
     assert fate["m.csv:2"] == "duplicate: duplicate of m.csv:3"
-    assert fate["m.csv:4"] == "kept"
-    assert fate["m.csv:5"] == "filtered: empty text"
+    assert fate["m.csv:5"] == "kept"
     assert fate["m.csv:6"] == "filtered: empty text"
-    assert fate["m.csv:7"] == "filtered: text longer than 80 chars"
-    assert fate["m.csv:8"] == "filtered: missing intent"
-    assert fate["m.csv:9"] == "kept"
-    assert fate["m.csv:10"] == "filtered: unknown intent: other"
-    assert fate["m.csv:11"] == "filtered: unparseable created_at: 31/02/2026"
+    assert fate["m.csv:7"] == "filtered: empty text"
+    assert fate["m.csv:8"] == "filtered: text longer than 80 chars"
+    assert fate["m.csv:9"] == "filtered: missing intent"
+    assert fate["m.csv:10"] == "kept"
+    assert fate["m.csv:11"] == "filtered: unknown intent: other"
+    assert fate["m.csv:12"] == "filtered: unparseable created_at: 31/02/2026"
     ex = dict(con.execute("select example_id, text from examples").fetchall())
     assert ex["m.csv:3"] == "I WANT a refund for order 1"
-    assert ex["m.csv:12"] == "mail me at <EMAIL> or <PHONE>, card <CARD>"
-    assert con.execute("select intent from examples where example_id = 'm.csv:9'").fetchone()[0] == "shipping"
+    assert ex["m.csv:13"] == "mail me at <EMAIL> or <PHONE>, card <CARD>"
+    assert con.execute("select intent from examples where example_id = 'm.csv:10'").fetchone()[0] == "shipping"
     assert data.check_row_fate(con)["messages"] == {"input_rows": 11, "kept": 4, "duplicate": 1, "filtered": 6}
 
 
@@ -222,7 +227,7 @@ def test_mixed_line_ends_load_with_physical_line_numbers(con, tmp_path):
 
 def test_quote_closed_lines_later_is_one_reject_naming_its_lines(con, tmp_path):
     """A stray quote closed on a later line makes one record of the lines between: one reject that names
-    the physical line range and holds every line; later rows keep DuckDB's record numbering."""
+    the physical line range and holds every line; every line number is the physical one."""
     lead = "C1,2026-01-05 10:00:00,email,north,30-44"
     body = (HEADER + good(1)
             + f'M0,{lead},"multi\nline text",refund,ok\n'            # a legal two-line record: lines 3-4
@@ -233,11 +238,125 @@ def test_quote_closed_lines_later_is_one_reject_naming_its_lines(con, tmp_path):
     f = write(tmp_path / "q.csv", body)
     assert data.ingest(con, [f], table="stg")[str(f)] == {"format": "csv", "rows": 3, "rejected": 1}
     (line, reason, raw), = con.execute("select source_line, reason, raw_line from ingest_rejects").fetchall()
-    assert line == 4  # DuckDB's record number (the two-line record before counts once)
+    assert line == 5  # the physical line (DuckDB's record number is 4: the two-line record counts once)
     assert "one record over physical lines 5-7" in reason
     assert raw.split("\n") == [f'M2,{lead},"opens here,refund,ok', f"M3,{lead},swallowed,refund,ok", f'M4,{lead},closes",x']
     assert con.execute("select source_line, message_id from stg order by source_line").fetchall() == [
-        (2, "M1"), (3, "M0"), (5, "M5")]
+        (2, "M1"), (3, "M0"), (8, "M5")]
+
+
+class CsvLines:
+    """A CSV file built record by record, remembering the physical line each record starts on."""
+
+    def __init__(self):
+        self.lines = [HEADER.rstrip("\n")]
+
+    def add(self, record: str) -> int:
+        self.lines.extend(record.split("\n"))  # a record over several lines: a quoted field holds \n
+        return len(self.lines) - record.count("\n")
+
+    def body(self, eol: str) -> bytes:
+        ends = ["\n", "\r\n"] if eol == "mixed" else [eol]  # mixed: alternate, also inside quoted fields
+        text = "".join(line + ends[k % len(ends)] for k, line in enumerate(self.lines))
+        return text.encode().replace(b"<E9>", b"\xe9")  # <E9>: a Latin-1 byte, invalid UTF-8
+
+
+@pytest.mark.parametrize("variant", ["lf", "crlf", "mixed", "gz"])
+def test_records_over_several_lines_keep_physical_line_numbers(con, tmp_path, variant):
+    """Rows and rejects after records whose quoted fields hold line breaks (and blank lines, inside
+    and outside them) carry the physical line their record starts on: LF, CRLF, mixed and gzipped."""
+    import gzip
+
+    lead = "C1,2026-01-05 10:00:00,email,north,30-44"
+    f, rows, rejects = CsvLines(), {}, []
+    rows["M1"] = f.add(good(1).rstrip("\n"))
+    f.add("")
+    rows["M2"] = f.add(f'M2,{lead},"two\nlines",refund,ok')
+    rows["M3"] = f.add(f'M3,{lead},"three lines\n\nwith a blank one, and ""quotes""",refund,"ok"')
+    f.add("")
+    rows["M4"] = f.add(f"M4,{lead},my 5\" screen broke,technical_issue,ok")  # a quote inside an unquoted field
+    rejects.append(f.add(f'M5,{lead},"too many\ncolumns",refund,ok,EXTRA'))   # rejected, over 2 lines
+    rows["M6"] = f.add(f'M6,{lead}, "spaces around\nthe quotes" ,refund,"reply over\n\nthree lines"')
+    f.add("")
+    f.add("")
+    rejects.append(f.add("M7,C1,2026-01-05,email,north"))                         # missing columns
+    rows["M8"] = f.add(good(8).rstrip("\n"))
+    rejects.append(f.add(f'M9,{lead},"opens here,refund,ok\nM10,{lead},in it,refund,ok\nM11,{lead},closes",x'))
+    rows["M12"] = f.add(f'M12,{lead},"last\nrecord",refund,ok')
+    rejects.append(f.add(f'M14,{lead},"caf<E9>\nlatin-1",refund,ok'))  # the reject's raw line loses its \n
+    f.add("")
+    rows["M13"] = f.add(good(13).rstrip("\n"))
+    body = f.body("\r\n" if variant == "crlf" else "mixed" if variant == "mixed" else "\n")
+    path = tmp_path / ("m.csv.gz" if variant == "gz" else "m.csv")
+    path.write_bytes(gzip.compress(body) if variant == "gz" else body)
+    report = data.ingest(con, [path], table="stg_messages")
+    assert report[str(path)] == {"format": "csv", "rows": len(rows), "rejected": len(rejects)}
+    got = con.execute("select message_id, source_line, source_row_id from stg_messages order by source_line").fetchall()
+    assert got == [(m, line, f"{path.name}:{line}") for m, line in sorted(rows.items(), key=lambda kv: kv[1])]
+    rej = con.execute("select source_line, source_row_id, reason, raw_line from ingest_rejects order by 1").fetchall()
+    assert [(r[0], r[1]) for r in rej] == [(line, f"{path.name}:{line}") for line in rejects]
+    assert "too many columns" in rej[0][2] and f"physical lines {rejects[0]}-{rejects[0] + 1}" in rej[0][2]
+    assert "missing columns" in rej[1][2] and rej[1][3] == "M7,C1,2026-01-05,email,north"
+    assert f"physical lines {rejects[2]}-{rejects[2] + 2}" in rej[2][2] and len(rej[2][3].split("\n")) == 3
+    assert "invalid encoding" in rej[3][2] and f"physical lines {rejects[3]}-{rejects[3] + 1}" in rej[3][2]
+    text = con.execute("select replace(text, chr(13), '') from stg_messages where message_id = 'M3'").fetchone()[0]
+    assert text == 'three lines\n\nwith a blank one, and "quotes"'
+    _clean_messages_only(con)  # the accounting: every record one row or one reject
+    assert data.check_row_fate(con)["messages"]["input_rows"] == len(rows) + len(rejects)
+
+
+def test_unterminated_quote_after_records_over_several_lines(con, tmp_path):
+    """The lines an unterminated quote swallows are rejects at their physical lines, also when records
+    over several lines come before it."""
+    lead = "C1,2026-01-05 10:00:00,email,north,30-44"
+    f = CsvLines()
+    rows = {"M1": f.add(f'M1,{lead},"one\n\nrecord",refund,ok'), "M2": f.add(good(2).rstrip("\n"))}
+    f.add("")
+    start = f.add(f'M3,{lead},"never closed,refund,ok')
+    plain = "M{},C1,2026-01-05 10:00:00,email,north,30-44,plain text {},refund,ok"
+    swallowed = [f.add(plain.format(4, 4)), f.add(plain.format(5, 5))]
+    f.add("")
+    swallowed += [f.add(plain.format(6, 6))]
+    path = write(tmp_path / "u.csv", f.body("\n"))
+    assert data.ingest(con, [path], table="stg")[str(path)] == {"format": "csv", "rows": 2, "rejected": 4}
+    assert sorted(con.execute("select message_id, source_line from stg").fetchall()) == sorted(rows.items())
+    rej = con.execute("select source_line, reason from ingest_rejects order by 1").fetchall()
+    assert [r[0] for r in rej] == [start, *swallowed]
+    assert "unterminated quote" in rej[0][1]
+    assert all(r[1] == f"swallowed by the unterminated quoted field that starts at line {start}" for r in rej[1:])
+
+
+def test_line_shifts_place_rows_on_random_record_layouts():
+    """``_line_shifts`` on 3,000 random layouts of one-line and multi-line rows, rejects over 1-3 lines,
+    blank lines between records and inside them: each row's line is where the layout put it."""
+    import bisect
+    import random
+
+    import numpy as np
+
+    rng = random.Random(7)
+    for _ in range(3000):
+        line, rows, rejects, blanks, ords, extra = 2, [], [], [], [], []
+        for _ in range(rng.randint(0, 25)):
+            kind, n = rng.choice(["row", "row", "reject", "blank"]), rng.choice([1, 1, 2, 3, 4])
+            if kind == "blank":
+                n = 1
+                blanks.append(line)
+            else:  # a blank line may sit inside a record, never on its first or last line
+                blanks += [line + k for k in range(1, n - 1) if rng.random() < 0.4]
+                if kind == "reject":
+                    rejects.append((line, n))
+                else:
+                    if n > 1:
+                        ords.append(len(rows))
+                        extra.append(n - 1)
+                    rows.append(line)
+            line += n
+        los, shifts = data._line_shifts(Path("x.csv"), rejects, sorted(blanks),
+                                         (np.array(ords, "int64"), np.array(extra, "int64")))
+        got = [i + 2 + (int(shifts[k]) if (k := bisect.bisect_right(los, i) - 1) >= 0 else 0)
+               for i in range(len(rows))]
+        assert got == rows, (rejects, blanks, ords, extra)
 
 
 def test_jsonl_lines_of_spaces_are_blank(con, tmp_path):

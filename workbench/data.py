@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from .workspace import WorkspaceError, run_sql_file, sql_literal, table_exists, transaction
@@ -29,7 +30,7 @@ create table if not exists ingest_rejects (
     source_row_id varchar,   -- '<file name>:<line>'
     table_name varchar,      -- the table the row was meant for
     source_file varchar,     -- full path as given
-    source_line bigint,      -- 1-based line (CSV: the record's line as DuckDB counts records)
+    source_line bigint,      -- 1-based line (CSV: the physical line the record starts on)
     reason varchar,
     raw_line varchar,        -- the offending line (invalid bytes replaced)
     ingested_at timestamp
@@ -75,10 +76,15 @@ def _q(path: str | os.PathLike) -> str:
 def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str, list[tuple]]:
     """CSV via DuckDB's reader with ``store_rejects``: bad rows go to ``reject_errors``.
 
-    DuckDB numbers CSV records by line (header = line 1). It reports a rejected record's line, and
-    parsed rows land in the temp table in file order (insertion order is preserved, also with a
-    parallel scan), so a row's ``rowid`` is its ordinal and its line is ``rowid + 2`` plus the number
-    of rejected (or blank) lines before it: a hash join on a small table of shifts (``_shifts``).
+    Every row and reject gets the physical line its record starts on (header = line 1). Parsed rows
+    land in the temp table in file order (insertion order is preserved, also with a parallel scan),
+    so a row's ``rowid`` is its ordinal and its line is ``rowid + 2`` plus the number of lines before
+    it on which no row starts (rejects, blank lines, the further lines of records that span several):
+    a hash join on a small table of shifts. DuckDB numbers records, not lines; when rows + rejects +
+    blank lines + header = lines, every record is one line and its numbers are the lines
+    (``_shifts``). Otherwise (a quoted field holds a line break) rejects are placed by their bytes
+    (``_reject_spans``) and rows by the line breaks in their values (``_record_lines``,
+    ``_line_shifts``).
     A file that mixes ``\\n`` and ``\\r\\n`` line ends (DuckDB's reader aborts on one) is read from a
     copy with every ``\\r\\n`` written as ``\\n``: the same lines, so the same line numbers.
     """
@@ -91,6 +97,7 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
             "quote = '\"', escape = '\"', store_rejects = true, "
             "rejects_table = 'wb_reject_errors', rejects_scan = 'wb_reject_scans', "
             "strict_mode = true, null_padding = false, max_line_size = 4194304, parallel = true")
+    table = f"temp.wb_csv_rows{tag}"
     with tempfile.TemporaryDirectory(prefix="wb-csv-") as tmp:
         read_path = path
         try:
@@ -107,48 +114,118 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
             "select distinct line, error_type, error_message, csv_line, line_byte_position "
             "from temp.wb_reject_errors order by line, error_type, error_message"  # a record can be reported twice
         ).fetchall()
+        con.execute("drop table if exists temp.wb_reject_errors; drop table if exists temp.wb_reject_scans")
         # A record's csv_line starts at byte line_byte_position - 1 and carries the line breaks of
-        # blank lines before it: strip those. Where a record spans several physical lines (a quote
-        # opened on one line and closed on a later one), find its first physical line in the file
-        # (earlier multi-line records shift DuckDB's record numbering away from physical lines).
-        rej = [(int(line), etype, msg, (raw or "").lstrip("\r\n").rstrip("\r\n"),
-                int(pos) - 1 + len(raw or "") - len((raw or "").lstrip("\r\n")))
-               for line, etype, msg, raw, pos in rej]
-        first_lines = _physical_lines(read_path, {pos for _, _, _, raw, pos in rej if "\n" in raw})
-    # rejects: several errors can hit one record; keep one row per line with all reasons joined
-    by_line: dict[int, list] = {}
-    for line, etype, msg, raw, pos in rej:
-        entry = by_line.setdefault(line, [{}, raw, first_lines.get(pos, line)])
-        entry[0].setdefault(etype.lower().replace("_", " "), msg)  # one reason per error type
-    rejects = [(line, "; ".join(f"{t}: {m}" for t, m in sorted(reasons.items())), raw, first)
-               for line, (reasons, raw, first) in sorted(by_line.items())]
-    # Blank lines are no rows, but DuckDB counts them in its line numbers: they shift like rejects.
-    n_lines, blanks = _line_scan(path)
-    skipped = sorted({r[0] for r in rejects} | set(blanks))
-    n_rows = con.execute(f"select count(*) from temp.wb_csv_rows{tag}").fetchall()[0][0]
-    shift = _shifts(con, f"wb_csv_shift{tag}", skipped, first_data_line=2, n_rows=n_rows)
-    cols = [r[0] for r in con.execute(f"describe temp.wb_csv_rows{tag}").fetchall()]
+        # blank lines before it: strip those. Several errors can hit one record: one reject per
+        # record (DuckDB's line) with all reasons joined.
+        by_line: dict[int, list] = {}
+        for line, etype, msg, raw, pos in rej:
+            text = (raw or "").lstrip("\r\n")
+            entry = by_line.setdefault(int(line), [{}, text.rstrip("\r\n"), int(pos) - 1 + len(raw or "") - len(text)])
+            entry[0].setdefault(etype.lower().replace("_", " "), msg)  # one reason per error type
+        n_lines, blanks = _line_scan(path)  # blank lines are no rows
+        n_rows = con.execute(f"select count(*) from {table}").fetchall()[0][0]
+        cols = [r[0] for r in con.execute(f"describe {table}").fetchall()]
+        if n_rows + len(by_line) + len(blanks) + 1 == n_lines:  # one line per record: DuckDB's lines
+            spans, multi = {line: (line, 1) for line in by_line}, None
+        else:  # a record over several lines (or the lines an unterminated quote swallows)
+            spans, multi = _reject_spans(read_path, by_line), _record_lines(con, table, cols)
+    rejects = sorted((*spans[line], "; ".join(f"{t}: {m}" for t, m in sorted(reasons.items())), raw)
+                     for line, (reasons, raw, _) in by_line.items())  # (first line, lines, reason, raw)
+    if multi is None:  # rejects and blank lines: the lines before a row on which no row starts
+        shift, block = _shifts(con, f"wb_csv_shift{tag}", sorted({r[0] for r in rejects} | set(blanks)),
+                               first_data_line=2, n_rows=n_rows), SHIFT_BLOCK
+    else:
+        lo, shifts = _line_shifts(path, [(first, n) for first, n, _, _ in rejects], blanks, multi)
+        block = max(1, min(SHIFT_BLOCK, n_rows // max(1, len(lo))))  # a row meets about 2 ranges at most
+        shift = _shift_table(con, f"wb_csv_shift{tag}", lo, shifts, n_rows=n_rows, block=block)
     select = ", ".join(f'r."{c}"' for c in cols)
-    sql = f"select r.rowid + 2 + {shift} as source_line, {select} from temp.wb_csv_rows{tag} r {_shift_join(shift, tag, 'csv')}"
-    con.execute("drop table if exists temp.wb_reject_errors; drop table if exists temp.wb_reject_scans")
+    sql = (f"select r.rowid + 2 + {shift} as source_line, {select} from {table} r "
+           f"{_shift_join(shift, tag, 'csv', block=block)}")
     # An unterminated quote makes DuckDB's reader swallow every line after it: neither rows nor
     # rejects. The record keeps its first line; every line after it is a reject of its own, so the
     # accounting adds up.
     swallowed = []
-    if rejects and "unterminated quote" in rejects[-1][1]:
-        start, reason, raw, first = rejects[-1]
+    if rejects and "unterminated quote" in rejects[-1][2]:
+        first, _, reason, raw = rejects[-1]
         last_row = con.execute(f"select max(source_line) from ({sql})").fetchall()[0][0] or 0
-        if last_row < start and first < n_lines:
-            rejects[-1] = (start, reason, raw.split("\n")[0].rstrip("\r"), first)
-            where = f"line {start}" + (f" (physical line {first})" if first != start else "")
-            swallowed = [(start + (phys - first), f"swallowed by the unterminated quoted field that starts at {where}",
-                          text, phys) for phys, text in _read_lines(path, first + 1, n_lines) if phys not in blanks]
-    for k, (line, reason, raw, first) in enumerate(rejects):
-        spans = raw.count("\n")
-        if spans:  # a quote opened on one line and closed on a later one: one record over those lines
-            rejects[k] = (line, f"{reason} (one record over physical lines {first}-{first + spans}: a quoted "
-                          "field runs across line ends; raw_line holds all of them)", raw, first)
-    return sql, [r[:3] for r in rejects + swallowed]
+        if last_row < first < n_lines:
+            rejects[-1] = (first, 1, reason, raw.split("\n")[0].rstrip("\r"))
+            swallowed = [(phys, f"swallowed by the unterminated quoted field that starts at line {first}", text)
+                         for phys, text in _read_lines(path, first + 1, n_lines) if phys not in blanks]
+    out = [(first, reason if n == 1 else f"{reason} (one record over physical lines {first}-{first + n - 1}: "
+            "a quoted field runs across line ends; raw_line holds all of them)", raw)
+           for first, n, reason, raw in rejects]
+    return sql, out + swallowed
+
+
+def _reject_spans(path: Path, by_line: dict[int, list]) -> dict[int, tuple[int, int]]:
+    """(first physical line, lines) of each rejected record, by DuckDB's line: from its byte range.
+
+    ``csv_line`` holds the record's bytes, each invalid UTF-8 byte as one ``?`` (one that eats a line
+    break too), so its UTF-8 length is the record's length in bytes, and its last byte says its last
+    line."""
+    ends = {line: pos + max(1, len(raw.encode("utf-8"))) - 1 for line, (_, raw, pos) in by_line.items()}
+    at = _physical_lines(path, {pos for _, _, pos in by_line.values()} | set(ends.values()))
+    return {line: (at[pos], at[ends[line]] - at[pos] + 1) for line, (_, _, pos) in by_line.items()}
+
+
+def _record_lines(con: duckdb.DuckDBPyConnection, table: str, cols: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(ordinals, further lines) of the parsed rows whose record spans several lines, in file order.
+
+    A line break outside quotes ends a record, so a record's further lines are the ``\\n`` in its
+    values (DuckDB keeps them, ``\\r\\n`` included): DuckDB's own parse, no second CSV parser."""
+    if not cols:
+        return np.zeros(0, "int64"), np.zeros(0, "int64")
+    quoted = ['"' + c.replace('"', '""') + '"' for c in cols]
+    breaks = " + ".join(f"coalesce(len(string_split({c}, chr(10))) - 1, 0)" for c in quoted)  # 2x replace()
+    where = " or ".join(f"contains({c}, chr(10))" for c in quoted)
+    got = con.execute(f"select rowid as i, {breaks} as n from {table} where {where} order by rowid").fetchnumpy()
+    return np.asarray(got["i"], "int64"), np.asarray(got["n"], "int64")
+
+
+def _line_shifts(path: Path, rejects: list[tuple[int, int]], blanks: list[int],
+                 multi: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Where the line shift of the parsed CSV rows changes: (ordinals, shift from there on).
+
+    Row ``i`` (0-based, file order) starts on line ``i + 2 + shift(i)``, ``shift(i)`` counting the
+    lines before it on which no row starts: the further lines of earlier rows over several lines
+    (``multi``: ordinals, further lines), every line of earlier rejected records (``rejects``: first
+    line, lines; file order) and the blank lines between records (``blanks``: every blank line; one
+    inside a record, a quoted field holding an empty line, is part of that record). The walk visits
+    the rejects and blank lines only: rows between two of them are placed by bisecting the rows over
+    several lines, whose first lines are ``2 + ordinal + further lines before + gap lines before``.
+    """
+    from bisect import bisect_left
+
+    ords, extra = multi
+    before = np.concatenate(([0], np.cumsum(extra)))  # before[m]: further lines of the multi-line rows < m
+    # A multi-line row's first line is 2 + pos[m] + the gap lines before it. Taking every gap line
+    # so far overshoots for rows before the last gap, but not past the event: those gap lines lie
+    # between such a row and the event. So bisecting pos with all gap lines so far finds the last
+    # multi-line row starting before an event, and whether the event lies inside it.
+    pos = (ords + before[:-1]).tolist()
+    extra_l, before_l = extra.tolist(), before.tolist()  # bisect and index lists: 5x faster than numpy's
+    events = sorted([(first, n, True) for first, n in rejects] + [(b, 1, False) for b in blanks])
+    at, add = [], []  # the gaps: rows before each, lines
+    gap = rows = 0  # gap lines so far; rows before the last gap
+    for line, n, is_reject in events:
+        m = bisect_left(pos, line - 2 - gap) - 1  # the last multi-line row starting before this line
+        # inside that row, or inside the last reject (then fewer rows would come before it than before the reject)
+        if (m >= 0 and line <= pos[m] + 2 + gap + extra_l[m]) or line - 2 - gap - before_l[m + 1] < rows:
+            if is_reject:
+                raise IngestError(f"{path}: line {line}: a rejected record inside the record before it; "
+                                  "cannot number the lines of this file (please report it)")
+            continue  # a blank line inside a record
+        rows = line - 2 - gap - before_l[m + 1]  # rows before this line
+        at.append(rows)
+        add.append(n)
+        gap += n
+    at = np.concatenate((ords + 1, np.asarray(at, "int64")))
+    order = np.argsort(at, kind="stable")
+    at, total = at[order], np.cumsum(np.concatenate((extra, np.asarray(add, "int64")))[order])
+    last = np.flatnonzero(np.append(at[1:] != at[:-1], len(at) > 0))  # one shift per ordinal: its total
+    return at[last], total[last]
 
 
 def _mixed_line_ends(path: Path) -> bool:
@@ -213,32 +290,43 @@ def _shifts(con: duckdb.DuckDBPyConnection, name: str, skipped: list[int], *, fi
     Parsed row ``i`` (0-based, file order) sits on line ``i + first_data_line + shift(i)`` where
     ``shift(i)`` counts the skipped lines (rejects, blanks) before it: ``#{j : a_j <= i}`` with
     ``a_j = line_j - first_data_line - (j - 1)`` the number of rows parsed before the j-th skipped
-    line. ``shift`` is constant on ranges ``[lo, hi)`` of ordinals; each range is listed once per
-    block of ``SHIFT_BLOCK`` ordinals it touches, so a row finds its range with an equality join on
-    its block (cheap, parallel) instead of a sort-based ASOF join. No skipped lines: the term is 0.
+    line (``_shift_table``). No skipped lines: the term is 0.
     """
-    if not skipped:
-        return "0"
     starts: dict[int, int] = {}  # a -> largest j with a_j = a (consecutive skipped lines share an a)
     for j, line in enumerate(sorted(skipped), 1):
         starts[line - first_data_line - (j - 1)] = j
     los = sorted(starts)
-    ranges = [(lo, los[k + 1] if k + 1 < len(los) else n_rows, starts[lo]) for k, lo in enumerate(los)]
-    frame = pd.DataFrame([r for r in ranges if r[0] < r[1]], columns=["lo", "hi", "shift"], dtype="int64")
+    return _shift_table(con, name, los, [starts[lo] for lo in los], n_rows=n_rows)
+
+
+def _shift_table(con: duckdb.DuckDBPyConnection, name: str, los: Sequence[int], shifts: Sequence[int], *,
+                 n_rows: int, block: int = SHIFT_BLOCK) -> str:
+    """The temp table of shifts ``shifts[k]`` for the ordinals ``[los[k], los[k + 1])``; the SQL term.
+
+    Each range is listed once per block of ``block`` ordinals it touches, so a row finds its range
+    with an equality join on its block (cheap, parallel) instead of a sort-based ASOF join."""
+    if not len(los):
+        return "0"
+    lo = np.asarray(los, dtype="int64")
+    hi = np.append(lo[1:], n_rows)
+    keep = lo < hi
+    lo, hi, shift = lo[keep], hi[keep], np.asarray(shifts, dtype="int64")[keep]
+    first, count = lo // block, (hi - 1) // block - lo // block + 1  # the blocks each range touches
+    k = np.repeat(np.arange(len(lo)), count)
+    blocks = first[k] + np.arange(len(k)) - np.repeat(np.cumsum(count) - count, count)
+    frame = pd.DataFrame({"block": blocks, "lo": lo[k], "hi": hi[k], "shift": shift[k]})
     con.register("wb_shift_ranges", frame)
     try:
-        con.execute(f"create or replace temp table {name} as "
-                    f"select b as block, lo, hi, shift from wb_shift_ranges, "
-                    f"unnest(range(lo // {SHIFT_BLOCK}, (hi - 1) // {SHIFT_BLOCK} + 1)) t(b)")
+        con.execute(f"create or replace temp table {name} as select * from wb_shift_ranges")
     finally:
         con.unregister("wb_shift_ranges")
     return "coalesce(x.shift, 0)"
 
 
-def _shift_join(shift: str, tag: str, kind: str) -> str:
+def _shift_join(shift: str, tag: str, kind: str, block: int = SHIFT_BLOCK) -> str:
     if shift == "0":
         return ""
-    return (f"left join temp.wb_{kind}_shift{tag} x on x.block = r.rowid // {SHIFT_BLOCK} "
+    return (f"left join temp.wb_{kind}_shift{tag} x on x.block = r.rowid // {block} "
             "and r.rowid >= x.lo and r.rowid < x.hi")
 
 
