@@ -267,10 +267,10 @@ def _tokenize_chat(tok, f, prompt, completion, max_length, add_eos, system, keep
         if excess <= 0:
             break
         toks = _enc(tok, text)
-        if excess >= len(toks):   # even an empty prompt does not leave room: cut the answer
+        if excess > len(toks):   # even an empty prompt does not leave room: cut the answer
             p_ids, c_ids = p_ids[:max_length], c_ids[:max(0, max_length - len(p_ids))]
             break
-        text = tok.decode(toks[:len(toks) - excess - 1] if keep_prompt == "start" else toks[excess + 1:])
+        text = tok.decode(toks[:max(0, len(toks) - excess - 1)] if keep_prompt == "start" else toks[excess + 1:])
     else:
         p_ids, c_ids = p_ids[:max_length], c_ids[:max(0, max_length - len(p_ids))]
     return {"input_ids": p_ids + c_ids, "labels": [IGNORE_INDEX] * len(p_ids) + c_ids}
