@@ -40,6 +40,20 @@ def test_unstratified_split_matches_an_independent_md5_computation(con):
         assert split == ("train" if u < 0.7 else "validation" if u < 0.9 else "test"), ex_id
 
 
+def test_stratified_split_matches_an_independent_rank_by_md5(con):
+    # the SQL ranks by the md5's first 8 hex digits as text: must be the order of the fraction u
+    ex = make_examples(400)
+    write_table(con, "examples", ex)
+    data.split(con, stratify=True, split_seed=9, train_fraction=0.6, validation_fraction=0.25)
+    got = splits_of(con)
+    for _, group in ex.groupby("intent"):
+        ranked = sorted(group["example_id"], key=lambda k: (python_fraction(9, k), k))
+        n = len(ranked)
+        n_train, n_train_val = math.floor(n * 0.6 + 0.5), math.floor(n * 0.85 + 0.5)
+        for r, ex_id in enumerate(ranked, 1):
+            assert got[ex_id] == ("train" if r <= n_train else "validation" if r <= n_train_val else "test"), ex_id
+
+
 def test_same_inputs_same_splits(workspace, tmp_path):
     import workbench
 
