@@ -137,6 +137,27 @@ def test_leakage_check_finds_a_planted_leak_and_zero_after_dedup(con):
     assert con.execute("select n_splits, first_split, last_split from split_leakage").fetchone() == (2, "test", "train")
 
 
+def test_leakage_table_equals_an_independent_computation(con):
+    write_table(con, "examples", make_examples(300))
+    data.split(con)
+    by_split = {}
+    for ex_id, split in sorted(splits_of(con).items()):
+        by_split.setdefault(split, []).append(ex_id)
+    plants = {"x": by_split["train"][:2] + by_split["validation"][:1] + by_split["test"][:1],  # 3 splits
+              "y": by_split["train"][2:4],  # twice in one split: no leak
+              "z": by_split["validation"][1:2] + by_split["test"][1:3]}  # 2 splits
+    for text, ids in plants.items():
+        con.execute(f"update examples set text_norm = ? where example_id in ({', '.join('?' * len(ids))})", [text, *ids])
+    data.split(con)  # recomputes split_leakage
+    rows = con.execute("select e.text_norm, s.split from splits s join examples e using (example_id)").fetchall()
+    expected = {}
+    for text, split in rows:
+        expected.setdefault(text, []).append(split)
+    expected = sorted((t, len(set(v)), len(v), min(v), max(v)) for t, v in expected.items() if len(set(v)) > 1)
+    assert [e[0] for e in expected] == ["x", "z"]
+    assert sorted(con.execute("select * from split_leakage").fetchall()) == expected
+
+
 def test_bad_split_parameters(con):
     write_table(con, "examples", make_examples(10))
     with pytest.raises(ValueError, match="fractions"):
