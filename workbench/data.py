@@ -519,12 +519,12 @@ def split(con: duckdb.DuckDBPyConnection, *, reset: bool = False, engine: str = 
     p = {**SPLIT_DEFAULTS, **params}
     if p["group_key"] not in SPLIT_GROUP_KEYS:
         raise ValueError(f"group_key {p['group_key']!r}: use one of {SPLIT_GROUP_KEYS}")
-    parquet_layout(con)
-    if reset:
-        transaction(con, lambda c: c.execute("drop table if exists splits"), what="resetting splits")
     tf, vf = float(p["train_fraction"]), float(p["validation_fraction"])
     if not (0 < tf < 1 and 0 <= vf < 1 and tf + vf <= 1):
         raise ValueError(f"split fractions train={tf}, validation={vf}: need 0 < train, train + validation <= 1")
+    parquet_layout(con)
+    if reset:
+        transaction(con, lambda c: c.execute("drop table if exists splits"), what="resetting splits")
     con.execute("""create table if not exists splits (
         example_id varchar, split varchar, seed bigint, batch_id bigint, assigned_at timestamp)""")
     _run_sql(con, "06_splits", p, engine)
