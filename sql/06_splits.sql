@@ -78,9 +78,11 @@ hashed as (
 ),
 
 fractions as (
+    -- u only where the split follows it (no stratification): a literal {{stratify}} prunes it otherwise
     select
         unit_key,
         stratum,
+        substr(h, 1, 8) as h8,
         (
             (cast(strpos('0123456789abcdef', substr(h, 1, 1)) as bigint) - 1) * 268435456
             + (cast(strpos('0123456789abcdef', substr(h, 2, 1)) as bigint) - 1) * 16777216
@@ -95,10 +97,12 @@ fractions as (
 ),
 
 ranked as (
+    -- ranked by the first 8 hex digits as text: the same order as by u (fixed-length lowercase hex)
+    -- without computing u
     select
         unit_key,
         u,
-        row_number() over (partition by stratum order by u, unit_key) as r,
+        row_number() over (partition by stratum order by h8, unit_key) as r,
         count(*) over (partition by stratum) as n
     from fractions
 ),
@@ -135,3 +139,15 @@ select
 from new_examples n
 join unit_splits s on s.unit_key = n.unit_key
 cross join batch b
+where {{group_key}} <> ''
+union all
+-- without a group key a unit is one new example (its unit_key is its example_id): no join back
+select
+    s.unit_key as example_id,
+    s.split,
+    {{split_seed}} as seed,
+    b.batch_id,
+    current_timestamp as assigned_at
+from unit_splits s
+cross join batch b
+where {{group_key}} = ''

@@ -384,3 +384,24 @@ def test_cleaning_sql_plans_join_by_hash(con):
             assert not slow.search(plan), f"{name}: a nested-loop join in\n{stmt.query[:300]}"
             joins += plan.count("HASH_JOIN")
     assert joins >= 2  # examples' semi join and row_fate's lookups at least
+
+
+def test_workspace_tables_are_written_in_small_row_groups_unless_the_workspace_sets_its_own(con, tmp_path):
+    import duckdb
+    import workbench
+
+    path = tmp_path / "m.csv"
+    path.write_text(HEADER + "".join(f"m{i},c{i},2026-01-01 10:00:00,email,north,30-44,message number {i},billing,ok\n"
+                                     for i in range(data.ROW_GROUP_SIZE + 10)))
+    data.ingest(con, [path], table="stg_messages")
+    files = [r[0] for r in con.execute("select data_file from ducklake_list_files('wb', 'stg_messages')").fetchall()]
+    groups = con.execute("select distinct file_name, row_group_id, row_group_num_rows from parquet_metadata(?)",
+                         [files]).fetchall()
+    assert sorted(g[2] for g in groups) == [10, data.ROW_GROUP_SIZE]
+    # a workspace that chose its own size keeps it; a plain DuckDB connection is left alone
+    other = workbench.connect(tmp_path / "ws2")
+    other.execute("call wb.set_option('parquet_row_group_size', 1000)")
+    data.parquet_layout(other)
+    assert other.execute("select value from ducklake_options('wb') where option_name = 'parquet_row_group_size'"
+                         ).fetchall() == [("1000",)]
+    data.parquet_layout(duckdb.connect())

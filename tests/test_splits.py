@@ -40,6 +40,20 @@ def test_unstratified_split_matches_an_independent_md5_computation(con):
         assert split == ("train" if u < 0.7 else "validation" if u < 0.9 else "test"), ex_id
 
 
+def test_stratified_split_matches_an_independent_rank_by_md5(con):
+    # the SQL ranks by the md5's first 8 hex digits as text: must be the order of the fraction u
+    ex = make_examples(400)
+    write_table(con, "examples", ex)
+    data.split(con, stratify=True, split_seed=9, train_fraction=0.6, validation_fraction=0.25)
+    got = splits_of(con)
+    for _, group in ex.groupby("intent"):
+        ranked = sorted(group["example_id"], key=lambda k: (python_fraction(9, k), k))
+        n = len(ranked)
+        n_train, n_train_val = math.floor(n * 0.6 + 0.5), math.floor(n * 0.85 + 0.5)
+        for r, ex_id in enumerate(ranked, 1):
+            assert got[ex_id] == ("train" if r <= n_train else "validation" if r <= n_train_val else "test"), ex_id
+
+
 def test_same_inputs_same_splits(workspace, tmp_path):
     import workbench
 
@@ -121,6 +135,27 @@ def test_leakage_check_finds_a_planted_leak_and_zero_after_dedup(con):
     data.split(con)  # recomputes split_leakage
     assert data.leakage(con) == 1
     assert con.execute("select n_splits, first_split, last_split from split_leakage").fetchone() == (2, "test", "train")
+
+
+def test_leakage_table_equals_an_independent_computation(con):
+    write_table(con, "examples", make_examples(300))
+    data.split(con)
+    by_split = {}
+    for ex_id, split in sorted(splits_of(con).items()):
+        by_split.setdefault(split, []).append(ex_id)
+    plants = {"x": by_split["train"][:2] + by_split["validation"][:1] + by_split["test"][:1],  # 3 splits
+              "y": by_split["train"][2:4],  # twice in one split: no leak
+              "z": by_split["validation"][1:2] + by_split["test"][1:3]}  # 2 splits
+    for text, ids in plants.items():
+        con.execute(f"update examples set text_norm = ? where example_id in ({', '.join('?' * len(ids))})", [text, *ids])
+    data.split(con)  # recomputes split_leakage
+    rows = con.execute("select e.text_norm, s.split from splits s join examples e using (example_id)").fetchall()
+    expected = {}
+    for text, split in rows:
+        expected.setdefault(text, []).append(split)
+    expected = sorted((t, len(set(v)), len(v), min(v), max(v)) for t, v in expected.items() if len(set(v)) > 1)
+    assert [e[0] for e in expected] == ["x", "z"]
+    assert sorted(con.execute("select * from split_leakage").fetchall()) == expected
 
 
 def test_bad_split_parameters(con):

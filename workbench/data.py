@@ -21,9 +21,14 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from .workspace import WorkspaceError, run_sql_file, sql_literal, table_exists, transaction
+from .workspace import ALIAS, WorkspaceError, retry, run_sql_file, sql_literal, table_exists, transaction
 
 FORMATS = ("csv", "jsonl", "parquet")
+# Rows per Parquet row group of the workspace's tables, unless the workspace sets its own
+# (DuckLake option parquet_row_group_size). DuckLake's default, 122,880, makes DuckDB's Parquet writer
+# spend about a fifth more CPU on these tables (measured: stg_messages, int_messages_data) for no
+# faster reads; files are 0.4% larger.
+ROW_GROUP_SIZE = 16384
 ENGINES = ("duckdb", "spark")  # engine="spark": the same SQL and ingest rules on Spark (workbench.spark)
 REJECTS_DDL = """
 create table if not exists ingest_rejects (
@@ -54,6 +59,20 @@ def _run_sql(con: duckdb.DuckDBPyConnection, name: str, params: dict, engine: st
         run_sql_file_spark(con, name, params)
     else:
         run_sql_file(con, name, params)
+
+
+def parquet_layout(con: duckdb.DuckDBPyConnection) -> None:
+    """Give the workspace ``ROW_GROUP_SIZE`` as its Parquet row group size, unless it has one set.
+
+    Called before the data preparation steps write (``ingest``, ``clean``, ``split``). A workspace
+    option (DuckLake ``set_option``): it holds for every later write, in every process."""
+    try:
+        opts = con.execute(f"select option_name from ducklake_options('{ALIAS}') where scope = 'GLOBAL'").fetchall()
+    except duckdb.Error:  # not a workspace connection (no DuckLake catalog): nothing to set
+        return
+    if ("parquet_row_group_size",) not in opts:
+        retry(lambda: con.execute(f"call {ALIAS}.set_option('parquet_row_group_size', {ROW_GROUP_SIZE})"),
+              what="setting the workspace's Parquet row group size")
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -475,6 +494,7 @@ def ingest(con: duckdb.DuckDBPyConnection, files: Sequence[str | os.PathLike] | 
     for p, f in zip(paths, fmts):
         if f not in FORMATS:
             raise IngestError(f"{p}: unknown format {f!r} (use one of {FORMATS})")
+    parquet_layout(con)
     if engine == "spark":
         from .spark import ingest_spark
         return ingest_spark(con, paths, fmts, table=table, mode=mode)
@@ -566,6 +586,7 @@ SPLIT_DEFAULTS = {"train_fraction": 0.8, "validation_fraction": 0.1, "split_seed
 def clean(con: duckdb.DuckDBPyConnection, engine: str = "duckdb", **params: Any) -> None:
     """Run the cleaning SQL files (normalize, filter with reasons, dedup, row accounting)."""
     _check_engine(engine)
+    parquet_layout(con)
     p = {**CLEAN_DEFAULTS, **params}
     for name in CLEAN_SQL:
         _run_sql(con, name, p, engine)
@@ -586,11 +607,12 @@ def split(con: duckdb.DuckDBPyConnection, *, reset: bool = False, engine: str = 
     p = {**SPLIT_DEFAULTS, **params}
     if p["group_key"] not in SPLIT_GROUP_KEYS:
         raise ValueError(f"group_key {p['group_key']!r}: use one of {SPLIT_GROUP_KEYS}")
-    if reset:
-        transaction(con, lambda c: c.execute("drop table if exists splits"), what="resetting splits")
     tf, vf = float(p["train_fraction"]), float(p["validation_fraction"])
     if not (0 < tf < 1 and 0 <= vf < 1 and tf + vf <= 1):
         raise ValueError(f"split fractions train={tf}, validation={vf}: need 0 < train, train + validation <= 1")
+    parquet_layout(con)
+    if reset:
+        transaction(con, lambda c: c.execute("drop table if exists splits"), what="resetting splits")
     con.execute("""create table if not exists splits (
         example_id varchar, split varchar, seed bigint, batch_id bigint, assigned_at timestamp)""")
     _run_sql(con, "06_splits", p, engine)
