@@ -398,6 +398,11 @@ def test_workspace_tables_are_written_in_small_row_groups_unless_the_workspace_s
     groups = con.execute("select distinct file_name, row_group_id, row_group_num_rows from parquet_metadata(?)",
                          [files]).fetchall()
     assert sorted(g[2] for g in groups) == [10, data.ROW_GROUP_SIZE]
+    # a new workspace has the option from its creation, before anything is written
+    fresh = workbench.connect(tmp_path / "ws3")
+    assert fresh.execute("select value from ducklake_options('wb') where option_name = 'parquet_row_group_size'"
+                         ).fetchall() == [(str(data.ROW_GROUP_SIZE),)]
+    fresh.close()
     # a workspace that chose its own size keeps it; a plain DuckDB connection is left alone
     other = workbench.connect(tmp_path / "ws2")
     other.execute("call wb.set_option('parquet_row_group_size', 1000)")

@@ -21,14 +21,13 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from .workspace import ALIAS, WorkspaceError, retry, run_sql_file, sql_literal, table_exists, transaction
+from .workspace import ALIAS, ROW_GROUP_SIZE, WorkspaceError, retry, run_sql_file, sql_literal, table_exists, transaction
 
 FORMATS = ("csv", "jsonl", "parquet")
 # Rows per Parquet row group of the workspace's tables, unless the workspace sets its own
 # (DuckLake option parquet_row_group_size). DuckLake's default, 122,880, makes DuckDB's Parquet writer
 # spend about a fifth more CPU on these tables (measured: stg_messages, int_messages_data) for no
 # faster reads; files are 0.4% larger.
-ROW_GROUP_SIZE = 16384
 ENGINES = ("duckdb", "spark")  # engine="spark": the same SQL and ingest rules on Spark (workbench.spark)
 REJECTS_DDL = """
 create table if not exists ingest_rejects (
@@ -64,8 +63,9 @@ def _run_sql(con: duckdb.DuckDBPyConnection, name: str, params: dict, engine: st
 def parquet_layout(con: duckdb.DuckDBPyConnection) -> None:
     """Give the workspace ``ROW_GROUP_SIZE`` as its Parquet row group size, unless it has one set.
 
-    Called before the data preparation steps write (``ingest``, ``clean``, ``split``). A workspace
-    option (DuckLake ``set_option``): it holds for every later write, in every process."""
+    New workspaces get it when their catalog is created (``workspace._ensure_created``); this
+    upgrades one made before, before the data preparation steps write (``ingest``, ``clean``,
+    ``split``). A workspace option (DuckLake ``set_option``): it holds for every later write."""
     try:
         opts = con.execute(f"select option_name from ducklake_options('{ALIAS}') where scope = 'GLOBAL'").fetchall()
     except duckdb.Error:  # not a workspace connection (no DuckLake catalog): nothing to set

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 import duckdb
 
 ALIAS = "wb"  # catalog name of the workspace inside every connection
+ROW_GROUP_SIZE = 16384  # rows per Parquet row group of workspace tables (a catalog option, set at creation)
 T = TypeVar("T")
 
 
@@ -133,6 +134,9 @@ def _ensure_created(root: Path) -> None:
         con = duckdb.connect(config=_config())
         try:
             con.execute(f"ATTACH 'ducklake:sqlite:{tmp}' AS {ALIAS} (DATA_PATH '{root / 'data'}/')")
+            # DuckDB's Parquet writer spends about a fifth less CPU on 16K-row groups than on
+            # DuckLake's default 122,880 (docs/benchmarks.md), reads no slower; files 0.4% larger
+            con.execute(f"CALL {ALIAS}.set_option('parquet_row_group_size', {ROW_GROUP_SIZE})")
             con.execute(f"DETACH {ALIAS}")
         finally:
             con.close()
