@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -117,6 +118,10 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
             "rejects_table = 'wb_reject_errors', rejects_scan = 'wb_reject_scans', "
             "strict_mode = true, null_padding = false, max_line_size = 4194304, parallel = true")
     table = f"temp.wb_csv_rows{tag}"
+    # the line scan (Python, one core) runs beside DuckDB's parse, which releases the GIL
+    scan_pool = ThreadPoolExecutor(1, thread_name_prefix="wb-line-scan")
+    scan = scan_pool.submit(_line_scan, path)
+    scan_pool.shutdown(wait=False)
     with tempfile.TemporaryDirectory(prefix="wb-csv-") as tmp:
         read_path = path
         try:
@@ -142,7 +147,7 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
             text = (raw or "").lstrip("\r\n")
             entry = by_line.setdefault(int(line), [{}, text.rstrip("\r\n"), int(pos) - 1 + len(raw or "") - len(text)])
             entry[0].setdefault(etype.lower().replace("_", " "), msg)  # one reason per error type
-        n_lines, blanks = _line_scan(path)  # blank lines are no rows
+        n_lines, blanks = scan.result()  # blank lines are no rows
         n_rows = con.execute(f"select count(*) from {table}").fetchall()[0][0]
         cols = [r[0] for r in con.execute(f"describe {table}").fetchall()]
         if n_rows + len(by_line) + len(blanks) + 1 == n_lines:  # one line per record: DuckDB's lines
