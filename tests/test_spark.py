@@ -101,6 +101,18 @@ def test_unportable_sql_is_refused_with_the_file_named(workspace, tmp_path):
         wbspark.session(remote="http://localhost:15002")
 
 
+def test_misconfigured_spark_fails_fast_naming_the_setting():
+    """A typo in the master URL, or a Connect URL where nothing listens, is a SparkError naming the
+    setting within seconds (not Py4J's 'Java gateway process exited', not minutes of gRPC retries)."""
+    with pytest.raises(wbspark.SparkError, match="spark_master 'nonsense'.*local\\[2\\]"):
+        wbspark.session(master="nonsense")
+    port = _free_port()  # nothing listens there
+    t0 = time.perf_counter()
+    with pytest.raises(wbspark.SparkError, match=f"spark_remote 'sc://127.0.0.1:{port}': no Spark Connect server"):
+        wbspark.session(remote=f"sc://127.0.0.1:{port}")
+    assert time.perf_counter() - t0 < 15
+
+
 # ---------------------------------------------------------------------------------------- Spark
 
 @needs_java

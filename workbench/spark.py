@@ -66,6 +66,10 @@ INVALID_ENCODING = ("invalid encoding: Invalid unicode (byte sequence mismatch) 
                     "This file is not utf-8 encoded.")  # DuckDB's wording, so rejects read the same
 SPARK_DIR = "spark"  # <workspace>/spark/<table>/: the Parquet datasets Spark writes
 
+# the master URLs spark-submit takes (a typo would otherwise end in Py4J's "Java gateway process exited")
+MASTER_URL = re.compile(r"^(local(\[(\*|[0-9]+)(, *[0-9]+)?\])?|local-cluster\[[0-9, ]+\]|"
+                        r"(spark|k8s|mesos)://.+|yarn)$")
+
 _STATE: dict[str, Any] = {"session": None, "key": None}
 
 
@@ -91,9 +95,14 @@ def session(master: str | None = None, remote: str | None = None, *, config: Spa
     master = master or cfg.master or os.environ.get("WORKBENCH_SPARK_MASTER", "") or "local[*]"
     if remote and not re.match(r"^sc://[^/]+", remote):
         raise SparkError(f"spark_remote {remote!r}: a Spark Connect URL looks like sc://host:15002")
+    if not remote and not MASTER_URL.match(master):
+        raise SparkError(f"spark_master {master!r}: a Spark master URL looks like local[*], local[2], "
+                         "spark://host:7077, yarn or k8s://https://host:443")
     key = ("remote", remote) if remote else ("master", master)
     if current is not None and _STATE["key"] == key and _alive(current):
         return current
+    if remote:
+        _check_reachable(remote)  # before stopping the running session
     stop()
     if remote:
         spark = _connect(remote)
@@ -119,11 +128,28 @@ def _connect(remote: str):
     return SparkSession.builder.remote(remote).getOrCreate()
 
 
+def _check_reachable(remote: str, timeout: float = 10.0) -> None:
+    """Fail fast when nothing listens at the Connect URL (the gRPC client would retry for minutes)."""
+    import socket
+
+    hostport = remote[len("sc://"):].split("/", 1)[0]
+    host, _, port = hostport.rpartition(":") if re.search(r":[0-9]+$", hostport) else (hostport, "", "15002")
+    host = host.strip("[]")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise SparkError(f"spark_remote {remote!r}: no Spark Connect server answers at {host}:{port} ({exc}); "
+                         "start one (docs/spark.md) or fix spark_remote / $SPARK_REMOTE") from exc
+
+
 def _classic(master: str, cfg: SparkConfig):
     if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
         raise SparkError("a local or cluster Spark session needs Java 17+ here (apt-get install "
                          "openjdk-17-jre-headless), or use a Spark Connect server: spark_remote=sc://host:15002")
-    from pyspark.sql import SparkSession
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as exc:
+        raise SparkError(f"engine='spark' needs pyspark: pip install 'pyspark[connect]' ({exc})") from exc
     # pyspark would turn the builder into a Connect client; and its functions follow this mode flag
     os.environ.pop("SPARK_CONNECT_MODE_ENABLED", None)
     saved = os.environ.pop("SPARK_REMOTE", None)
@@ -133,7 +159,11 @@ def _classic(master: str, cfg: SparkConfig):
                    .config("spark.ui.enabled", "false")
                    .config("spark.ui.showConsoleProgress", "false")
                    .config("spark.sql.warehouse.dir", str(Path(tempfile.gettempdir()) / "workbench-spark-warehouse")))
-        spark = builder.getOrCreate()
+        try:
+            spark = builder.getOrCreate()
+        except Exception as exc:  # the JVM would not start: Py4J's 'Java gateway process exited'
+            raise SparkError(f"spark_master {master!r}: Spark did not start ({_short(exc)}); check the master URL, "
+                             "Java 17+ (JAVA_HOME) and the Java error printed above") from exc
     finally:
         if saved is not None:
             os.environ["SPARK_REMOTE"] = saved
