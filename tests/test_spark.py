@@ -23,7 +23,7 @@ import workbench
 from workbench import data, pipeline
 from workbench import spark as wbspark
 from workbench.sample import write_sample
-from workbench.workspace import _config, run_sql_file, write_table
+from workbench.workspace import _config, run_sql_file, workspace_root, write_table
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
                                 reason="Spark needs Java 17+ (apt-get install openjdk-17-jre-headless)")
@@ -224,6 +224,41 @@ def test_split_batches_and_groups_match_duckdb(spark, tmp_path):
     assert cons[0].execute(q).fetchall() == cons[1].execute(q).fetchall()
     assert dict(cons[1].execute("select batch_id, count(*) from splits group by 1").fetchall()) == {1: 300, 2: 90}
     assert (tmp_path / "spark" / "spark" / "splits").is_dir()  # the Parquet dataset Spark wrote
+
+
+@needs_java
+@pytest.mark.slow
+def test_label_feature_and_flow_sql_files_match_duckdb(spark, con):
+    """The sql/ files outside ingest/clean/split (03 labels, 07 features, 11 flow) on both engines over
+    the same workspace: the same rows and the same column types (INTEGER stays INTEGER)."""
+    from workbench import features as fs
+    from workbench import labeling as L
+
+    data.build_spine(con, rows=300, seed=7)
+    intents = ["billing", "refund", "shipping", "technical_issue", "account_access", "cancellation"]
+    L.ensure_tables(con)
+    L.register_label_set(con, "intent", intents)
+    L.simulate_annotators(con, "intent", intents, L.SimulationConfig(annotators=3, items=120),
+                          L.QueueConfig(max_items=None))
+    fs.register(con, fs.FeatureGroup(
+        name="customer_profile", source="07_customer_profile.sql", entity_keys=["customer_id"], event_time="as_of",
+        features=[fs.Feature("plan", "VARCHAR", "plan"), fs.Feature("tenure_months", "INTEGER", "months"),
+                  fs.Feature("monthly_spend", "DOUBLE", "spend")]), validation="warn")
+    fs.retrieve(con, "select example_id, customer_id, created_at from examples", "customer_profile",
+                timestamp_column="created_at", out_table="example_features")
+    for name, table in (("03_labels_current", "labels_current"), ("03_labels_final", "labels_final"),
+                        ("07_examples_with_features", "examples_with_features"),
+                        ("11_flow_support_messages", "flow_support_messages")):
+        run_sql_file(con, name)
+        duck = (schema(con, "wb", table), con.execute(f"select * from {table}").df())
+        wbspark.run_sql_file_spark(con, name)
+        spk = (schema(con, "wb", table), con.execute(f"select * from {table}").df())
+        assert duck[0] == spk[0], name
+        assert len(duck[1]) > 50, name
+        a, b = (d.sort_values(list(d.columns)).reset_index(drop=True) for d in (duck[1], spk[1]))
+        pd.testing.assert_frame_equal(a, b, obj=name)
+    assert dict(schema(con, "wb", "examples_with_features"))["tenure_months"] == "INTEGER"
+    assert (workspace_root(con) / "spark" / "flow_support_messages").is_dir()
 
 
 # ---------------------------------------------------------------------------------------- 100k rows

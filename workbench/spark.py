@@ -426,24 +426,31 @@ def _table_files(con, table: str) -> list[str]:
     return files if in_files == total else []  # small inserts are inlined in the catalog, not in files
 
 
-def _normalized(df):
-    """Output types as DuckDB would give them: 32-bit and smaller integers → BIGINT, TIMESTAMP → NTZ."""
+SMALL_INTS = {"INTEGER": "int", "SMALLINT": "smallint", "TINYINT": "tinyint"}  # DuckDB type -> Spark cast
+
+
+def _normalized(df, types: Mapping[str, str] | None = None):
+    """Output types as DuckDB would give them: TIMESTAMP → NTZ; 32-bit and smaller integers → BIGINT
+    (DuckDB's ``row_number()``, ``length()`` ...), unless ``types`` (column → DuckDB type of the same
+    query) says DuckDB keeps the column INTEGER / SMALLINT / TINYINT (``try_cast(x as integer)``)."""
     from pyspark.sql import types as T
 
+    types = types or {}
     cols = []
     for f in df.schema.fields:
         c = df[f"`{f.name}`"]
         if isinstance(f.dataType, (T.IntegerType, T.ShortType, T.ByteType)):
-            c = c.cast("bigint")
+            c = c.cast(SMALL_INTS.get(types.get(f.name, ""), "bigint"))
         elif isinstance(f.dataType, T.TimestampType):
             c = c.cast("timestamp_ntz")
         cols.append(c.alias(f.name))
     return df.select(*cols)
 
 
-def write_dataset(df, path: Path | str) -> str:
-    """Write a DataFrame as a Parquet dataset folder (replacing it); returns its path."""
-    _normalized(df).write.mode("overwrite").parquet(str(path))
+def write_dataset(df, path: Path | str, types: Mapping[str, str] | None = None) -> str:
+    """Write a DataFrame as a Parquet dataset folder (replacing it); returns its path. ``types``:
+    column → DuckDB type, for the integer widths (see ``_normalized``)."""
+    _normalized(df, types).write.mode("overwrite").parquet(str(path))
     return str(path)
 
 
@@ -533,7 +540,7 @@ def run_sql_file_spark(con, name: str | os.PathLike, params: Mapping[str, Any] |
             dest = out / target
             if views.get(target) == str(dest):  # reads what it overwrites: materialize first
                 df = df.localCheckpoint()
-            write_dataset(df, dest)
+            write_dataset(df, dest, _duckdb_types(con, target if columns is not None else query))
         except SparkError:
             raise
         except Exception as exc:
@@ -542,6 +549,17 @@ def run_sql_file_spark(con, name: str | os.PathLike, params: Mapping[str, Any] |
         views[target] = written[target] = str(dest)
     register(con, written, what=path.name, views=view_ddl)
     return list(written)
+
+
+def _duckdb_types(con, query) -> dict[str, str]:
+    """Column → type DuckDB gives ``query`` (a SQLGlot query; a str: that table's columns), planned on
+    the workspace without running it; {} when DuckDB cannot plan it here (an input this file writes
+    first is not registered yet): then Spark's small integers become BIGINT."""
+    sql = f'select * from "{query}"' if isinstance(query, str) else query.sql(dialect="duckdb")
+    try:
+        return {r[0]: r[1] for r in con.execute(f"describe {sql}").fetchall()}
+    except Exception:
+        return {}
 
 
 def _table_name(node) -> str:
