@@ -95,6 +95,17 @@ def test_unportable_sql_is_refused_with_the_file_named(workspace, tmp_path):
     stmt = sqlglot.parse_one("select regexp_replace(x, 'a', 'b') from t", read="duckdb")
     with pytest.raises(wbspark.SparkError, match="f.sql.*without the 'g' flag"):
         wbspark.to_spark_sql(stmt, source="f.sql")
+    traps = {"select * from t qualify row_number() over (order by a) = 1": "QUALIFY over SELECT",
+             "select format('{}', a) from t": "printf",
+             "select * from a asof join b on a.k = b.k and a.t >= b.t": "ASOF JOIN",
+             "select substr(a, 0, 3) from t": "start at 1",
+             "select date_diff('day', a, b) from t": "date_diff",
+             "select epoch(a) from t": "epoch",
+             "select '0xff'::bigint": "hex"}
+    for sql, msg in traps.items():
+        with pytest.raises(wbspark.SparkError, match=f"f.sql: .*{msg}"):
+            wbspark.to_spark_sql(sqlglot.parse_one(sql, read="duckdb"), source="f.sql")
+    assert wbspark.to_spark_sql(sqlglot.parse_one("select substr(a, 1, 3) as b from t qualify b = 'x'", read="duckdb"))
     with pytest.raises(ValueError, match="engine 'postgres'"):
         data.clean(workbench.connect(workspace), engine="postgres")
     with pytest.raises(wbspark.SparkError, match="sc://host:15002"):

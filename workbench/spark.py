@@ -306,11 +306,39 @@ def _regex_classes():
     return tuple(getattr(exp, n) for n in names if hasattr(exp, n))
 
 
+def _refuse_traps(tree, source: str) -> None:
+    """Constructs SQLGlot transpiles (or passes on) silently although Spark's result differs or Spark
+    cannot parse them (ARCHITECTURE.md): a SparkError naming the file and the portable rewrite."""
+    from sqlglot import exp
+
+    for n in tree.walk():
+        why = None
+        if isinstance(n, exp.Select) and n.args.get("qualify") and any(isinstance(e, exp.Star) for e in n.expressions):
+            why = "QUALIFY over SELECT * (Spark adds the window column): list the columns"
+        elif isinstance(n, exp.Format):
+            why = "format('{}', ...) (Spark leaves the literal): use printf('%s', ...)"
+        elif isinstance(n, exp.Join) and str(n.args.get("method") or "").upper() == "ASOF":
+            why = "ASOF JOIN (Spark cannot parse it): a window over a union"
+        elif (isinstance(n, exp.Substring) and isinstance(n.args.get("start"), exp.Literal)
+              and n.args["start"].name == "0"):
+            why = "substr(x, 0, n) (DuckDB: n-1 characters, Spark: n): start at 1"
+        elif isinstance(n, exp.DateDiff):
+            why = "date_diff (its unit and boundary rules differ on Spark)"
+        elif isinstance(n, exp.TimeToUnix):
+            why = "epoch() (its type and fraction differ on Spark)"
+        elif (isinstance(n, exp.Cast) and isinstance(n.this, exp.Literal) and n.this.is_string
+              and n.this.name.lower().startswith("0x")):
+            why = "'0x...'::BIGINT (Spark does not parse hex): sum the hex digits with strpos (06_splits.sql)"
+        if why:
+            raise SparkError(f"{source}: {why}; the SQL must stay in the portable subset to run on Spark")
+
+
 def to_spark_sql(node, *, source: str = "<sql>") -> str:
     """One DuckDB SQL expression/query (a SQLGlot tree) as Spark SQL, with the dialect fixes applied."""
     from sqlglot import exp
 
     tree = node.copy()
+    _refuse_traps(tree, source)
     regex_nodes = _regex_classes()
     # deepest nodes first, so a fixed node's children are already fixed
     for n in reversed(list(tree.dfs())):
