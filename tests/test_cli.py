@@ -73,3 +73,12 @@ def test_run_stops_at_the_first_failing_notebook(workspace, tmp_path):
     assert p.returncode == 1
     assert "01_ingest_raw failed" in p.stderr and "no such folder" in p.stderr
     assert "[02_clean_dedup]" not in p.stdout
+
+
+def test_run_rejects_a_wrong_parameter_type_before_running(workspace):
+    # train_fraction belongs to 06: the error comes before 01..05 run and before a run folder exists
+    p = wb("run", "-p", "train_fraction", "most", "--only", "01", "--only", "06", workspace=workspace, check=False)
+    assert p.returncode == 1
+    assert "parameter train_fraction of 06_split_examples (a float, default 0.8)" in p.stderr and "'most'" in p.stderr
+    assert "[01_ingest_raw]" not in p.stdout
+    assert not (workspace / "runs").exists() or not any((workspace / "runs").iterdir())
