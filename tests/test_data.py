@@ -95,6 +95,21 @@ def test_append_refuses_reingesting_the_same_rows(con, tmp_path):
     assert con.execute("select count(*) from stg").fetchone()[0] == 2
 
 
+def test_append_refuses_a_file_with_other_columns(con, tmp_path):
+    import pandas as pd
+
+    data.ingest(con, [write(tmp_path / "one.csv", HEADER + good(1))], table="stg")
+    pd.DataFrame({"message_id": ["M9"], "body": ["hi"]}).to_parquet(tmp_path / "other.parquet")
+    with pytest.raises(data.IngestError, match=r"other.parquet: column\(s\) body not in table stg"):
+        data.ingest(con, [tmp_path / "other.parquet"], table="stg", mode="append")
+    assert con.execute("select count(*) from stg").fetchone()[0] == 1
+    assert not con.execute("select count(*) from ingest_rejects where source_file like '%other%'").fetchone()[0]
+    # a file with fewer columns appends (the missing ones are null)
+    pd.DataFrame({"message_id": ["M8"], "text": ["hello"]}).to_parquet(tmp_path / "fewer.parquet")
+    data.ingest(con, [tmp_path / "fewer.parquet"], table="stg", mode="append")
+    assert con.execute("select intent from stg where message_id = 'M8'").fetchall() == [(None,)]
+
+
 def _clean_one_file(con, tmp_path, body: str):
     data.ingest(con, [write(tmp_path / "m.csv", HEADER + body)], table="stg_messages")
     _clean_messages_only(con)

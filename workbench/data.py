@@ -530,6 +530,14 @@ def ingest(con: duckdb.DuckDBPyConnection, files: Sequence[str | os.PathLike] | 
             c.execute(f'create or replace table "{table}" as {union}')
             c.execute("delete from ingest_rejects where table_name = ?", [table])
         else:
+            have = {r[0] for r in c.execute(f'describe "{table}"').fetchall()}
+            for i, p, _ in parts:
+                extra = [r[0] for r in c.execute(f"describe select * from temp.wb_part_{i}").fetchall()
+                         if r[0] not in have]
+                if extra:
+                    raise IngestError(f"{p}: column(s) {', '.join(extra)} not in table {table} (its columns: "
+                                      f"{', '.join(sorted(have))}); use mode='replace' to rebuild it from "
+                                      "all files at once")
             dup = c.execute(f'select count(*) from "{table}" t join ({union}) n using (source_row_id)').fetchall()[0][0]
             if dup:
                 raise IngestError(f"{table}: {dup} rows of these files were ingested before (same "
