@@ -201,6 +201,19 @@ def test_row_fate_invariant_on_the_messy_sample(con, tmp_path):
         data.check_row_fate(con)
 
 
+def test_ingest_sample_with_a_missing_file_writes_nothing(con, tmp_path):
+    from workbench.sample import write_sample
+    from workbench.workspace import snapshot_id
+
+    write_sample(tmp_path / "s", rows=60, seed=1)
+    data.ingest_sample(con, tmp_path / "s")
+    before = snapshot_id(con)
+    (tmp_path / "s" / "kb_articles.jsonl").unlink()
+    with pytest.raises(data.IngestError, match="missing kb_articles.jsonl .*nothing ingested"):
+        data.ingest_sample(con, tmp_path / "s")
+    assert snapshot_id(con) == before  # no staging table was reloaded
+
+
 def test_blank_lines_keep_physical_line_numbers(con, tmp_path):
     f = write(tmp_path / "b.csv", HEADER + good(1) + "\n" + good(2) + "\n" + 'M3,C1,x,"bad"q",refund,ok\n' + good(4))
     data.ingest(con, [f], table="stg")

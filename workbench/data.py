@@ -586,6 +586,11 @@ def ingest_sample(con: duckdb.DuckDBPyConnection, sample_dir: str | os.PathLike,
                   engine: str = "duckdb") -> dict[str, Any]:
     """Ingest every file of a sample data folder into its staging table."""
     d = Path(sample_dir)
+    # every file first: a missing one must not leave some staging tables reloaded and others stale
+    missing = [f for files in SAMPLE_FILES.values() for f in files if not (d / f).is_file()]
+    if missing:
+        raise IngestError(f"{d}: missing {', '.join(missing)} (a sample data folder holds "
+                          f"{', '.join(f for files in SAMPLE_FILES.values() for f in files)}); nothing ingested")
     return {table: ingest(con, [d / f for f in files], table=table, engine=engine)
             for table, files in SAMPLE_FILES.items()}
 
