@@ -214,6 +214,18 @@ def test_ingest_sample_with_a_missing_file_writes_nothing(con, tmp_path):
     assert snapshot_id(con) == before  # no staging table was reloaded
 
 
+def test_clean_names_a_missing_input_column_before_writing(con, tmp_path):
+    from workbench.workspace import snapshot_id
+
+    data.build_spine(con, rows=60, seed=1)
+    con.execute("create or replace table stg_pool as select * exclude (age_band) from stg_pool")
+    before = snapshot_id(con)
+    with pytest.raises(WorkspaceError, match=r"stg_pool has no column age_band \(ingested from .*unlabeled_pool.jsonl"):
+        data.clean(con)
+    assert snapshot_id(con) == before  # examples and row_fate untouched: still consistent
+    data.check_row_fate(con)
+
+
 def test_blank_lines_keep_physical_line_numbers(con, tmp_path):
     f = write(tmp_path / "b.csv", HEADER + good(1) + "\n" + good(2) + "\n" + 'M3,C1,x,"bad"q",refund,ok\n' + good(4))
     data.ingest(con, [f], table="stg")

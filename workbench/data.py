@@ -601,9 +601,35 @@ SPLIT_DEFAULTS = {"train_fraction": 0.8, "validation_fraction": 0.1, "split_seed
                   "group_key": "", "stratify": True}
 
 
+# The raw columns the cleaning SQL reads from each staging table (besides source_row_id, source_file).
+CLEAN_INPUT_COLUMNS = {
+    "stg_messages": ["message_id", "customer_id", "created_at", "channel", "region", "age_band", "text",
+                     "intent", "reply"],
+    "stg_pool": ["message_id", "customer_id", "created_at", "channel", "region", "age_band", "text"],
+    "stg_kb_articles": ["doc_id", "published_at", "topic", "title", "body"],
+}
+
+
+def _check_clean_inputs(con: duckdb.DuckDBPyConnection) -> None:
+    """Every staging table and column the cleaning SQL reads, checked before any of it runs (a
+    failure half way would leave examples rebuilt and row_fate stale)."""
+    for table, cols in CLEAN_INPUT_COLUMNS.items():
+        if not table_exists(con, table):
+            raise WorkspaceError(f"cleaning needs table {table}: ingest its files first (notebook 01, "
+                                 "workbench ingest)")
+        have = {r[0] for r in con.execute(f'describe "{table}"').fetchall()}
+        missing = [c for c in cols if c not in have]
+        if missing:
+            files = [r[0] for r in con.execute(f'select distinct source_file from "{table}" order by 1 limit 5')
+                     .fetchall()] if "source_file" in have else []
+            raise WorkspaceError(f"{table} has no column {', '.join(missing)} (ingested from "
+                                 f"{', '.join(files) or 'no rows'}); the cleaning SQL reads {', '.join(cols)}")
+
+
 def clean(con: duckdb.DuckDBPyConnection, engine: str = "duckdb", **params: Any) -> None:
     """Run the cleaning SQL files (normalize, filter with reasons, dedup, row accounting)."""
     _check_engine(engine)
+    _check_clean_inputs(con)
     parquet_layout(con)
     p = {**CLEAN_DEFAULTS, **params}
     for name in CLEAN_SQL:
