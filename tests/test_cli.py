@@ -82,3 +82,16 @@ def test_run_rejects_a_wrong_parameter_type_before_running(workspace):
     assert "parameter train_fraction of 06_split_examples (a float, default 0.8)" in p.stderr and "'most'" in p.stderr
     assert "[01_ingest_raw]" not in p.stdout
     assert not (workspace / "runs").exists() or not any((workspace / "runs").iterdir())
+
+
+def test_sql_empty_statement_and_nested_values_in_csv(workspace):
+    p = wb("sql", "  ", workspace=workspace, check=False)
+    assert p.returncode == 2 and "no SQL statement given" in p.stderr
+    assert wb("sql", "-- only a comment", workspace=workspace).stdout == ""
+    import csv
+    import io
+
+    out = wb("sql", "select range(1500) as l, {'a': [1, 2]} as s", "--format", "csv", workspace=workspace).stdout
+    row = next(csv.DictReader(io.StringIO(out)))
+    assert json.loads(row["l"]) == list(range(1500))  # the whole list, not numpy's elided repr
+    assert json.loads(row["s"]) == {"a": [1, 2]}

@@ -34,8 +34,23 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _json_cell(v):
+    """A nested value (list, struct, map) as JSON text: a CSV cell holding the whole value, not numpy's
+    repr (which elides long arrays with '...')."""
+    import numpy as np
+
+    if isinstance(v, np.ndarray):
+        v = v.tolist()
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, default=lambda x: x.tolist() if isinstance(x, np.ndarray) else str(x))
+    return v
+
+
 def _print_frame(df, fmt: str) -> None:
     if fmt == "csv":
+        df = df.copy()
+        for col in df.columns[df.dtypes == object]:
+            df[col] = df[col].map(_json_cell)
         df.to_csv(sys.stdout, index=False)
     elif fmt == "json":
         print(df.to_json(orient="records", date_format="iso"))
@@ -53,10 +68,13 @@ def _cmd_sql(args) -> int:
 
     con = connect(args.workspace)
     text = args.statement if args.statement != "-" else sys.stdin.read()
+    if not text.strip():
+        print("workbench sql: no SQL statement given", file=sys.stderr)
+        return 2
 
     def body(c):  # the whole statement list in one transaction: it all lands or none of it
         res = c.execute(text)
-        return res.df() if res.description else None
+        return res.df() if res is not None and res.description else None
 
     try:
         df = transaction(con, body, what="workbench sql")
