@@ -58,6 +58,15 @@ def test_jsonl_malformed_lines_and_invalid_utf8(con, tmp_path):
     assert rows == [("a.jsonl:1", "A1", "hello", None), ("a.jsonl:6", "A4", "café", "1")]
 
 
+def test_jsonl_keys_differing_only_in_case_keep_every_value(con, tmp_path):
+    lines = ['{"text": "one", "t": 1}', '{"Text": "two"}', '{"text": "three", "Text": "four", "Text_1": "x"}']
+    data.ingest(con, [write(tmp_path / "c.jsonl", "\n".join(lines) + "\n")], table="stg")
+    cols = [r[0] for r in con.execute("describe stg").fetchall()]
+    assert cols == ["source_row_id", "source_file", "source_line", "text", "t", "Text_1", "Text_2"]
+    rows = con.execute('select text, "Text_2", "Text_1" from stg order by source_line').fetchall()
+    assert rows == [("one", None, None), (None, "two", None), ("three", "four", "x")]
+
+
 def test_parquet_and_mixed_formats_union_by_name(con, tmp_path):
     import pandas as pd
 

@@ -442,10 +442,28 @@ def _jsonl(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[s
             select json_keys(raw_line) as ks from temp.wb_json_parsed{tag} where reason is null
             group by ks order by min(source_line)""").fetchall():
         keys += [k for k in key_list if k not in keys]
+    # Column names are case-insensitive: of keys differing only in case ('a', 'A') the first seen is in
+    # the struct, each other one its own column '<key>_<n>' read by path (a struct holding both would
+    # match neither: their values were lost).
+    first: dict[str, str] = {}
+    variants: list[tuple[str, str]] = []
+    for k in keys:
+        if k.lower() not in first:
+            first[k.lower()] = k
+    taken = set(first)
+    for k in keys:
+        if first[k.lower()] != k:
+            n = 1
+            while f"{k}_{n}".lower() in taken:
+                n += 1
+            taken.add(f"{k}_{n}".lower())
+            variants.append((k, f"{k}_{n}"))
     # one parse per line into a struct of VARCHARs (numbers and nested values keep their JSON text)
-    structure = "{" + ", ".join(f"{_json_path_key(k)}: \"VARCHAR\"" for k in keys) + "}"
+    structure = "{" + ", ".join(f"{_json_path_key(k)}: \"VARCHAR\"" for k in first.values()) + "}"
+    extra = "".join(f", json_extract_string(raw_line, {sql_literal('$.' + _json_path_key(k))}) as "
+                    f"\"{name.replace(chr(34), chr(34) * 2)}\"" for k, name in variants)
     sql = ("select source_line" + (f", unnest(from_json(raw_line, {sql_literal(structure)}))" if keys else "")
-           + f" from temp.wb_json_parsed{tag} where reason is null")
+           + extra + f" from temp.wb_json_parsed{tag} where reason is null")
     con.execute("drop table if exists temp.wb_reject_errors; drop table if exists temp.wb_reject_scans")
     return sql, sorted(rejects)
 
