@@ -87,7 +87,11 @@ def test_ingest_errors_name_the_problem(con, tmp_path):
         data.ingest(con, [write(tmp_path / "empty.csv", "")], table="t")
     with pytest.raises(data.IngestError, match="appears twice"):
         data.ingest(con, [write(tmp_path / "dup.csv", "a,a\n1,2\n")], table="t")
+    with pytest.raises(data.IngestError, match="dupcase.csv: line 1: columns 'id' and 'ID' differ only in case"):
+        data.ingest(con, [write(tmp_path / "dupcase.csv", "id,ID\n1,2\n")], table="t")
     (tmp_path / "d").mkdir()
+    with pytest.raises(data.IngestError, match="d: a folder, not a file"):
+        data.ingest(con, [tmp_path / "d"], table="t")
     with pytest.raises(data.IngestError, match="share a name"):
         data.ingest(con, [write(tmp_path / "s.csv", "a\n1\n"), write(tmp_path / "d" / "s.csv", "a\n1\n")], table="t")
     assert not con.execute("select count(*) from duckdb_tables() where table_name = 't'").fetchone()[0]

@@ -400,6 +400,10 @@ def _header_names(row: list[str] | None, path: Path) -> list[str]:
         name = c.strip().lstrip("\ufeff") or f"column{i}"
         if name in names:
             raise IngestError(f"{path}: line 1: column {name!r} appears twice in the header")
+        same = [n for n in names if n.lower() == name.lower()]
+        if same:  # column names are case-insensitive in DuckDB and Spark
+            raise IngestError(f"{path}: line 1: columns {same[0]!r} and {name!r} differ only in case "
+                              "(column names are case-insensitive); rename one in the header")
         names.append(name)
     return names
 
@@ -509,7 +513,7 @@ def ingest(con: duckdb.DuckDBPyConnection, files: Sequence[str | os.PathLike] | 
     paths = [Path(f) for f in files]
     for p in paths:
         if not p.is_file():
-            raise IngestError(f"{p}: no such file")
+            raise IngestError(f"{p}: " + ("a folder, not a file" if p.is_dir() else "no such file"))
     names = [p.name for p in paths]
     if len(set(names)) != len(names):
         raise IngestError(f"two input files share a name ({names}); source_row_id needs unique names")
