@@ -79,3 +79,22 @@ def test_papermill_parses_every_parameter_line(caplog):
             names = [p.name for p in PythonTranslator.inspect({"source": src})]
         assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()], (s.name, caplog.text)
         assert sorted(names) == sorted(s.parameters), s.name
+
+
+def test_a_parameter_only_other_steps_declare_is_reported_not_dropped_silently(tmp_path, workspace):
+    import nbformat
+
+    nbdir = tmp_path / "nb"
+    nbdir.mkdir()
+    for name, param in (("01_a", "x: int = 1  # x"), ("02_b", "y: int = 2  # y")):
+        nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                               "display_name": "Python 3"}})
+        cell = nbformat.v4.new_code_cell(f'{param}\nworkspace: str = ""  # workspace folder')
+        cell.metadata["tags"] = ["parameters"]
+        nb.cells = [cell, nbformat.v4.new_code_cell("assert x == 5" if name == "01_a" else "pass")]
+        nbformat.write(nb, nbdir / f"{name}.ipynb")
+    said = []
+    out = pipeline.run({"x": "5", "y": "3"}, only=["01"], workspace=workspace, notebook_dir=nbdir,
+                       progress=said.append)
+    assert said[0] == "note: no step of this run declares y; ignored"
+    assert [p.name for p in out.glob("*.ipynb")] == ["01_a.ipynb"]

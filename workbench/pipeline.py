@@ -128,6 +128,9 @@ def run(params: Mapping[str, str] | None = None, *, only: list[str] | None = Non
         if "workspace" in step.parameters:
             mine["workspace"] = str(root)
         per_step.append((step, mine))
+    unused = sorted(k for k in raw if not any(k in step.parameters for step in chosen))
+    if unused:  # declared by steps not in this run: say so rather than drop them silently
+        progress(f"note: no step of this run declares {', '.join(unused)}; ignored")
     run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
     out_dir = root / "runs" / run_id
     out_dir.mkdir(parents=True, exist_ok=True)
