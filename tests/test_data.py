@@ -212,6 +212,12 @@ def test_row_fate_invariant_on_the_messy_sample(con, tmp_path):
                 "(select source_row_id from row_fate where fate = 'duplicate' limit 1)")
     with pytest.raises(WorkspaceError, match="row_fate for messages"):
         data.check_row_fate(con)
+    # as many fates as input rows, but one names a row that is no input row: also caught
+    data.clean(con)
+    con.execute("update row_fate set source_row_id = 'nowhere.csv:1' where source_row_id = "
+                "(select min(source_row_id) from row_fate where dataset = 'messages' and fate = 'kept')")
+    with pytest.raises(WorkspaceError, match="no input row, e.g. nowhere.csv:1"):
+        data.check_row_fate(con)
 
 
 def test_ingest_sample_with_a_missing_file_writes_nothing(con, tmp_path):

@@ -723,6 +723,17 @@ def check_row_fate(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, int]]:
         if total != parsed + rejected or distinct != total:
             raise WorkspaceError(f"row_fate for {dataset}: {total} fates ({distinct} distinct rows) but "
                                  f"{parsed} parsed + {rejected} rejected input rows")
+        # the same rows, not only as many: every fate names an input row
+        stray = con.execute(f"""
+            select f.source_row_id from row_fate f
+            where f.dataset = ? and f.source_row_id not in (
+                select source_row_id from "{stg}"
+                union all
+                select source_row_id from ingest_rejects where table_name = ?)
+            limit 3""", [dataset, stg]).fetchall()
+        if stray:
+            raise WorkspaceError(f"row_fate for {dataset}: fates for rows that are no input row, e.g. "
+                                 f"{', '.join(r[0] for r in stray)}")
         out[dataset] = {"input_rows": parsed + rejected, **fates}
     return out
 
