@@ -91,6 +91,9 @@ def test_planted_bias(tmp_path):
 def test_too_few_rows_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="--rows"):
         write_sample(tmp_path, rows=10)
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ValueError, match="--out .*f: a file, not a folder"):
+        write_sample(tmp_path / "f", rows=100)
 
 
 # --------------------------------------------------------------------------- the planted difficulty
