@@ -106,6 +106,12 @@ def test_append_refuses_reingesting_the_same_rows(con, tmp_path):
     with pytest.raises(data.IngestError, match="ingested before"):
         data.ingest(con, [f1], table="stg", mode="append")
     assert con.execute("select count(*) from stg").fetchone()[0] == 2
+    # a file whose every row is a reject: appending it twice would count its rejects twice
+    f3 = write(tmp_path / "three.jsonl", "[1]\nnot json\n")
+    data.ingest(con, [f3], table="stg", mode="append")
+    with pytest.raises(data.IngestError, match="ingested before"):
+        data.ingest(con, [f3], table="stg", mode="append")
+    assert con.execute("select count(*) from ingest_rejects where table_name = 'stg'").fetchone()[0] == 2
 
 
 def test_append_refuses_a_file_with_other_columns(con, tmp_path):

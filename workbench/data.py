@@ -561,6 +561,11 @@ def ingest(con: duckdb.DuckDBPyConnection, files: Sequence[str | os.PathLike] | 
                                       f"{', '.join(sorted(have))}); use mode='replace' to rebuild it from "
                                       "all files at once")
             dup = c.execute(f'select count(*) from "{table}" t join ({union}) n using (source_row_id)').fetchall()[0][0]
+            if len(rejects_df):  # a file whose every row was rejected left no row in the table
+                c.register("wb_new_rejects", rejects_df[["source_row_id"]])
+                dup += c.execute("select count(*) from ingest_rejects r join wb_new_rejects n using (source_row_id) "
+                                 "where r.table_name = ?", [table]).fetchall()[0][0]
+                c.unregister("wb_new_rejects")
             if dup:
                 raise IngestError(f"{table}: {dup} rows of these files were ingested before (same "
                                   "source_row_id); use mode='replace' to reload")
