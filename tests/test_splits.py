@@ -173,6 +173,11 @@ def test_leakage_table_equals_an_independent_computation(con):
 
 
 def test_bad_split_parameters(con):
+    from workbench.workspace import WorkspaceError, table_exists
+
+    with pytest.raises(WorkspaceError, match="splits need table examples"):
+        data.split(con)
+    assert not table_exists(con, "splits")
     write_table(con, "examples", make_examples(10))
     with pytest.raises(ValueError, match="fractions"):
         data.split(con, train_fraction=0.9, validation_fraction=0.2)

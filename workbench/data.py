@@ -681,6 +681,8 @@ def split(con: duckdb.DuckDBPyConnection, *, reset: bool = False, engine: str = 
     tf, vf = float(p["train_fraction"]), float(p["validation_fraction"])
     if not (0 < tf < 1 and 0 <= vf < 1 and tf + vf <= 1):
         raise ValueError(f"split fractions train={tf}, validation={vf}: need 0 < train, train + validation <= 1")
+    if not table_exists(con, "examples"):
+        raise WorkspaceError("splits need table examples: run step 02 (data.clean) first")
     parquet_layout(con)
     if reset:
         transaction(con, lambda c: c.execute("drop table if exists splits"), what="resetting splits")
