@@ -95,3 +95,12 @@ def test_sql_empty_statement_and_nested_values_in_csv(workspace):
     row = next(csv.DictReader(io.StringIO(out)))
     assert json.loads(row["l"]) == list(range(1500))  # the whole list, not numpy's elided repr
     assert json.loads(row["s"]) == {"a": [1, 2]}
+
+
+def test_sql_json_keeps_full_precision_blobs_and_times(workspace):
+    out = wb("sql", "select 1::double / 3 as f, 'a\\xFFb'::blob as b, 'nan'::double as d, "
+             "timestamp '2020-01-02 03:04:05.123456' as ts, date '2020-01-02' as dt, [1.5, null] as l",
+             "--format", "json", workspace=workspace).stdout
+    assert json.loads(out) == [{"f": 1 / 3, "b": "a\\xFFb", "d": None,
+                                "ts": "2020-01-02T03:04:05.123456", "dt": "2020-01-02T00:00:00.000",
+                                "l": [1.5, None]}]
