@@ -81,7 +81,7 @@ def test_papermill_parses_every_parameter_line(caplog):
         assert sorted(names) == sorted(s.parameters), s.name
 
 
-def test_a_parameter_only_other_steps_declare_is_reported_not_dropped_silently(tmp_path, workspace):
+def test_unused_parameter_is_reported_and_a_dead_kernel_names_its_notebook(tmp_path, workspace):
     import nbformat
 
     nbdir = tmp_path / "nb"
@@ -94,6 +94,13 @@ def test_a_parameter_only_other_steps_declare_is_reported_not_dropped_silently(t
         nb.cells = [cell, nbformat.v4.new_code_cell("assert x == 5" if name == "01_a" else "pass")]
         nbformat.write(nb, nbdir / f"{name}.ipynb")
     said = []
+    bad = nbdir.parent / "bad"
+    bad.mkdir()
+    nb.cells = [cell, nbformat.v4.new_code_cell("import os; os._exit(3)")]  # the kernel dies
+    nbformat.write(nb, bad / "01_dies.ipynb")
+    with pytest.raises(pipeline.PipelineError, match="01_dies failed: DeadKernelError"):
+        pipeline.run({}, workspace=workspace, notebook_dir=bad, progress=said.append)
+    said.clear()
     out = pipeline.run({"x": "5", "y": "3"}, only=["01"], workspace=workspace, notebook_dir=nbdir,
                        progress=said.append)
     assert said[0] == "note: no step of this run declares y; ignored"

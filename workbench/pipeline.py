@@ -145,5 +145,8 @@ def run(params: Mapping[str, str] | None = None, *, only: list[str] | None = Non
         except pm.PapermillExecutionError as exc:
             raise PipelineError(f"{step.name} failed at cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
                                 f"executed copy: {out_dir / step.path.name}") from None
+        except Exception as exc:  # the kernel died (memory, os._exit), a cell timed out, ...
+            raise PipelineError(f"{step.name} failed: {type(exc).__name__}: {str(exc).strip()}\n"
+                                f"executed copy: {out_dir / step.path.name}") from exc
         progress(f"[{step.name}] done in {(dt.datetime.now() - started).total_seconds():.1f}s")
     return out_dir
