@@ -58,6 +58,15 @@ def test_jsonl_malformed_lines_and_invalid_utf8(con, tmp_path):
     assert rows == [("a.jsonl:1", "A1", "hello", None), ("a.jsonl:6", "A4", "café", "1")]
 
 
+def test_jsonl_line_over_the_maximum_size_is_a_reject_not_an_abort(con, tmp_path):
+    big = json.dumps({"a": "2", "t": "x" * 4_300_000})  # over DuckDB's max_line_size (4 MiB)
+    f = write(tmp_path / "long.jsonl", "\n".join(['{"a": "1"}', '{"a": "0"}', big, '{"a": "3"}']) + "\n")
+    data.ingest(con, [f], table="stg")
+    assert con.execute("select source_line, a from stg order by 1").fetchall() == [(1, "1"), (2, "0"), (4, "3")]
+    rej = con.execute("select source_line, reason from ingest_rejects").fetchall()
+    assert len(rej) == 1 and rej[0][0] == 3 and "line size" in rej[0][1]
+
+
 def test_jsonl_keys_differing_only_in_case_keep_every_value(con, tmp_path):
     lines = ['{"text": "one", "t": 1}', '{"Text": "two"}', '{"text": "three", "Text": "four", "Text_1": "x"}']
     data.ingest(con, [write(tmp_path / "c.jsonl", "\n".join(lines) + "\n")], table="stg")

@@ -414,7 +414,9 @@ def _jsonl(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[s
     A line that is not valid UTF-8, not valid JSON, or not a JSON object is a reject with its line.
     Blank lines are not rows. Columns are the union of the keys of the valid objects, first seen first.
     """
-    opts = ("columns = {'raw_line': 'VARCHAR'}, header = false, delim = '\\x1e', quote = '', escape = '', "
+    # auto_detect off: the sniffer aborts the whole read on a line over max_line_size (the reader
+    # alone rejects that line and goes on)
+    opts = ("auto_detect = false, columns = {'raw_line': 'VARCHAR'}, header = false, delim = '\\x1e', quote = '', escape = '', "
             "store_rejects = true, rejects_table = 'wb_reject_errors', rejects_scan = 'wb_reject_scans', "
             "max_line_size = 4194304, strict_mode = false, parallel = true")
     # DuckDB's reader counts the \r of a \r\n line as a line of its own in a file that mostly ends
