@@ -8,20 +8,24 @@
 -- split follows u; with it, units are ranked by u within their label and the first
 -- floor(n * train + 0.5) go to train, the next ones to validation, so every label gets the requested
 -- fractions to within one unit. A new example whose group was assigned before joins that group's split.
+-- An example whose group column is null is a unit of its own (else it would never get a split).
 -- Digits are cast to bigint before multiplying: 8 * 16^7 overflows a 32-bit int (Spark's ANSI mode raises).
 insert into splits (example_id, split, seed, batch_id, assigned_at)
 with examples_in as (
     select
         example_id,
         intent as label,
-        case {{group_key}}
-            when 'customer_id' then customer_id
-            when 'message_id' then message_id
-            when 'channel' then channel
-            when 'region' then region
-            when 'age_band' then age_band
-            else example_id
-        end as unit_key
+        coalesce(
+            case {{group_key}}
+                when 'customer_id' then customer_id
+                when 'message_id' then message_id
+                when 'channel' then channel
+                when 'region' then region
+                when 'age_band' then age_band
+                else example_id
+            end,
+            'no group: ' || example_id
+        ) as unit_key
     from examples
 ),
 

@@ -73,3 +73,34 @@ def test_run_stops_at_the_first_failing_notebook(workspace, tmp_path):
     assert p.returncode == 1
     assert "01_ingest_raw failed" in p.stderr and "no such folder" in p.stderr
     assert "[02_clean_dedup]" not in p.stdout
+
+
+def test_run_rejects_a_wrong_parameter_type_before_running(workspace):
+    # train_fraction belongs to 06: the error comes before 01..05 run and before a run folder exists
+    p = wb("run", "-p", "train_fraction", "most", "--only", "01", "--only", "06", workspace=workspace, check=False)
+    assert p.returncode == 1
+    assert "parameter train_fraction of 06_split_examples (a float, default 0.8)" in p.stderr and "'most'" in p.stderr
+    assert "[01_ingest_raw]" not in p.stdout
+    assert not (workspace / "runs").exists() or not any((workspace / "runs").iterdir())
+
+
+def test_sql_empty_statement_and_nested_values_in_csv(workspace):
+    p = wb("sql", "  ", workspace=workspace, check=False)
+    assert p.returncode == 2 and "no SQL statement given" in p.stderr
+    assert wb("sql", "-- only a comment", workspace=workspace).stdout == ""
+    import csv
+    import io
+
+    out = wb("sql", "select range(1500) as l, {'a': [1, 2]} as s", "--format", "csv", workspace=workspace).stdout
+    row = next(csv.DictReader(io.StringIO(out)))
+    assert json.loads(row["l"]) == list(range(1500))  # the whole list, not numpy's elided repr
+    assert json.loads(row["s"]) == {"a": [1, 2]}
+
+
+def test_sql_json_keeps_full_precision_blobs_and_times(workspace):
+    out = wb("sql", "select 1::double / 3 as f, 'a\\xFFb'::blob as b, 'nan'::double as d, "
+             "timestamp '2020-01-02 03:04:05.123456' as ts, date '2020-01-02' as dt, [1.5, null] as l",
+             "--format", "json", workspace=workspace).stdout
+    assert json.loads(out) == [{"f": 1 / 3, "b": "a\\xFFb", "d": None,
+                                "ts": "2020-01-02T03:04:05.123456", "dt": "2020-01-02T00:00:00.000",
+                                "l": [1.5, None]}]

@@ -58,6 +58,24 @@ def test_jsonl_malformed_lines_and_invalid_utf8(con, tmp_path):
     assert rows == [("a.jsonl:1", "A1", "hello", None), ("a.jsonl:6", "A4", "café", "1")]
 
 
+def test_jsonl_line_over_the_maximum_size_is_a_reject_not_an_abort(con, tmp_path):
+    big = json.dumps({"a": "2", "t": "x" * 4_300_000})  # over DuckDB's max_line_size (4 MiB)
+    f = write(tmp_path / "long.jsonl", "\n".join(['{"a": "1"}', '{"a": "0"}', big, '{"a": "3"}']) + "\n")
+    data.ingest(con, [f], table="stg")
+    assert con.execute("select source_line, a from stg order by 1").fetchall() == [(1, "1"), (2, "0"), (4, "3")]
+    rej = con.execute("select source_line, reason from ingest_rejects").fetchall()
+    assert len(rej) == 1 and rej[0][0] == 3 and "line size" in rej[0][1]
+
+
+def test_jsonl_keys_differing_only_in_case_keep_every_value(con, tmp_path):
+    lines = ['{"text": "one", "t": 1}', '{"Text": "two"}', '{"text": "three", "Text": "four", "Text_1": "x"}']
+    data.ingest(con, [write(tmp_path / "c.jsonl", "\n".join(lines) + "\n")], table="stg")
+    cols = [r[0] for r in con.execute("describe stg").fetchall()]
+    assert cols == ["source_row_id", "source_file", "source_line", "text", "t", "Text_1", "Text_2"]
+    rows = con.execute('select text, "Text_2", "Text_1" from stg order by source_line').fetchall()
+    assert rows == [("one", None, None), (None, "two", None), ("three", "four", "x")]
+
+
 def test_parquet_and_mixed_formats_union_by_name(con, tmp_path):
     import pandas as pd
 
@@ -78,7 +96,11 @@ def test_ingest_errors_name_the_problem(con, tmp_path):
         data.ingest(con, [write(tmp_path / "empty.csv", "")], table="t")
     with pytest.raises(data.IngestError, match="appears twice"):
         data.ingest(con, [write(tmp_path / "dup.csv", "a,a\n1,2\n")], table="t")
+    with pytest.raises(data.IngestError, match="dupcase.csv: line 1: columns 'id' and 'ID' differ only in case"):
+        data.ingest(con, [write(tmp_path / "dupcase.csv", "id,ID\n1,2\n")], table="t")
     (tmp_path / "d").mkdir()
+    with pytest.raises(data.IngestError, match="d: a folder, not a file"):
+        data.ingest(con, [tmp_path / "d"], table="t")
     with pytest.raises(data.IngestError, match="share a name"):
         data.ingest(con, [write(tmp_path / "s.csv", "a\n1\n"), write(tmp_path / "d" / "s.csv", "a\n1\n")], table="t")
     assert not con.execute("select count(*) from duckdb_tables() where table_name = 't'").fetchone()[0]
@@ -93,6 +115,27 @@ def test_append_refuses_reingesting_the_same_rows(con, tmp_path):
     with pytest.raises(data.IngestError, match="ingested before"):
         data.ingest(con, [f1], table="stg", mode="append")
     assert con.execute("select count(*) from stg").fetchone()[0] == 2
+    # a file whose every row is a reject: appending it twice would count its rejects twice
+    f3 = write(tmp_path / "three.jsonl", "[1]\nnot json\n")
+    data.ingest(con, [f3], table="stg", mode="append")
+    with pytest.raises(data.IngestError, match="ingested before"):
+        data.ingest(con, [f3], table="stg", mode="append")
+    assert con.execute("select count(*) from ingest_rejects where table_name = 'stg'").fetchone()[0] == 2
+
+
+def test_append_refuses_a_file_with_other_columns(con, tmp_path):
+    import pandas as pd
+
+    data.ingest(con, [write(tmp_path / "one.csv", HEADER + good(1))], table="stg")
+    pd.DataFrame({"message_id": ["M9"], "body": ["hi"]}).to_parquet(tmp_path / "other.parquet")
+    with pytest.raises(data.IngestError, match=r"other.parquet: column\(s\) body not in table stg"):
+        data.ingest(con, [tmp_path / "other.parquet"], table="stg", mode="append")
+    assert con.execute("select count(*) from stg").fetchone()[0] == 1
+    assert not con.execute("select count(*) from ingest_rejects where source_file like '%other%'").fetchone()[0]
+    # a file with fewer columns appends (the missing ones are null)
+    pd.DataFrame({"message_id": ["M8"], "text": ["hello"]}).to_parquet(tmp_path / "fewer.parquet")
+    data.ingest(con, [tmp_path / "fewer.parquet"], table="stg", mode="append")
+    assert con.execute("select intent from stg where message_id = 'M8'").fetchall() == [(None,)]
 
 
 def _clean_one_file(con, tmp_path, body: str):
@@ -184,6 +227,37 @@ def test_row_fate_invariant_on_the_messy_sample(con, tmp_path):
                 "(select source_row_id from row_fate where fate = 'duplicate' limit 1)")
     with pytest.raises(WorkspaceError, match="row_fate for messages"):
         data.check_row_fate(con)
+    # as many fates as input rows, but one names a row that is no input row: also caught
+    data.clean(con)
+    con.execute("update row_fate set source_row_id = 'nowhere.csv:1' where source_row_id = "
+                "(select min(source_row_id) from row_fate where dataset = 'messages' and fate = 'kept')")
+    with pytest.raises(WorkspaceError, match="no input row, e.g. nowhere.csv:1"):
+        data.check_row_fate(con)
+
+
+def test_ingest_sample_with_a_missing_file_writes_nothing(con, tmp_path):
+    from workbench.sample import write_sample
+    from workbench.workspace import snapshot_id
+
+    write_sample(tmp_path / "s", rows=60, seed=1)
+    data.ingest_sample(con, tmp_path / "s")
+    before = snapshot_id(con)
+    (tmp_path / "s" / "kb_articles.jsonl").unlink()
+    with pytest.raises(data.IngestError, match="missing kb_articles.jsonl .*nothing ingested"):
+        data.ingest_sample(con, tmp_path / "s")
+    assert snapshot_id(con) == before  # no staging table was reloaded
+
+
+def test_clean_names_a_missing_input_column_before_writing(con, tmp_path):
+    from workbench.workspace import snapshot_id
+
+    data.build_spine(con, rows=60, seed=1)
+    con.execute("create or replace table stg_pool as select * exclude (age_band) from stg_pool")
+    before = snapshot_id(con)
+    with pytest.raises(WorkspaceError, match=r"stg_pool has no column age_band \(ingested from .*unlabeled_pool.jsonl"):
+        data.clean(con)
+    assert snapshot_id(con) == before  # examples and row_fate untouched: still consistent
+    data.check_row_fate(con)
 
 
 def test_blank_lines_keep_physical_line_numbers(con, tmp_path):

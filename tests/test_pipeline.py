@@ -79,3 +79,29 @@ def test_papermill_parses_every_parameter_line(caplog):
             names = [p.name for p in PythonTranslator.inspect({"source": src})]
         assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()], (s.name, caplog.text)
         assert sorted(names) == sorted(s.parameters), s.name
+
+
+def test_unused_parameter_is_reported_and_a_dead_kernel_names_its_notebook(tmp_path, workspace):
+    import nbformat
+
+    nbdir = tmp_path / "nb"
+    nbdir.mkdir()
+    for name, param in (("01_a", "x: int = 1  # x"), ("02_b", "y: int = 2  # y")):
+        nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                               "display_name": "Python 3"}})
+        cell = nbformat.v4.new_code_cell(f'{param}\nworkspace: str = ""  # workspace folder')
+        cell.metadata["tags"] = ["parameters"]
+        nb.cells = [cell, nbformat.v4.new_code_cell("assert x == 5" if name == "01_a" else "pass")]
+        nbformat.write(nb, nbdir / f"{name}.ipynb")
+    said = []
+    bad = nbdir.parent / "bad"
+    bad.mkdir()
+    nb.cells = [cell, nbformat.v4.new_code_cell("import os; os._exit(3)")]  # the kernel dies
+    nbformat.write(nb, bad / "01_dies.ipynb")
+    with pytest.raises(pipeline.PipelineError, match="01_dies failed: DeadKernelError"):
+        pipeline.run({}, workspace=workspace, notebook_dir=bad, progress=said.append)
+    said.clear()
+    out = pipeline.run({"x": "5", "y": "3"}, only=["01"], workspace=workspace, notebook_dir=nbdir,
+                       progress=said.append)
+    assert said[0] == "note: no step of this run declares y; ignored"
+    assert [p.name for p in out.glob("*.ipynb")] == ["01_a.ipynb"]

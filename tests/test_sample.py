@@ -49,6 +49,32 @@ def test_files_and_their_mess(tmp_path):
     assert bad >= 4
 
 
+def test_malformed_csv_rows_exact_and_near_duplicates_and_nulls(tmp_path):
+    """The kinds of mess the raw exports must show, each checked on its own."""
+    import collections
+    import io
+
+    write_sample(tmp_path, rows=2000, seed=7)
+    rows = list(csv.reader(io.StringIO((tmp_path / "messages.csv").read_bytes().decode("utf-8", "replace"))))
+    header, body = rows[0], rows[1:]
+    assert any(len(r) != len(header) for r in body)                                       # malformed CSV rows
+    texts = [r[header.index("text")] for r in body if len(r) == len(header)]
+    assert any(n > 1 for n in collections.Counter(texts).values())                        # exact duplicates
+    variants = collections.defaultdict(set)
+    for t in texts:
+        variants[" ".join(t.lower().split())].add(t)
+    assert any(len(v) > 1 for v in variants.values())                                     # near duplicates
+    nulls = collections.Counter()
+    for line in (tmp_path / "messages_app.jsonl").read_bytes().splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            nulls.update(k for k, v in obj.items() if v is None)
+    assert nulls["text"] > 0 and nulls["intent"] > 0                                      # null fields
+
+
 def test_planted_bias(tmp_path):
     write_sample(tmp_path, rows=6000, seed=7)
     with open(tmp_path / "messages.csv", encoding="utf-8", errors="replace") as f:
@@ -65,6 +91,9 @@ def test_planted_bias(tmp_path):
 def test_too_few_rows_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="--rows"):
         write_sample(tmp_path, rows=10)
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ValueError, match="--out .*f: a file, not a folder"):
+        write_sample(tmp_path / "f", rows=100)
 
 
 # --------------------------------------------------------------------------- the planted difficulty

@@ -122,6 +122,20 @@ def test_group_key_keeps_groups_whole_also_across_appends(con):
     assert con.execute("select count(distinct split) from splits").fetchone()[0] == 3
 
 
+def test_examples_with_a_null_group_key_still_get_a_split(con):
+    df = make_examples(200, customers=20)
+    df.loc[df.index % 10 == 0, "customer_id"] = None
+    write_table(con, "examples", df)
+    counts = data.split(con, group_key="customer_id")
+    assert sum(counts.values()) == 200
+    assert con.execute("select count(*) from examples left join splits using (example_id) "
+                       "where split is null").fetchone()[0] == 0
+    # each null-key example is its own unit: they spread over splits rather than forming one group
+    spread = con.execute("select count(distinct split) from splits join examples using (example_id) "
+                         "where customer_id is null").fetchone()[0]
+    assert spread > 1
+
+
 def test_leakage_check_finds_a_planted_leak_and_zero_after_dedup(con):
     df = make_examples(100)
     write_table(con, "examples", df)
@@ -159,6 +173,11 @@ def test_leakage_table_equals_an_independent_computation(con):
 
 
 def test_bad_split_parameters(con):
+    from workbench.workspace import WorkspaceError, table_exists
+
+    with pytest.raises(WorkspaceError, match="splits need table examples"):
+        data.split(con)
+    assert not table_exists(con, "splits")
     write_table(con, "examples", make_examples(10))
     with pytest.raises(ValueError, match="fractions"):
         data.split(con, train_fraction=0.9, validation_fraction=0.2)

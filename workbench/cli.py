@@ -34,11 +34,67 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _json_cell(v):
+    """A nested value (list, struct, map) as JSON text: a CSV cell holding the whole value, not numpy's
+    repr (which elides long arrays with '...')."""
+    import numpy as np
+
+    if isinstance(v, np.ndarray):
+        v = v.tolist()
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, default=lambda x: x.tolist() if isinstance(x, np.ndarray) else str(x))
+    return v
+
+
+def _jsonable(v):
+    """One result value as JSON: floats at full precision (pandas' to_json keeps 10 digits), blobs as
+    DuckDB prints them ('\\xFF'), times in ISO 8601 (milliseconds unless finer ones are set), NaN and
+    missing values as null, nested values recursively."""
+    import datetime as dt
+    import decimal
+    import math
+
+    import numpy as np
+    import pandas as pd
+
+    if v is None or v is pd.NaT or v is pd.NA:
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating, decimal.Decimal)):
+        f = float(v)
+        return None if math.isnan(f) or math.isinf(f) else f
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (pd.Timestamp, dt.datetime)):
+        t = pd.Timestamp(v)
+        return t.isoformat(timespec="milliseconds" if t.microsecond % 1000 == 0 and not t.nanosecond else "auto")
+    if isinstance(v, (dt.date, dt.time)):
+        return v.isoformat()
+    if isinstance(v, (pd.Timedelta, dt.timedelta, np.timedelta64)):
+        return pd.Timedelta(v).isoformat()
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return "".join(chr(b) if 32 <= b < 127 and b != 92 else f"\\x{b:02X}" for b in bytes(v))
+    if isinstance(v, np.ndarray):
+        return [_jsonable(x) for x in v.tolist()]
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    return str(v)
+
+
 def _print_frame(df, fmt: str) -> None:
     if fmt == "csv":
+        df = df.copy()
+        for col in df.columns[df.dtypes == object]:
+            df[col] = df[col].map(_json_cell)
         df.to_csv(sys.stdout, index=False)
     elif fmt == "json":
-        print(df.to_json(orient="records", date_format="iso"))
+        print(json.dumps([{str(k): _jsonable(v) for k, v in row.items()} for row in df.to_dict(orient="records")],
+                         allow_nan=False, separators=(",", ":")))
     else:
         import pandas as pd
 
@@ -53,10 +109,13 @@ def _cmd_sql(args) -> int:
 
     con = connect(args.workspace)
     text = args.statement if args.statement != "-" else sys.stdin.read()
+    if not text.strip():
+        print("workbench sql: no SQL statement given", file=sys.stderr)
+        return 2
 
     def body(c):  # the whole statement list in one transaction: it all lands or none of it
         res = c.execute(text)
-        return res.df() if res.description else None
+        return res.df() if res is not None and res.description else None
 
     try:
         df = transaction(con, body, what="workbench sql")

@@ -400,6 +400,10 @@ def _header_names(row: list[str] | None, path: Path) -> list[str]:
         name = c.strip().lstrip("\ufeff") or f"column{i}"
         if name in names:
             raise IngestError(f"{path}: line 1: column {name!r} appears twice in the header")
+        same = [n for n in names if n.lower() == name.lower()]
+        if same:  # column names are case-insensitive in DuckDB and Spark
+            raise IngestError(f"{path}: line 1: columns {same[0]!r} and {name!r} differ only in case "
+                              "(column names are case-insensitive); rename one in the header")
         names.append(name)
     return names
 
@@ -410,7 +414,9 @@ def _jsonl(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[s
     A line that is not valid UTF-8, not valid JSON, or not a JSON object is a reject with its line.
     Blank lines are not rows. Columns are the union of the keys of the valid objects, first seen first.
     """
-    opts = ("columns = {'raw_line': 'VARCHAR'}, header = false, delim = '\\x1e', quote = '', escape = '', "
+    # auto_detect off: the sniffer aborts the whole read on a line over max_line_size (the reader
+    # alone rejects that line and goes on)
+    opts = ("auto_detect = false, columns = {'raw_line': 'VARCHAR'}, header = false, delim = '\\x1e', quote = '', escape = '', "
             "store_rejects = true, rejects_table = 'wb_reject_errors', rejects_scan = 'wb_reject_scans', "
             "max_line_size = 4194304, strict_mode = false, parallel = true")
     # DuckDB's reader counts the \r of a \r\n line as a line of its own in a file that mostly ends
@@ -442,10 +448,28 @@ def _jsonl(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[s
             select json_keys(raw_line) as ks from temp.wb_json_parsed{tag} where reason is null
             group by ks order by min(source_line)""").fetchall():
         keys += [k for k in key_list if k not in keys]
+    # Column names are case-insensitive: of keys differing only in case ('a', 'A') the first seen is in
+    # the struct, each other one its own column '<key>_<n>' read by path (a struct holding both would
+    # match neither: their values were lost).
+    first: dict[str, str] = {}
+    variants: list[tuple[str, str]] = []
+    for k in keys:
+        if k.lower() not in first:
+            first[k.lower()] = k
+    taken = set(first)
+    for k in keys:
+        if first[k.lower()] != k:
+            n = 1
+            while f"{k}_{n}".lower() in taken:
+                n += 1
+            taken.add(f"{k}_{n}".lower())
+            variants.append((k, f"{k}_{n}"))
     # one parse per line into a struct of VARCHARs (numbers and nested values keep their JSON text)
-    structure = "{" + ", ".join(f"{_json_path_key(k)}: \"VARCHAR\"" for k in keys) + "}"
+    structure = "{" + ", ".join(f"{_json_path_key(k)}: \"VARCHAR\"" for k in first.values()) + "}"
+    extra = "".join(f", json_extract_string(raw_line, {sql_literal('$.' + _json_path_key(k))}) as "
+                    f"\"{name.replace(chr(34), chr(34) * 2)}\"" for k, name in variants)
     sql = ("select source_line" + (f", unnest(from_json(raw_line, {sql_literal(structure)}))" if keys else "")
-           + f" from temp.wb_json_parsed{tag} where reason is null")
+           + extra + f" from temp.wb_json_parsed{tag} where reason is null")
     con.execute("drop table if exists temp.wb_reject_errors; drop table if exists temp.wb_reject_scans")
     return sql, sorted(rejects)
 
@@ -491,7 +515,7 @@ def ingest(con: duckdb.DuckDBPyConnection, files: Sequence[str | os.PathLike] | 
     paths = [Path(f) for f in files]
     for p in paths:
         if not p.is_file():
-            raise IngestError(f"{p}: no such file")
+            raise IngestError(f"{p}: " + ("a folder, not a file" if p.is_dir() else "no such file"))
     names = [p.name for p in paths]
     if len(set(names)) != len(names):
         raise IngestError(f"two input files share a name ({names}); source_row_id needs unique names")
@@ -530,7 +554,20 @@ def ingest(con: duckdb.DuckDBPyConnection, files: Sequence[str | os.PathLike] | 
             c.execute(f'create or replace table "{table}" as {union}')
             c.execute("delete from ingest_rejects where table_name = ?", [table])
         else:
+            have = {r[0] for r in c.execute(f'describe "{table}"').fetchall()}
+            for i, p, _ in parts:
+                extra = [r[0] for r in c.execute(f"describe select * from temp.wb_part_{i}").fetchall()
+                         if r[0] not in have]
+                if extra:
+                    raise IngestError(f"{p}: column(s) {', '.join(extra)} not in table {table} (its columns: "
+                                      f"{', '.join(sorted(have))}); use mode='replace' to rebuild it from "
+                                      "all files at once")
             dup = c.execute(f'select count(*) from "{table}" t join ({union}) n using (source_row_id)').fetchall()[0][0]
+            if len(rejects_df):  # a file whose every row was rejected left no row in the table
+                c.register("wb_new_rejects", rejects_df[["source_row_id"]])
+                dup += c.execute("select count(*) from ingest_rejects r join wb_new_rejects n using (source_row_id) "
+                                 "where r.table_name = ?", [table]).fetchall()[0][0]
+                c.unregister("wb_new_rejects")
             if dup:
                 raise IngestError(f"{table}: {dup} rows of these files were ingested before (same "
                                   "source_row_id); use mode='replace' to reload")
@@ -578,6 +615,11 @@ def ingest_sample(con: duckdb.DuckDBPyConnection, sample_dir: str | os.PathLike,
                   engine: str = "duckdb") -> dict[str, Any]:
     """Ingest every file of a sample data folder into its staging table."""
     d = Path(sample_dir)
+    # every file first: a missing one must not leave some staging tables reloaded and others stale
+    missing = [f for files in SAMPLE_FILES.values() for f in files if not (d / f).is_file()]
+    if missing:
+        raise IngestError(f"{d}: missing {', '.join(missing)} (a sample data folder holds "
+                          f"{', '.join(f for files in SAMPLE_FILES.values() for f in files)}); nothing ingested")
     return {table: ingest(con, [d / f for f in files], table=table, engine=engine)
             for table, files in SAMPLE_FILES.items()}
 
@@ -588,9 +630,35 @@ SPLIT_DEFAULTS = {"train_fraction": 0.8, "validation_fraction": 0.1, "split_seed
                   "group_key": "", "stratify": True}
 
 
+# The raw columns the cleaning SQL reads from each staging table (besides source_row_id, source_file).
+CLEAN_INPUT_COLUMNS = {
+    "stg_messages": ["message_id", "customer_id", "created_at", "channel", "region", "age_band", "text",
+                     "intent", "reply"],
+    "stg_pool": ["message_id", "customer_id", "created_at", "channel", "region", "age_band", "text"],
+    "stg_kb_articles": ["doc_id", "published_at", "topic", "title", "body"],
+}
+
+
+def _check_clean_inputs(con: duckdb.DuckDBPyConnection) -> None:
+    """Every staging table and column the cleaning SQL reads, checked before any of it runs (a
+    failure half way would leave examples rebuilt and row_fate stale)."""
+    for table, cols in CLEAN_INPUT_COLUMNS.items():
+        if not table_exists(con, table):
+            raise WorkspaceError(f"cleaning needs table {table}: ingest its files first (notebook 01, "
+                                 "workbench ingest)")
+        have = {r[0] for r in con.execute(f'describe "{table}"').fetchall()}
+        missing = [c for c in cols if c not in have]
+        if missing:
+            files = [r[0] for r in con.execute(f'select distinct source_file from "{table}" order by 1 limit 5')
+                     .fetchall()] if "source_file" in have else []
+            raise WorkspaceError(f"{table} has no column {', '.join(missing)} (ingested from "
+                                 f"{', '.join(files) or 'no rows'}); the cleaning SQL reads {', '.join(cols)}")
+
+
 def clean(con: duckdb.DuckDBPyConnection, engine: str = "duckdb", **params: Any) -> None:
     """Run the cleaning SQL files (normalize, filter with reasons, dedup, row accounting)."""
     _check_engine(engine)
+    _check_clean_inputs(con)
     parquet_layout(con)
     p = {**CLEAN_DEFAULTS, **params}
     for name in CLEAN_SQL:
@@ -615,6 +683,8 @@ def split(con: duckdb.DuckDBPyConnection, *, reset: bool = False, engine: str = 
     tf, vf = float(p["train_fraction"]), float(p["validation_fraction"])
     if not (0 < tf < 1 and 0 <= vf < 1 and tf + vf <= 1):
         raise ValueError(f"split fractions train={tf}, validation={vf}: need 0 < train, train + validation <= 1")
+    if not table_exists(con, "examples"):
+        raise WorkspaceError("splits need table examples: run step 02 (data.clean) first")
     parquet_layout(con)
     if reset:
         transaction(con, lambda c: c.execute("drop table if exists splits"), what="resetting splits")
@@ -662,6 +732,17 @@ def check_row_fate(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, int]]:
         if total != parsed + rejected or distinct != total:
             raise WorkspaceError(f"row_fate for {dataset}: {total} fates ({distinct} distinct rows) but "
                                  f"{parsed} parsed + {rejected} rejected input rows")
+        # the same rows, not only as many: every fate names an input row
+        stray = con.execute(f"""
+            select f.source_row_id from row_fate f
+            where f.dataset = ? and f.source_row_id not in (
+                select source_row_id from "{stg}"
+                union all
+                select source_row_id from ingest_rejects where table_name = ?)
+            limit 3""", [dataset, stg]).fetchall()
+        if stray:
+            raise WorkspaceError(f"row_fate for {dataset}: fates for rows that are no input row, e.g. "
+                                 f"{', '.join(r[0] for r in stray)}")
         out[dataset] = {"input_rows": parsed + rejected, **fates}
     return out
 

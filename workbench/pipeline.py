@@ -113,10 +113,8 @@ def run(params: Mapping[str, str] | None = None, *, only: list[str] | None = Non
         raise PipelineError(f"unknown parameter(s) {', '.join(unknown)}; notebooks declare: "
                             + ", ".join(sorted(declared)))
     root = home(workspace)
-    run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
-    out_dir = root / "runs" / run_id
-    out_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["WORKBENCH_HOME"] = str(root)  # kernels inherit it: workbench.connect() finds the workspace
+    # Every value is converted for every chosen step first: a wrong type fails before anything runs.
+    per_step = []
     for step in chosen:
         mine = {}
         for k, v in raw.items():
@@ -124,9 +122,20 @@ def run(params: Mapping[str, str] | None = None, *, only: list[str] | None = Non
                 try:
                     mine[k] = coerce(v, step.parameters[k]) if isinstance(v, str) else v
                 except ValueError as exc:
-                    raise PipelineError(f"parameter {k} of {step.name}: {exc}") from None
+                    kind = type(step.parameters[k]).__name__
+                    raise PipelineError(f"parameter {k} of {step.name} (a {kind}, default "
+                                        f"{step.parameters[k]!r}): {exc}") from None
         if "workspace" in step.parameters:
             mine["workspace"] = str(root)
+        per_step.append((step, mine))
+    unused = sorted(k for k in raw if not any(k in step.parameters for step in chosen))
+    if unused:  # declared by steps not in this run: say so rather than drop them silently
+        progress(f"note: no step of this run declares {', '.join(unused)}; ignored")
+    run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+    out_dir = root / "runs" / run_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["WORKBENCH_HOME"] = str(root)  # kernels inherit it: workbench.connect() finds the workspace
+    for step, mine in per_step:
         progress(f"[{step.name}] running" + (f" with {mine}" if mine else ""))
         started = dt.datetime.now()
         try:
@@ -136,5 +145,8 @@ def run(params: Mapping[str, str] | None = None, *, only: list[str] | None = Non
         except pm.PapermillExecutionError as exc:
             raise PipelineError(f"{step.name} failed at cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
                                 f"executed copy: {out_dir / step.path.name}") from None
+        except Exception as exc:  # the kernel died (memory, os._exit), a cell timed out, ...
+            raise PipelineError(f"{step.name} failed: {type(exc).__name__}: {str(exc).strip()}\n"
+                                f"executed copy: {out_dir / step.path.name}") from exc
         progress(f"[{step.name}] done in {(dt.datetime.now() - started).total_seconds():.1f}s")
     return out_dir

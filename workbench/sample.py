@@ -538,6 +538,8 @@ def write_sample(out: str | Path, rows: int = 3000, seed: int = 7, mess: Mess | 
     hardness = hardness or Hardness()
     hardness.style_p()  # a bad Hardness fails here, before any file is written
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     customers = max(20, rows // 4)
