@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from workbench import data
-from workbench.workspace import WorkspaceError
+from workbench.workspace import ROW_GROUP_SIZE, WorkspaceError
 
 HEADER = "message_id,customer_id,created_at,channel,region,age_band,text,intent,reply\n"
 
@@ -466,16 +466,16 @@ def test_workspace_tables_are_written_in_small_row_groups_unless_the_workspace_s
 
     path = tmp_path / "m.csv"
     path.write_text(HEADER + "".join(f"m{i},c{i},2026-01-01 10:00:00,email,north,30-44,message number {i},billing,ok\n"
-                                     for i in range(data.ROW_GROUP_SIZE + 10)))
+                                     for i in range(ROW_GROUP_SIZE + 10)))
     data.ingest(con, [path], table="stg_messages")
     files = [r[0] for r in con.execute("select data_file from ducklake_list_files('wb', 'stg_messages')").fetchall()]
     groups = con.execute("select distinct file_name, row_group_id, row_group_num_rows from parquet_metadata(?)",
                          [files]).fetchall()
-    assert sorted(g[2] for g in groups) == [10, data.ROW_GROUP_SIZE]
+    assert sorted(g[2] for g in groups) == [10, ROW_GROUP_SIZE]
     # a new workspace has the option from its creation, before anything is written
     fresh = workbench.connect(tmp_path / "ws3")
     assert fresh.execute("select value from ducklake_options('wb') where option_name = 'parquet_row_group_size'"
-                         ).fetchall() == [(str(data.ROW_GROUP_SIZE),)]
+                         ).fetchall() == [(str(ROW_GROUP_SIZE),)]
     fresh.close()
     # a workspace that chose its own size keeps it; a plain DuckDB connection is left alone
     other = workbench.connect(tmp_path / "ws2")

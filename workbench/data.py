@@ -22,7 +22,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from .workspace import ALIAS, ROW_GROUP_SIZE, WorkspaceError, retry, run_sql_file, sql_literal, table_exists, transaction
+from .workspace import WorkspaceError, parquet_layout, run_sql_file, sql_literal, table_exists, transaction
 
 FORMATS = ("csv", "jsonl", "parquet")
 # Rows per Parquet row group of the workspace's tables, unless the workspace sets its own
@@ -59,21 +59,6 @@ def _run_sql(con: duckdb.DuckDBPyConnection, name: str, params: dict, engine: st
         run_sql_file_spark(con, name, params)
     else:
         run_sql_file(con, name, params)
-
-
-def parquet_layout(con: duckdb.DuckDBPyConnection) -> None:
-    """Give the workspace ``ROW_GROUP_SIZE`` as its Parquet row group size, unless it has one set.
-
-    New workspaces get it when their catalog is created (``workspace._ensure_created``); this
-    upgrades one made before, before the data preparation steps write (``ingest``, ``clean``,
-    ``split``). A workspace option (DuckLake ``set_option``): it holds for every later write."""
-    try:
-        opts = con.execute(f"select option_name from ducklake_options('{ALIAS}') where scope = 'GLOBAL'").fetchall()
-    except duckdb.Error:  # not a workspace connection (no DuckLake catalog): nothing to set
-        return
-    if ("parquet_row_group_size",) not in opts:
-        retry(lambda: con.execute(f"call {ALIAS}.set_option('parquet_row_group_size', {ROW_GROUP_SIZE})"),
-              what="setting the workspace's Parquet row group size")
 
 
 def detect_format(path: str | os.PathLike) -> str:
