@@ -821,3 +821,49 @@ def _parquet_spark(spark, path: Path, keep: list):
 
 
 READERS_SPARK = {"csv": _csv_spark, "jsonl": _jsonl_spark, "parquet": _parquet_spark}
+
+
+# ---------------------------------------------------------------------------------------- files as relations
+
+SPARK_TYPES = {"VARCHAR": "string", "BIGINT": "bigint", "INTEGER": "int", "SMALLINT": "smallint",
+               "TINYINT": "tinyint", "DOUBLE": "double", "FLOAT": "float", "BOOLEAN": "boolean", "DATE": "date",
+               "TIMESTAMP": "timestamp_ntz"}  # DuckDB type -> Spark cast of the ingest readers' text values
+
+
+def read_file(spark, path: Path | str, fmt: str, types: Mapping[str, str]):
+    """A CSV / JSONL / Parquet file as DuckDB's ``read_csv(all_varchar = true)``, ``read_json`` and
+    ``read_parquet`` give it: ``types`` (column → DuckDB type, from ``describe``; its order is the
+    column order). CSV and JSONL are parsed by the ingest readers (``READERS_SPARK``, text values
+    cast to ``types``); a line they reject is an error naming the file, line and reason, and so is a
+    column DuckDB reads as a nested or mixed JSON value. Returns ``(df, cached)``: unpersist the
+    ``cached`` DataFrames once ``df`` is materialized.
+    """
+    from pyspark.sql import functions as F
+
+    path = Path(path)
+    cached: list = []
+    if fmt == "parquet":
+        df = spark.read.parquet(str(path))
+    else:
+        df, rejects = READERS_SPARK[fmt](spark, path, cached)
+        bad = rejects.orderBy("source_line").limit(1).collect()
+        if bad:
+            for c in cached:
+                c.unpersist()
+            raise SparkError(f"{path}: line {bad[0]['source_line']}: {bad[0]['reason']}")
+    missing = [c for c in types if c not in df.columns]
+    cols = []
+    for c, t in types.items():
+        if fmt == "parquet" or c in missing:
+            cols.append(F.col(f"`{c}`"))
+        elif t in SPARK_TYPES:
+            cols.append(F.col(f"`{c}`").cast(SPARK_TYPES[t]).alias(c))
+        else:
+            missing.append(c)
+    if missing:
+        for c in cached:
+            c.unpersist()
+        c = missing[0]
+        raise SparkError(f"{path}: column {c!r}: DuckDB reads it as {types[c]}, the Spark {fmt} reader "
+                         f"{'gives ' + ', '.join(df.columns) if c not in df.columns else 'reads text values only'}")
+    return df.select(*cols), cached

@@ -1,0 +1,140 @@
+"""Data flows on Apache Spark: the steps of ``workbench.flows`` run on Spark with DuckDB's results.
+
+    workbench flow run support_messages --engine spark                   # local Spark (local[*])
+    workbench flow run support_messages --engine spark --spark-remote sc://localhost:15002
+
+``flows.run_flow(con, flow, engine="spark")`` calls ``execute_spark``: the flow is validated on DuckDB
+(the source's schema, every step's SQL bound), then Spark reads the source (a workspace table from its
+Parquet files, or a CSV / JSONL / Parquet file with the Spark ingest readers, typed as DuckDB's file
+readers type it) and runs each step's SQL, the same per-step SQL as the DuckDB run transpiled by
+``workbench.spark.to_spark_sql`` (SQLGlot plus the dialect fixes), one step at a time: each step is
+persisted and counted, so ``flow_step_stats`` holds exact counts, and the rows a step removes are
+written to a Parquet dataset as they are found (``except all`` on the key, as on DuckDB). The output
+and the fates are staged under ``<workspace>/spark/_flows/<run_id>/``; ``run_flow`` registers them
+with the step counts in one workspace transaction, then removes the staging folder.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+from typing import Any, Callable
+
+import duckdb
+
+from .flow_steps import STEPS, FlowError, lit, qi
+from .flows import Flow, PlannedStep, StepResult, _file_path, file_format, source_sql
+from .workspace import sql_literal
+
+
+def execute_spark(con: duckdb.DuckDBPyConnection, flow: Flow, plan: list[PlannedStep], *, run_id: str,
+                  query: str, spark=None, limit: int = 5) -> tuple[list[StepResult], str, str | None, Callable]:
+    """Run a validated flow on Spark; returns the step results, the staged output and fates (DuckDB
+    relations over their Parquet files; fates None when no step names removed rows) and a cleanup
+    function (unpersist, drop the temp views, remove the staging folder) to call after registering."""
+    from . import spark as wbspark
+
+    spark = spark or wbspark.session()
+    stage = wbspark.spark_dir(con) / "_flows" / run_id
+    views = [f"_flow_{secrets.token_hex(4)}_{i:02d}" for i in range(len(plan) + 1)]
+    helpers: list[str] = []  # views of helper CTEs (near_dedup, resample)
+    cached: list = []  # the file reader's parse, unpersisted once the source is checkpointed
+
+    def cleanup() -> None:
+        for df in cached:
+            df.unpersist()
+        for v in views + helpers:
+            spark.catalog.dropTempView(v)
+        shutil.rmtree(stage, ignore_errors=True)
+
+    def materialize(df, view: str, where: str, count: bool = True) -> tuple[Any, int, Any]:
+        """Compute the step once (a local checkpoint: its rows kept, its plan cut, so a later step's
+        plan does not grow with the steps before it), count it, then a view for the next step."""
+        try:
+            df = df.localCheckpoint(eager=True)
+            df.createOrReplaceTempView(view)
+            return (df, df.count(), df.limit(limit).toPandas()) if count else (df, 0, None)
+        except Exception as exc:
+            raise FlowError(f"{where} failed on Spark: {wbspark._short(exc)}") from None
+
+    try:
+        src, cached[:] = _source(spark, con, flow)
+        df, n, head = materialize(src, views[0], f"{flow.where}: the source")
+        results = [StepResult(0, "source", n, n, None, head)]
+        gone: list[str] = []  # per step that removes rows: a query of the keys it removed
+        for p, prev, cur in zip(plan, views, views[1:]):
+            where = f"{flow.where}: step {p.index} ({p.kind})"
+            # the same step SQL as the DuckDB run; only the relation names differ (helper CTEs are
+            # prefixed with the step's name: here the view's, unique to this run)
+            compiled = STEPS[p.kind].compile(prev, cur, p.columns_in, p.params)
+            df, rows_out, head = _run_step(spark, compiled.ctes, materialize, where, helpers)
+            if p.key_in and p.key_out and compiled.reason:  # the rows it removed (a multiset difference)
+                gone.append(f"select row_key, cast({p.index} as integer) as step_index, {lit(p.kind)} as step_name, "
+                            f"{lit(compiled.reason)} as reason from (select cast({qi(p.key_in)} as varchar) as row_key "
+                            f"from {prev} except all select cast({qi(p.key_out)} as varchar) from {cur}) as gone")
+            results.append(StepResult(p.index, p.kind, results[-1].rows_out, rows_out, compiled.reason, head))
+        types = {r[0]: r[1] for r in con.execute(f"describe {query}").fetchall()}
+        try:
+            wbspark.write_dataset(df, stage / "output", types)
+            if gone:  # every step's checkpoint is still held by its view
+                spark.sql(_spark_sql("\nunion all\n".join(gone), flow.where)).write.parquet(str(stage / "row_fate"))
+        except Exception as exc:
+            raise FlowError(f"{flow.where}: writing the output on Spark failed: {wbspark._short(exc)}") from None
+    except BaseException:
+        cleanup()
+        raise
+    return (results, _parquet(stage / "output"), _parquet(stage / "row_fate") if gone else None, cleanup)
+
+
+def _parquet(path) -> str:
+    return f"read_parquet({sql_literal(str(path / '*.parquet'))})"
+
+
+def _run_step(spark, ctes: list[tuple[str, str]], materialize: Callable, where: str, helpers: list[str]):
+    """A step's CTEs on Spark: each helper CTE that later CTEs read more than once is computed once
+    (checkpointed as a view; Spark would otherwise inline it and compute it once per reference, e.g.
+    near_dedup's signatures, once per LSH band); the others stay CTEs of the next query."""
+    pending: list[tuple[str, str]] = []
+    for i, (name, sql) in enumerate(ctes[:-1]):
+        pending.append((name, sql))
+        uses = sum(len(re.findall(rf"\b{re.escape(name)}\b", later)) for _, later in ctes[i + 1:])
+        if uses > 1:
+            helpers.append(name)
+            materialize(spark.sql(_spark_sql(_with(pending, name), where)), name, where, count=False)
+            pending.pop()  # the others stay CTEs (Spark skips those a query does not read)
+    name, sql = ctes[-1]
+    return materialize(spark.sql(_spark_sql(_with(pending + [(name, sql)], name), where)), name, where)
+
+
+def _with(ctes: list[tuple[str, str]], last: str) -> str:
+    body = ",\n".join(f"{name} as (\n{sql}\n)" for name, sql in ctes)
+    return f"with {body}\nselect * from {last}"
+
+
+def _spark_sql(sql: str, where: str) -> str:
+    """DuckDB SQL as Spark SQL with the dialect fixes; an unportable construct is a FlowError."""
+    import sqlglot
+
+    from .spark import SparkError, to_spark_sql
+
+    try:
+        return to_spark_sql(sqlglot.parse_one(sql, read="duckdb"), source=where)
+    except SparkError as exc:
+        raise FlowError(str(exc)) from None
+
+
+def _source(spark, con: duckdb.DuckDBPyConnection, flow: Flow) -> tuple[Any, list]:
+    """The flow's source as a Spark DataFrame (and DataFrames the reader cached, to unpersist)."""
+    from . import spark as wbspark
+
+    if "table" in flow.source:
+        try:
+            return wbspark.read_workspace_table(spark, con, flow.source["table"]), []
+        except wbspark.SparkError as exc:
+            raise FlowError(f"{flow.where}: field 'source.table': {exc}") from None
+    path = _file_path(flow)
+    types = {r[0]: r[1] for r in con.execute(f"describe select * from {source_sql(flow)}").fetchall()}
+    try:
+        return wbspark.read_file(spark, path, file_format(flow, path), types)
+    except Exception as exc:
+        raise FlowError(f"{flow.where}: field 'source.file': cannot read it on Spark: {wbspark._short(exc)}") from None
