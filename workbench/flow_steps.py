@@ -523,9 +523,11 @@ def _split(prev, name, cols, p):
         return _simple(prev, name, cols, items, out=out)
     # Stratified, as sql/06_splits.sql: rank rows by the hash fraction within their label; the first
     # floor(n * train + 0.5) go to train, up to floor(n * (train + validation) + 0.5) to validation.
+    # Ties (copies of a key after resample) are ordered by every column, so both engines agree.
     lab, key = qi(p["stratify"]), qi(p["key"])
     inner = (f"select\n        {', '.join(qi(c) for c in cols)},\n"
-             f"        row_number() over (partition by {lab} order by {hash_fraction(key, p['seed'])}, {key}) as _r,\n"
+             f"        row_number() over (partition by {lab} order by {hash_fraction(key, p['seed'])}, "
+             f"{_order(cols, [p['key']], False)}) as _r,\n"
              f"        count(*) over (partition by {lab}) as _n\n    from {prev}")
     case = (f"case\n        when _r <= floor(_n * {p['train']} + 0.5) then 'train'\n"
             f"        when _r <= floor(_n * {round(p['train'] + p['validation'], 10)} + 0.5) then 'validation'\n"

@@ -48,10 +48,11 @@ def execute_spark(con: duckdb.DuckDBPyConnection, flow: Flow, plan: list[Planned
         shutil.rmtree(stage, ignore_errors=True)
 
     def materialize(df, view: str, where: str, count: bool = True) -> tuple[Any, int, Any]:
-        """Compute the step once (a local checkpoint: its rows kept, its plan cut, so a later step's
-        plan does not grow with the steps before it), count it, then a view for the next step."""
+        """Compute a query (Spark SQL text) or DataFrame once (a local checkpoint: its rows kept, its
+        plan cut, so a later step's plan does not grow with the steps before it), count it, then a
+        view for the next step."""
         try:
-            df = df.localCheckpoint(eager=True)
+            df = (spark.sql(df) if isinstance(df, str) else df).localCheckpoint(eager=True)
             df.createOrReplaceTempView(view)
             return (df, df.count(), df.limit(limit).toPandas()) if count else (df, 0, None)
         except Exception as exc:
@@ -67,7 +68,7 @@ def execute_spark(con: duckdb.DuckDBPyConnection, flow: Flow, plan: list[Planned
             # the same step SQL as the DuckDB run; only the relation names differ (helper CTEs are
             # prefixed with the step's name: here the view's, unique to this run)
             compiled = STEPS[p.kind].compile(prev, cur, p.columns_in, p.params)
-            df, rows_out, head = _run_step(spark, compiled.ctes, materialize, where, helpers)
+            df, rows_out, head = _run_step(compiled.ctes, materialize, where, helpers)
             if p.key_in and p.key_out and compiled.reason:  # the rows it removed (a multiset difference)
                 gone.append(f"select row_key, cast({p.index} as integer) as step_index, {lit(p.kind)} as step_name, "
                             f"{lit(compiled.reason)} as reason from (select cast({qi(p.key_in)} as varchar) as row_key "
@@ -90,7 +91,7 @@ def _parquet(path) -> str:
     return f"read_parquet({sql_literal(str(path / '*.parquet'))})"
 
 
-def _run_step(spark, ctes: list[tuple[str, str]], materialize: Callable, where: str, helpers: list[str]):
+def _run_step(ctes: list[tuple[str, str]], materialize: Callable, where: str, helpers: list[str]):
     """A step's CTEs on Spark: each helper CTE that later CTEs read more than once is computed once
     (checkpointed as a view; Spark would otherwise inline it and compute it once per reference, e.g.
     near_dedup's signatures, once per LSH band); the others stay CTEs of the next query."""
@@ -100,10 +101,10 @@ def _run_step(spark, ctes: list[tuple[str, str]], materialize: Callable, where: 
         uses = sum(len(re.findall(rf"\b{re.escape(name)}\b", later)) for _, later in ctes[i + 1:])
         if uses > 1:
             helpers.append(name)
-            materialize(spark.sql(_spark_sql(_with(pending, name), where)), name, where, count=False)
+            materialize(_spark_sql(_with(pending, name), where), name, where, count=False)
             pending.pop()  # the others stay CTEs (Spark skips those a query does not read)
     name, sql = ctes[-1]
-    return materialize(spark.sql(_spark_sql(_with(pending + [(name, sql)], name), where)), name, where)
+    return materialize(_spark_sql(_with(pending + [(name, sql)], name), where), name, where)
 
 
 def _with(ctes: list[tuple[str, str]], last: str) -> str:
@@ -118,9 +119,27 @@ def _spark_sql(sql: str, where: str) -> str:
     from .spark import SparkError, to_spark_sql
 
     try:
-        return to_spark_sql(sqlglot.parse_one(sql, read="duckdb"), source=where)
+        return to_spark_sql(_lists(sqlglot.parse_one(sql, read="duckdb")), source=where)
     except SparkError as exc:
         raise FlowError(str(exc)) from None
+
+
+def _lists(tree):
+    """The DuckDB list functions of near_dedup's word shingles, which SQLGlot leaves as they are:
+    ``list_slice(l, a, b)`` (1-based, inclusive) is Spark's ``slice(l, a, b - a + 1)``, and
+    ``len(x)`` of a column made by ``string_split`` is ``size(x)`` (Spark's ``length`` takes text)."""
+    from sqlglot import exp
+
+    arrays = {a.alias for a in tree.find_all(exp.Alias) if isinstance(a.this, exp.Split)}
+    for n in list(tree.find_all(exp.Anonymous, exp.Length)):
+        if isinstance(n, exp.Anonymous) and n.name.lower() == "list_slice" and len(n.expressions) == 3:
+            lst, a, b = n.expressions
+            n.replace(exp.Anonymous(this="slice", expressions=[
+                lst, a, exp.Add(this=exp.Sub(this=exp.paren(b.copy()), expression=exp.paren(a.copy())),
+                                expression=exp.Literal.number(1))]))
+        elif isinstance(n, exp.Length) and isinstance(n.this, exp.Column) and n.this.name in arrays:
+            n.replace(exp.ArraySize(this=n.this))
+    return tree
 
 
 def _source(spark, con: duckdb.DuckDBPyConnection, flow: Flow) -> tuple[Any, list]:
