@@ -176,7 +176,11 @@ def _cmd_flow(args) -> int:
         else:
             print(sql, end="")
     else:
-        res = run_flow(con, flow, output=args.output)
+        if args.engine == "spark":  # started here so a bad master or remote fails before the flow runs
+            from .spark import session
+
+            session(master=args.spark_master or None, remote=args.spark_remote or None)
+        res = run_flow(con, flow, output=args.output, engine=args.engine)
         _print_frame(res.stats(), "table")
         print(f"run {res.run_id}: wrote {res.output} ({res.steps[-1].rows_out} rows)")
     return 0
@@ -474,6 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
     flw.add_argument("--output", help="output table (default: the flow's output, or flow_<name>)")
     flw.add_argument("--out", help="compile: write the SQL to this file (e.g. sql/11_flow_x.sql)")
     flw.add_argument("--spark", action="store_true", help="compile: print Spark SQL (SQLGlot)")
+    flw.add_argument("--engine", choices=["duckdb", "spark"], default="duckdb",
+                     help="run: where the steps run (spark: the same results on Apache Spark, docs/flows.md)")
+    flw.add_argument("--spark-master", default="", help="run --engine spark: local[2], spark://host:7077 "
+                     "(default: $WORKBENCH_SPARK_MASTER or local[*])")
+    flw.add_argument("--spark-remote", default="", help="run --engine spark: Spark Connect URL sc://host:15002 "
+                     "(default: $SPARK_REMOTE)")
     flw.set_defaults(func=_cmd_flow)
 
     qr = sub.add_parser("quality", help="data quality report on a workspace table (written to quality_report)")
