@@ -827,7 +827,15 @@ READERS_SPARK = {"csv": _csv_spark, "jsonl": _jsonl_spark, "parquet": _parquet_s
 
 SPARK_TYPES = {"VARCHAR": "string", "BIGINT": "bigint", "INTEGER": "int", "SMALLINT": "smallint",
                "TINYINT": "tinyint", "DOUBLE": "double", "FLOAT": "float", "BOOLEAN": "boolean", "DATE": "date",
-               "TIMESTAMP": "timestamp_ntz"}  # DuckDB type -> Spark cast of the ingest readers' text values
+               "TIMESTAMP": "timestamp_ntz", "HUGEINT": "decimal(38,0)", "UBIGINT": "decimal(20,0)",
+               "UINTEGER": "bigint", "USMALLINT": "int", "UTINYINT": "smallint"}  # DuckDB type -> Spark type
+
+
+def spark_type(duckdb_type: str) -> str | None:
+    """The Spark type holding a scalar DuckDB type's values (DECIMAL(p,s) as is), else None."""
+    if re.fullmatch(r"DECIMAL\([0-9]+,[0-9]+\)", duckdb_type):
+        return duckdb_type.lower()
+    return SPARK_TYPES.get(duckdb_type)
 
 
 def read_file(spark, path: Path | str, fmt: str, types: Mapping[str, str]):
@@ -856,8 +864,8 @@ def read_file(spark, path: Path | str, fmt: str, types: Mapping[str, str]):
     for c, t in types.items():
         if fmt == "parquet" or c in missing:
             cols.append(F.col(f"`{c}`"))
-        elif t in SPARK_TYPES:
-            cols.append(F.col(f"`{c}`").cast(SPARK_TYPES[t]).alias(c))
+        elif spark_type(t):
+            cols.append(F.col(f"`{c}`").cast(spark_type(t)).alias(c))
         else:
             missing.append(c)
     if missing:

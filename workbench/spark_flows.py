@@ -21,6 +21,7 @@ import shutil
 from typing import Any, Callable
 
 import duckdb
+import pandas as pd
 
 from .flow_steps import STEPS, FlowError, lit, qi
 from .flows import Flow, PlannedStep, StepResult, _file_path, file_format, source_sql
@@ -54,7 +55,7 @@ def execute_spark(con: duckdb.DuckDBPyConnection, flow: Flow, plan: list[Planned
         try:
             df = (spark.sql(df) if isinstance(df, str) else df).localCheckpoint(eager=True)
             df.createOrReplaceTempView(view)
-            return (df, df.count(), df.limit(limit).toPandas()) if count else (df, 0, None)
+            return (df, df.count(), _head(df, limit)) if count else (df, 0, None)
         except Exception as exc:
             raise FlowError(f"{where} failed on Spark: {wbspark._short(exc)}") from None
 
@@ -84,7 +85,10 @@ def execute_spark(con: duckdb.DuckDBPyConnection, flow: Flow, plan: list[Planned
     except BaseException:
         cleanup()
         raise
-    return (results, _parquet(stage / "output"), _parquet(stage / "row_fate") if gone else None, cleanup)
+    # registered in DuckDB's own types (Spark has no HUGEINT or unsigned integers, for instance)
+    typed = ", ".join(f"cast({qi(c)} as {t}) as {qi(c)}" for c, t in types.items())
+    return (results, f"(select {typed} from {_parquet(stage / 'output')})",
+            _parquet(stage / "row_fate") if gone else None, cleanup)
 
 
 def _parquet(path) -> str:
@@ -105,6 +109,11 @@ def _run_step(ctes: list[tuple[str, str]], materialize: Callable, where: str, he
             pending.pop()  # the others stay CTEs (Spark skips those a query does not read)
     name, sql = ctes[-1]
     return materialize(_spark_sql(_with(pending + [(name, sql)], name), where), name, where)
+
+
+def _head(df, limit: int) -> pd.DataFrame:
+    """The first rows as pandas (collected as Rows: pyspark's Arrow path warns about pandas 3)."""
+    return pd.DataFrame.from_records([tuple(r) for r in df.limit(limit).collect()], columns=df.columns)
 
 
 def _with(ctes: list[tuple[str, str]], last: str) -> str:
