@@ -53,7 +53,8 @@ def execute_spark(con: duckdb.DuckDBPyConnection, flow: Flow, plan: list[Planned
         plan cut, so a later step's plan does not grow with the steps before it), count it, then a
         view for the next step."""
         try:
-            df = (spark.sql(df) if isinstance(df, str) else df).localCheckpoint(eager=True)
+            # lazy for a step: its count (the first job over it) computes and keeps it
+            df = (spark.sql(df) if isinstance(df, str) else df).localCheckpoint(eager=not count)
             df.createOrReplaceTempView(view)
             return (df, df.count(), _head(df, limit)) if count else (df, 0, None)
         except Exception as exc:
