@@ -341,10 +341,24 @@ def _render(flow: Flow, plan: list[PlannedStep], *, output: str | None, source: 
 
 
 def spark_sql(sql: str) -> str:
-    """The compiled SQL in Spark's dialect (SQLGlot), comments dropped."""
+    """The compiled SQL in Spark's dialect: SQLGlot with ``workbench.spark``'s dialect fixes (regex
+    syntax, ``lower``, ``trim``, integer widths; comments as ``/* */``), so it gives DuckDB's results on a
+    ``workbench.spark.session()`` (which also defines ``nfc_normalize``). A construct whose result
+    would differ on Spark is a FlowError."""
     import sqlglot
 
-    return ";\n".join(sqlglot.transpile(sql, read="duckdb", write="spark", pretty=True)) + ";\n"
+    from .spark import SparkError, to_spark_sql
+
+    out = []
+    for stmt in sqlglot.parse(sql, read="duckdb"):
+        if stmt is None:
+            continue
+        try:
+            text = to_spark_sql(stmt, source="the compiled flow")
+        except SparkError as exc:
+            raise FlowError(str(exc)) from None
+        out.append(sqlglot.transpile(text, read="spark", write="spark", pretty=True)[0])
+    return ";\n".join(out) + ";\n"
 
 
 def _indent(sql: str) -> str:
