@@ -306,7 +306,8 @@ def _header(flow: Flow, plan: list[PlannedStep], output: str | None) -> list[str
     lossy = [f"{p.index} ({p.kind})" for p in plan if not p.compiled.portable]
     if lossy or "file" in flow.source:
         what = (["file source"] if "file" in flow.source else []) + lossy
-        lines.append("-- spark:   not portable: " + ", ".join(what))
+        lines.append("-- spark:   beyond plain SQLGlot (run it with `workbench flow run --engine spark`): "
+                     + ", ".join(what))
     if flow.description:
         lines += ["--", *(f"-- {ln}" for ln in flow.description.strip().splitlines())]
     return lines
@@ -342,19 +343,21 @@ def _render(flow: Flow, plan: list[PlannedStep], *, output: str | None, source: 
 
 def spark_sql(sql: str) -> str:
     """The compiled SQL in Spark's dialect: SQLGlot with ``workbench.spark``'s dialect fixes (regex
-    syntax, ``lower``, ``trim``, integer widths; comments as ``/* */``), so it gives DuckDB's results on a
+    syntax, ``lower``, ``trim``, integer widths, word-shingle list functions; comments as ``/* */``),
+    so it gives DuckDB's results on a
     ``workbench.spark.session()`` (which also defines ``nfc_normalize``). A construct whose result
     would differ on Spark is a FlowError."""
     import sqlglot
 
     from .spark import SparkError, to_spark_sql
+    from .spark_flows import _lists
 
     out = []
     for stmt in sqlglot.parse(sql, read="duckdb"):
         if stmt is None:
             continue
         try:
-            text = to_spark_sql(stmt, source="the compiled flow")
+            text = to_spark_sql(_lists(stmt), source="the compiled flow")
         except SparkError as exc:
             raise FlowError(str(exc)) from None
         out.append(sqlglot.transpile(text, read="spark", write="spark", pretty=True)[0])
