@@ -2,6 +2,7 @@
 
     workbench flow run flows/support_messages.yaml --output flow_support_messages
     workbench flow compile flows/support_messages.yaml --out sql/11_flow_support_messages.sql
+    workbench flow run support_messages --engine spark --spark-master 'local[2]'
 
 A flow file names a source (a workspace table or a CSV / JSONL / Parquet file) and an ordered list of
 steps, each with its parameters::
@@ -21,7 +22,8 @@ Every step compiles to one named CTE (near-duplicate removal adds helper CTEs pr
 name), in the portable DuckDB subset that SQLGlot transpiles to Spark. ``validate`` checks a flow
 against the source's columns before anything runs; an error names the file, the step and the field.
 ``run_flow`` executes step by step (each step's SQL into a temp table, so each step's row counts are
-known), writes the output table, ``flow_step_stats`` and ``flow_row_fate`` in one transaction.
+known), writes the output table, ``flow_step_stats`` and ``flow_row_fate`` in one transaction;
+``engine="spark"`` runs the same steps on Apache Spark with the same results (``spark_flows.py``).
 The step catalogue, with each step's parameters, is in ``flow_steps.py`` and docs/flows.md.
 """
 from __future__ import annotations

@@ -63,6 +63,8 @@ def execute_spark(con: duckdb.DuckDBPyConnection, flow: Flow, plan: list[Planned
     try:
         src, cached[:] = _source(spark, con, flow)
         df, n, head = materialize(src, views[0], f"{flow.where}: the source")
+        for c in cached:
+            c.unpersist()
         results = [StepResult(0, "source", n, n, None, head)]
         gone: list[str] = []  # per step that removes rows: a query of the keys it removed
         for p, prev, cur in zip(plan, views, views[1:]):
