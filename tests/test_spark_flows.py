@@ -180,6 +180,10 @@ def test_failures_name_the_step_and_write_nothing(spine, spark, tmp_path):
     (tmp_path / "bad.csv").write_text('id,text\nr1,fine\nr2,"never closed\nr3,ok\n')
     fails({"name": "bad_file", "source": {"file": str(tmp_path / "bad.csv")}, "steps": []},
           r"field 'source.file': .*bad.csv: line 3: unquoted value")
+    # a JSON key DuckDB reads as a nested value: the Spark reader gives text only, so it is refused
+    (tmp_path / "nested.jsonl").write_text('{"id": "a", "meta": {"k": 1}}\n{"id": "b", "meta": {"k": 2}}\n')
+    fails({"name": "nested", "source": {"file": str(tmp_path / "nested.jsonl")}, "steps": []},
+          r"nested.jsonl: column 'meta': DuckDB reads it as STRUCT")
     with pytest.raises(FlowError, match="engine 'polars'"):
         run_flow(spine, "support_messages", engine="polars")
     after = spine.execute("select count(*) from flow_runs").fetchone()[0] if table_exists(spine, "flow_runs") else 0
