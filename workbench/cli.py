@@ -113,16 +113,31 @@ def _cmd_sql(args) -> int:
         print("workbench sql: no SQL statement given", file=sys.stderr)
         return 2
 
-    def body(c):  # the whole statement list in one transaction: it all lands or none of it
-        res = c.execute(text)
-        return res.df() if res is not None and res.description else None
-
     try:
-        df = transaction(con, body, what="workbench sql")
+        statements = con.extract_statements(text)
     except duckdb.Error as exc:
         print(f"workbench sql: {exc}", file=sys.stderr)
         return 1
-    if df is not None:
+
+    def body(c):  # the whole statement list in one transaction: it all lands or none of it
+        frames = []
+        for st in statements:
+            res = c.execute(st)
+            if res is None or not res.description:
+                continue
+            counts_only = [d[0] for d in res.description] == ["Count"] and st.type.name != "SELECT"
+            if len(statements) == 1 or not counts_only:  # a list prints its queries, not DDL row counts
+                frames.append(res.df())
+        return frames
+
+    try:
+        frames = transaction(con, body, what="workbench sql")
+    except duckdb.Error as exc:
+        print(f"workbench sql: {exc}", file=sys.stderr)
+        return 1
+    for i, df in enumerate(frames):
+        if i and args.format != "json":
+            print()  # one blank line between result sets (json: one array per line)
         _print_frame(df, args.format)
     return 0
 
