@@ -81,6 +81,45 @@ def coerce(value: str, default: Any) -> Any:
     return value
 
 
+# Value rules by parameter name, checked for every chosen step before the first notebook starts (a bad
+# value would otherwise fail only when its step runs, maybe an hour into the run).
+AT_LEAST_ONE = ("_rows", "_epochs", "_batch_size", "max_length", "_rounds", "_trials", "queue_size", "overlap_k")
+POSITIVE = ("_lr", "_learning_rate", "_seconds")
+UNIT_INTERVAL = ("_fraction", "_noise")
+
+
+def check_values(step: Step, values: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the first parameter whose value the step would refuse."""
+    from .data import ENGINES, check_split_params
+
+    def bad(name: str, need: str) -> ValueError:
+        return ValueError(f"parameter {name} of {step.name} is {values[name]!r}: {need}")
+
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            continue
+        if name == "engine" and v not in ENGINES:
+            raise bad(name, f"use one of {', '.join(ENGINES)}")
+        if isinstance(v, str):
+            continue
+        if name.endswith(AT_LEAST_ONE) and v < 1:
+            raise bad(name, "need at least 1")
+        if name.endswith(POSITIVE) and not v > 0:
+            raise bad(name, "need a number above 0")
+        if name.endswith(UNIT_INTERVAL) and not 0 <= v <= 1:
+            raise bad(name, "need a value from 0 to 1")
+        if isinstance(v, int) and not name.endswith("seed") and v < 0:
+            raise bad(name, "need 0 or more")
+    if "min_chars" in values and "max_chars" in values and values["min_chars"] > values["max_chars"]:
+        raise bad("min_chars", f"more than max_chars {values['max_chars']}")
+    if "train_fraction" in values:
+        try:
+            check_split_params(**{k: values[k] for k in ("train_fraction", "validation_fraction", "group_key",
+                                                         "stratify") if k in values})
+        except ValueError as exc:
+            raise ValueError(f"{step.name}: {exc}") from None
+
+
 def select(all_steps: list[Step], only: list[str] | None, with_: list[str] | None) -> list[Step]:
     def match(step: Step, key: str) -> bool:
         return step.name == key or step.number == key or step.name.startswith(key)
@@ -125,6 +164,10 @@ def run(params: Mapping[str, str] | None = None, *, only: list[str] | None = Non
                     kind = type(step.parameters[k]).__name__
                     raise PipelineError(f"parameter {k} of {step.name} (a {kind}, default "
                                         f"{step.parameters[k]!r}): {exc}") from None
+        try:
+            check_values(step, {**step.parameters, **mine})
+        except ValueError as exc:
+            raise PipelineError(str(exc)) from None
         if "workspace" in step.parameters:
             mine["workspace"] = str(root)
         per_step.append((step, mine))
