@@ -127,3 +127,30 @@ def test_bad_parameter_values_fail_before_any_step_runs(workspace, params, messa
 def test_every_notebook_default_passes_the_value_checks():
     for step in pipeline.steps():
         pipeline.check_values(step, step.parameters)
+
+
+def test_p_workspace_is_the_workspace_and_a_failed_sql_cell_says_why(tmp_path, workspace, monkeypatch):
+    """``-p workspace DIR`` runs in DIR (it used to be overwritten by the default workspace), and a
+    ``%%sql`` cell that fails (jupysql raises an empty CellExecutionError) reports the database's error."""
+    other = tmp_path / "elsewhere"
+    nb_dir = tmp_path / "nbs"
+    nb_dir.mkdir()
+    nb = {"cells": [
+        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "execution_count": None, "outputs": [],
+         "source": 'workspace: str = ""  # workspace folder\n'},
+        {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
+         "source": "%load_ext sql\nimport workbench\nconn = workbench.connect(workspace or None)\n%sql conn --alias wb"},
+        {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
+         "source": "%%sql\nselect * from no_such_table"}],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "nbformat": 4, "nbformat_minor": 5}
+    (nb_dir / "01_fails.ipynb").write_text(json.dumps(nb))
+    with pytest.raises(pipeline.PipelineError) as err:
+        pipeline.run({"workspace": str(other)}, notebook_dir=nb_dir, progress=lambda *_: None)
+    msg = str(err.value)
+    assert "01_fails failed at cell 4" in msg  # papermill injects a parameters cell and "no_such_table does not exist" in msg
+    assert "If using snippets" not in msg
+    assert (other / "runs").is_dir() and (other / "wb.sqlite").exists()  # ran in the folder -p named
+    assert not (workspace / "runs").exists()
+    with pytest.raises(pipeline.PipelineError, match="name different folders"):
+        pipeline.run({"workspace": str(other)}, workspace=workspace, notebook_dir=nb_dir)

@@ -151,7 +151,11 @@ def run(params: Mapping[str, str] | None = None, *, only: list[str] | None = Non
     if unknown:
         raise PipelineError(f"unknown parameter(s) {', '.join(unknown)}; notebooks declare: "
                             + ", ".join(sorted(declared)))
-    root = home(workspace)
+    # -p workspace DIR is the same as --workspace DIR (every notebook's workspace parameter is this folder)
+    given = raw.pop("workspace", None)
+    if given and workspace and Path(given).resolve() != Path(workspace).resolve():
+        raise PipelineError(f"-p workspace {given!r} and --workspace {str(workspace)!r} name different folders")
+    root = home(workspace or given or None)
     # Every value is converted for every chosen step first: a wrong type fails before anything runs.
     per_step = []
     for step in chosen:
@@ -186,10 +190,28 @@ def run(params: Mapping[str, str] | None = None, *, only: list[str] | None = Non
                                 cwd=str(step.path.parent), log_output=log_output, progress_bar=False,
                                 kernel_name="python3")
         except pm.PapermillExecutionError as exc:
-            raise PipelineError(f"{step.name} failed at cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
+            why = str(exc.evalue).strip() or _cell_output(out_dir / step.path.name, exc.exec_count)
+            raise PipelineError(f"{step.name} failed at cell {exc.exec_count}: {exc.ename}: {why}\n"
                                 f"executed copy: {out_dir / step.path.name}") from None
         except Exception as exc:  # the kernel died (memory, os._exit), a cell timed out, ...
             raise PipelineError(f"{step.name} failed: {type(exc).__name__}: {str(exc).strip()}\n"
                                 f"executed copy: {out_dir / step.path.name}") from exc
         progress(f"[{step.name}] done in {(dt.datetime.now() - started).total_seconds():.1f}s")
     return out_dir
+
+
+def _cell_output(path: Path, exec_count: int, lines: int = 8) -> str:
+    """The last lines a failed cell printed: the reason when the exception itself says nothing (a
+    ``%%sql`` cell prints the database's error and raises an empty ``CellExecutionError``)."""
+    try:
+        cells = json.loads(path.read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return ""
+    for cell in cells:
+        if cell.get("execution_count") == exec_count:
+            text = "".join("".join(o.get("text", "")) if isinstance(o.get("text"), (str, list)) else ""
+                           for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+            noise = ("jupysql.ploomber.io", "If using snippets, you may pass")  # jupysql's generic hints
+            kept = [ln for ln in text.splitlines() if ln.strip() and not any(n in ln for n in noise)]
+            return "\n".join(kept[-lines:])
+    return ""
