@@ -631,7 +631,8 @@ def _branch_condition(node):
 def spark_udf(template: Template, part: str, names: Sequence[str]):
     """The Spark Arrow UDF of a Python-rendered part: ``(guard, *columns)``; renders the rows whose
     guard is true with ``render_batch`` (the DuckDB path's code), null elsewhere."""
-    from pyspark.sql.functions import ArrowUDFType, arrow_udf
+    from pyspark.sql.functions import arrow_udf
+    from pyspark.sql.types import StringType
 
     def fn(guard: pa.Array, *arrays: pa.Array) -> pa.Array:
         import pyarrow.compute as pc
@@ -640,7 +641,7 @@ def spark_udf(template: Template, part: str, names: Sequence[str]):
         cols = {c: pc.filter(a, mask).to_pylist() for c, a in zip(names, arrays)}
         rendered = iter(render_batch(template, part, cols))
         return pa.array([next(rendered) if keep else None for keep in mask.to_pylist()], pa.string())
-    return arrow_udf(fn, "string", ArrowUDFType.SCALAR)
+    return arrow_udf(fn, StringType())   # a scalar Arrow UDF, from the type hints
 
 
 def _apply_spark(con: duckdb.DuckDBPyConnection, plan: RenderPlan, table: str, mode: str) -> None:
