@@ -2,6 +2,7 @@
 
     python -c "import workbench, workbench.template_sql as ts; print(ts.apply_templates(workbench.connect()))"
     python benchmarks/template_render.py --rows 1000000
+    workbench templates apply --task contact_extraction --engine spark
 
 ``apply_templates`` writes ``sft_examples`` in one SQL statement run by DuckDB:
 
@@ -14,6 +15,10 @@
   per batch (the template wrapped in a loop over the batch), and an Arrow array comes back;
 * case-changing filters match Python only on ASCII text, so compiled parts using them fall back to
   the UDF row by row for non-ASCII values (the output is always exactly what ``templates.render`` gives).
+
+``engine="spark"`` runs the same SQL on Apache Spark (transpiled by ``workbench.spark.to_spark_sql``),
+the parts that do not compile in Spark Arrow UDFs calling the same ``render_batch``; the rows go
+through a Parquet staging folder into ``sft_examples``, identical to DuckDB's (docs/templates.md).
 
 Choosing templates per row is SQL too: ``random`` picks one template per source row and task with a
 portable stable hash (md5 of seed, task and key; never ``random()``), ``all`` renders every template,
