@@ -93,6 +93,7 @@ PROBES = [  # prompt, completion: compiled to SQL, SQL with non-ASCII rows throu
      "{{ reply }}"),
     ("{{ created_at }} {{ text | truncate(20) }} {{ n * 2 }}", "{{ intent | title }}"),
     ("{% set words = text.split() %}{{ words | join('/') }}", "{{ reply | trim }}"),
+    ("{{ ratio }} {{ tags }} {{ even }} {{ day }} {{ tags | join('+') }}", "{{ intent }}"),  # more Arrow types
 ]
 
 
@@ -101,13 +102,16 @@ def test_tricky_text_and_every_render_path_match(ws):
     rows = [{**base, "example_id": k, "text": text, "text_norm": text.lower(), "intent": intent, "reply": reply,
              "n": n, "created_at": dt.datetime(2026, 1, 5, 9, 30, 15, 250)} for k, text, intent, reply, n in TRICKY]
     write_table(ws, "tricky", pd.DataFrame(rows).astype({"n": "Int64"}))
+    ws.execute("create or replace table tricky as select *, n / 4 as ratio, [intent, channel] as tags, "
+               "n % 2 = 0 as even, cast(created_at as date) as day from tricky")
+    rows = ws.execute("select * from tricky").to_arrow_table().to_pylist()
     probes = T.parse_templates({"task": "probe", "task_type": "generation", "table": "tricky", "key": "example_id", "templates": [
         {"id": f"p-{i}", "name": f"probe_{i}", "prompt": p, "completion": c, "system": "sys" if i == 0 else None}
         for i, (p, c) in enumerate(PROBES)]}, "probe.yaml")
     duck, spk = both(ws, "probe", choice="all", templates=probes, mode="replace", validate=False)
     assert duck.equals(spk)
     assert {"sql", "sql+python", "python"} <= set(spk.prompt_by)
-    assert same_rows(ws) == spk.rows.sum() == 5 * 7 - 6   # skipped: null n (p-2, p-3), null or blank reply (p-2, p-4)
+    assert same_rows(ws) == spk.rows.sum() == 6 * 7 - 7   # skipped: null n (p-2, p-3, p-5), null or blank reply (p-2, p-4)
     got = ws.execute("select completion from sft_examples where template_id = 'p-1' and source_row_id = 't1'")
     assert got.fetchone()[0] == "Billing"
     for r in ws.execute("select template_id, source_row_id, system, prompt, completion from sft_examples").fetchall():

@@ -307,7 +307,10 @@ def render_batch(template: Template, part: str, columns: dict[str, Sequence[Any]
     names = sorted(columns)
     n = len(next(iter(columns.values()))) if columns else 0
     rows = list(zip(*(columns[c] for c in names))) if names else [()] * n
-    uniq = list(dict.fromkeys(rows))
+    try:
+        uniq = list(dict.fromkeys(rows))
+    except TypeError:  # a list or map column: values are not hashable, render every row
+        uniq = rows
     ctx = {"answer_choices": list(template.answer_choices)} if template.answer_choices is not None else {}
     if not names:
         return [render_part(template, part, {})] * n
@@ -688,11 +691,14 @@ def _apply_spark(con: duckdb.DuckDBPyConnection, plan: RenderPlan, table: str, m
 
 def _spark_reason(exc: BaseException) -> str:
     """The line of a Spark error that says what went wrong (a TemplateError raised in a UDF included)."""
+    import re
+
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     for ln in lines:
         if "TemplateError:" in ln:
             return ln[ln.index("TemplateError:") + len("TemplateError:"):].strip()
-    return lines[0][:500] if lines else type(exc).__name__
+    python = [ln for ln in lines if re.match(r"^[A-Za-z_.]*(Error|Exception): ", ln)]  # a UDF's traceback
+    return (python[-1] if python else lines[0] if lines else type(exc).__name__)[:500]
 
 
 def check_sft_examples(con: duckdb.DuckDBPyConnection, tasks: Sequence[str] | str, *, choice: str = "random",
