@@ -638,7 +638,8 @@ def _branch_condition(node):
 
 def spark_udf(template: Template, part: str, names: Sequence[str]):
     """The Spark Arrow UDF of a Python-rendered part: ``(guard, *columns)``; renders the rows whose
-    guard is true with ``render_batch`` (the DuckDB path's code), null elsewhere."""
+    guard is true and whose columns are not null with ``render_batch`` (the DuckDB path's code), null
+    elsewhere (Spark may evaluate it before the query's null filter)."""
     from pyspark.sql.functions import arrow_udf
     from pyspark.sql.types import StringType
 
@@ -646,6 +647,8 @@ def spark_udf(template: Template, part: str, names: Sequence[str]):
         import pyarrow.compute as pc
 
         mask = pc.fill_null(guard, False)
+        for a in arrays:   # a null here: a row the query's null filter drops (never rendered on DuckDB)
+            mask = pc.and_(mask, pc.is_valid(a))
         cols = {c: pc.filter(a, mask).to_pylist() for c, a in zip(names, arrays)}
         rendered = iter(render_batch(template, part, cols))
         return pa.array([next(rendered) if keep else None for keep in mask.to_pylist()], pa.string())
