@@ -82,7 +82,8 @@ TRICKY = [  # exactness: Unicode whitespace and case, control characters, quotes
     ("t2", "\u3000 leading and trailing unicode spaces\xa0\n", "refund", "  padded reply \t", 0),
     ("t3", "it's a 'quoted' \"text\" with\nnew lines, {{ braces }}, a \\ backslash and C:\\new", "shipping", "ok", 12),
     ("t4", "'); drop table examples; -- <EMAIL> <PHONE>", "technical_issue", "no injection", None),
-    ("t5", "emoji 😀, combining e\u0301, ΟΔΟΣ, \x0b\x1c\x1f\x7f\u2028\u2029\x85 controls", "account_access", "x", -4),
+    ("t5", "emoji 😀, combining e\u0301, ΟΔΟΣ, \x0b\x1c\x1f\x7f\u2028\u2029\x85 controls", "account_access", "x",
+     -4),
     ("t6", "a reply of only Unicode spaces", "cancellation", "\u3000 \n\xa0", 7),
     ("t7", "zzz long " * 40, "billing", None, 1),
 ]
@@ -105,13 +106,15 @@ def test_tricky_text_and_every_render_path_match(ws):
     ws.execute("create or replace table tricky as select *, n / 4 as ratio, [intent, channel] as tags, "
                "n % 2 = 0 as even, cast(created_at as date) as day from tricky")
     rows = ws.execute("select * from tricky").to_arrow_table().to_pylist()
-    probes = T.parse_templates({"task": "probe", "task_type": "generation", "table": "tricky", "key": "example_id", "templates": [
-        {"id": f"p-{i}", "name": f"probe_{i}", "prompt": p, "completion": c, "system": "sys" if i == 0 else None}
-        for i, (p, c) in enumerate(PROBES)]}, "probe.yaml")
+    spec = [{"id": f"p-{i}", "name": f"probe_{i}", "prompt": p, "completion": c, "system": "sys" if i == 0 else None}
+            for i, (p, c) in enumerate(PROBES)]
+    probes = T.parse_templates({"task": "probe", "task_type": "generation", "table": "tricky", "key": "example_id",
+                                "templates": spec}, "probe.yaml")
     duck, spk = both(ws, "probe", choice="all", templates=probes, mode="replace", validate=False)
     assert duck.equals(spk)
     assert {"sql", "sql+python", "python"} <= set(spk.prompt_by)
-    assert same_rows(ws) == spk.rows.sum() == 6 * 7 - 7   # skipped: null n (p-2, p-3, p-5), null or blank reply (p-2, p-4)
+    # skipped: null n (p-2, p-3, p-5), null or blank reply (p-2, p-4)
+    assert same_rows(ws) == spk.rows.sum() == 6 * 7 - 7
     got = ws.execute("select completion from sft_examples where template_id = 'p-1' and source_row_id = 't1'")
     assert got.fetchone()[0] == "Billing"
     for r in ws.execute("select template_id, source_row_id, system, prompt, completion from sft_examples").fetchall():
