@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import os
+import re
 import shutil
 
 import pandas as pd
@@ -53,10 +53,10 @@ def both(con, tasks, **kw) -> tuple[pd.DataFrame, pd.DataFrame]:
             S.apply_templates(con, tasks, engine="spark", **kw))
 
 
-def same_rows(con, where: str = "true") -> int:
+def same_rows(con) -> int:
     """Both tables hold the same rows (every column, duplicates counted) and types; returns the count."""
     cols = "example_id, source_row_id, source_table, task, template_id, prompt, completion, choices, system, messages"
-    a, b = (f"select {cols} from {t} where {where}" for t in ("sft_examples", DUCK))
+    a, b = (f"select {cols} from {t}" for t in ("sft_examples", DUCK))
     only_spark = con.execute(f"select count(*) from ({a} except all {b})").fetchone()[0]
     only_duck = con.execute(f"select count(*) from ({b} except all {a})").fetchone()[0]
     assert (only_spark, only_duck) == (0, 0)
@@ -172,14 +172,16 @@ def test_spark_sql_guards_python_parts_and_transpiles_cleanly(ws):
 
 
 @pytest.mark.slow
-def test_notebook_05_on_spark_writes_duckdbs_rows(ws, tmp_path):
+def test_notebook_05_on_spark_writes_duckdbs_rows(ws, monkeypatch):
     """``workbench run --only 05 -p engine spark``: the notebook's kernel starts its own local Spark."""
     from workbench import pipeline
 
     tasks = ["intent_classification", "contact_extraction"]
     S.apply_templates(ws, tasks, table=DUCK, choice="random", seed=9, limit=200, mode="replace")
     ws.execute("drop table if exists sft_examples")
+    monkeypatch.setenv("WORKBENCH_HOME", str(workspace_root(ws)))   # pipeline.run sets it; restored after
     out = pipeline.run({"engine": "spark", "spark_master": "local[1]", "template_tasks": json.dumps(tasks),
                         "template_seed": "9", "template_limit": "200", "audit_tokenizer": "", "audit_sample": "2"},
                        only=["05"], workspace=workspace_root(ws), progress=lambda *a: None)
     assert same_rows(ws) == 400, out
+    assert "COALESCE((wb_pick_ = " in next(out.glob("05*.ipynb")).read_text()   # it printed the Spark SQL
