@@ -274,7 +274,7 @@ def _cmd_templates(args) -> int:
         from .template_sql import apply_templates
         from .workspace import connect
         out = apply_templates(connect(args.workspace), args.task or ["intent_classification"], choice=args.choice,
-                              seed=args.seed, limit=args.limit or None)
+                              seed=args.seed, limit=args.limit or None, engine=args.engine)
         _print_frame(out, "table")
         return 0
     raise ValueError(f"unknown templates action {args.action!r}")
@@ -544,6 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--choice", default="random", help="'random' (one per row, seeded), 'all', or a template id")
     ta.add_argument("--seed", type=int, default=7)
     ta.add_argument("--limit", type=int, default=0, help="source rows per task (0 = all)")
+    ta.add_argument("--engine", choices=["duckdb", "spark"], default="duckdb",
+                    help="spark: on Apache Spark ($SPARK_REMOTE, else $WORKBENCH_SPARK_MASTER or local[*])")
     t.set_defaults(func=_cmd_templates)
 
     b = sub.add_parser("bias", help="bias reports: data and labels, or a run's predictions")
