@@ -185,3 +185,16 @@ def test_notebook_05_on_spark_writes_duckdbs_rows(ws, monkeypatch):
                        only=["05"], workspace=workspace_root(ws), progress=lambda *a: None)
     assert same_rows(ws) == 400, out
     assert "COALESCE((wb_pick_ = " in next(out.glob("05*.ipynb")).read_text()   # it printed the Spark SQL
+
+
+def test_blank_and_missing_replies_are_counted_alike_on_both_engines(ws):
+    """Rows that give no example (a null column, a blank completion) are counted the same on both engines."""
+    ws.execute("create or replace table examples_gaps as select * replace ("
+               "case when hash(example_id) % 5 = 0 then '' when hash(example_id) % 5 = 1 then null "
+               "else reply end as reply) from examples")
+    duck, spk = both(ws, ["reply_generation"], choice="random", seed=3, mode="replace", source="examples_gaps")
+    assert duck.equals(spk)
+    n = ws.execute("select count(*) from examples_gaps").fetchone()[0]
+    assert spk["skipped_empty"].sum() > 0 and spk["skipped_missing"].sum() > 0
+    assert (spk["rows"] + spk["skipped_missing"] + spk["skipped_empty"]).sum() == n
+    assert same_rows(ws) == spk["rows"].sum()

@@ -408,14 +408,18 @@ _NON_SPACE = ("[^\\t-\\r\\x{1c}-\\x{20}\\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a
 
 
 def build_sql(plans: dict[str, list[tuple[Template, dict[str, PartPlan]]]], *, choice: str, seed: int | str,
-              sources: dict[str, str], types: dict[str, dict[str, str]], limit: int | None = None) -> str:
+              sources: dict[str, str], types: dict[str, dict[str, str]], limit: int | None = None,
+              count_missing: bool = False) -> str:
     """The ``select`` producing the ``sft_examples`` rows of every task.
 
     One pass per task: each source row carries ``wb_pick_`` (its template: the stable hash for
     'random', one row per template for 'all'), and every column is a ``case wb_pick_`` over the
-    task's templates, so DuckDB evaluates only the chosen template's expressions for a row.
+    task's templates, so DuckDB evaluates only the chosen template's expressions for a row. A row
+    whose chosen template reads a null column is not rendered; a rendered row whose completion is
+    blank carries ``wb_empty_ = true`` (``apply_templates`` counts both and writes neither).
+    ``count_missing=True``: instead, ``(template_id, n)`` of the rows left out for a null column.
     """
-    ctes, selects = [], []
+    ctes, selects, missing = [], [], []
     for ti, (task, items) in enumerate(plans.items()):
         table, key, n = sources[task], items[0][0].key, len(items)
         src = f"select * from {ident(table)}"
@@ -461,13 +465,18 @@ def build_sql(plans: dict[str, list[tuple[Template, dict[str, PartPlan]]]], *, c
             f"        {case(lambda t, p: p['system'].sql)} as system\n"
             f"    from {frm}\n"
             f"    where {case(not_null)}")
+        missing.append(f"    select {case(lambda t, _: lit(t.id))} as template_id\n    from {frm}\n"
+                       f"    where not {case(not_null)}")
+    if count_missing:
+        return ("with " + ",\n".join(ctes) + ",\nleft_out as (\n" + "\n    union all\n".join(missing) + "\n)\n"
+                "select template_id, count(*) as n from left_out group by all")
     user = "{'role': 'user', 'content': prompt}, {'role': 'assistant', 'content': completion}"
     return ("with " + ",\n".join(ctes) + ",\nrendered as (\n" + "\n    union all\n".join(selects) + "\n)\n"
             "select\n    *,\n"
             f"    cast(case when system is null then to_json([{user}])\n"
             f"         else to_json([{{'role': 'system', 'content': system}}, {user}]) end as varchar) as messages\n"
-            "from rendered\n"
-            f"where regexp_matches(completion, {lit(_NON_SPACE)})")
+            f"    , not coalesce(regexp_matches(completion, {lit(_NON_SPACE)}), false) as wb_empty_\n"
+            "from rendered")
 
 
 @dataclass
@@ -477,10 +486,19 @@ class RenderPlan:
     sql: str
     plans: dict[str, list[tuple[Template, dict[str, PartPlan]]]]
     udfs: list[tuple[str, Callable, list[str]]]
+    missing_sql: str = ""   # (template_id, n): rows not rendered because a column the template reads is null
 
-    def summary(self, counts: dict[str, int] | None = None):
+    def summary(self, counts: dict[str, int] | None = None, empty: dict[str, int] | None = None,
+                missing: dict[str, int] | None = None):
+        """One row per template: task, template_id, rows (written), skipped_missing (a column the template
+        reads is null), skipped_empty (the completion rendered blank), how each part renders. Every
+        source row a template was chosen for is in one of the three. Without ``counts``: the plan only."""
         import pandas as pd
-        return pd.DataFrame([{"task": task, "template_id": t.id, **({"rows": counts.get(t.id, 0)} if counts else {}),
+        written = counts is not None
+        counts, empty, missing = counts or {}, empty or {}, missing or {}
+        return pd.DataFrame([{"task": task, "template_id": t.id,
+                              **({"rows": counts.get(t.id, 0), "skipped_missing": missing.get(t.id, 0),
+                                  "skipped_empty": empty.get(t.id, 0)} if written else {}),
                               **{f"{p}_by": parts[p].method for p in PARTS}}
                              for task, items in self.plans.items() for t, parts in items])
 
@@ -525,8 +543,8 @@ def plan_render(con: duckdb.DuckDBPyConnection, tasks: Sequence[str] | str = ("i
             udfs += [pp.udf for pp in parts.values() if pp.udf is not None and pp.method != "sql"]
             items.append((t, parts))
         plans[task] = items
-    sql = build_sql(plans, choice=choice, seed=seed, sources=sources, types=types, limit=limit)
-    return RenderPlan(tasks, sql, plans, udfs)
+    kw = dict(choice=choice, seed=seed, sources=sources, types=types, limit=limit)
+    return RenderPlan(tasks, build_sql(plans, **kw), plans, udfs, build_sql(plans, **kw, count_missing=True))
 
 
 def apply_templates(con: duckdb.DuckDBPyConnection, tasks: Sequence[str] | str = ("intent_classification",), *,
@@ -553,13 +571,14 @@ def apply_templates(con: duckdb.DuckDBPyConnection, tasks: Sequence[str] | str =
         raise ValueError(f"engine {engine!r}: use one of {ENGINES}")
     plan = plan_render(con, tasks, choice=choice, seed=seed, source=source, limit=limit, templates=templates,
                        compile_sql=compile_sql, validate=validate)
+    missing = dict(con.execute(plan.missing_sql).fetchall())  # source columns only: no rendering
     if engine == "spark":
-        _apply_spark(con, plan, table, mode)
+        skipped = _apply_spark(con, plan, table, mode)
     else:
         for name, fn, arg_types in plan.udfs:
             con.create_function(name, fn, arg_types, "VARCHAR", type="arrow")
         try:
-            _write(con, plan, table, mode, plan.sql)
+            skipped = _write(con, plan, table, mode, plan.sql)
         except duckdb.Error as exc:
             raise TemplateError(f"rendering into {table} failed: {exc}") from exc
         finally:
@@ -567,26 +586,37 @@ def apply_templates(con: duckdb.DuckDBPyConnection, tasks: Sequence[str] | str =
                 con.remove_function(name)
     counts = dict(con.execute(f"select template_id, count(*) from {ident(table)} where {_in_tasks(plan.tasks)} "
                               "group by all").fetchall())
-    return plan.summary(counts)
+    return plan.summary(counts, skipped, missing)
 
 
 def _in_tasks(tasks: Sequence[str]) -> str:
     return f"task in ({', '.join(lit(t) for t in tasks)})"
 
 
-def _write(con: duckdb.DuckDBPyConnection, plan: RenderPlan, table: str, mode: str, select_sql: str) -> None:
-    """``table`` gets the rows of ``select_sql`` as ``mode`` says, in one workspace transaction."""
+def _write(con: duckdb.DuckDBPyConnection, plan: RenderPlan, table: str, mode: str,
+           select_sql: str) -> dict[str, int]:
+    """``table`` gets the rows of ``select_sql`` whose completion is not blank (``wb_empty_``: an example
+    teaching the model to answer nothing, e.g. from an empty reply), as ``mode`` says, in one workspace
+    transaction; returns the blank rows left out per template id."""
     from .workspace import transaction
 
     def write(c):
-        if mode == "replace":
-            c.execute(f"create or replace table {ident(table)} ({SFT_COLUMNS})")
-        else:
-            c.execute(f"create table if not exists {ident(table)} ({SFT_COLUMNS})")
-        if mode == "replace_tasks":
-            c.execute(f"delete from {ident(table)} where {_in_tasks(plan.tasks)}")
-        c.execute(f"insert into {ident(table)} by name {select_sql}")
-    transaction(con, write, what=f"writing {table}")
+        c.execute(f"create or replace temp table _wb_rendered as {select_sql}")
+        try:
+            skipped = dict(c.execute("select template_id, count(*) from _wb_rendered where wb_empty_ "
+                                     "group by all").fetchall())
+            if mode == "replace":
+                c.execute(f"create or replace table {ident(table)} ({SFT_COLUMNS})")
+            else:
+                c.execute(f"create table if not exists {ident(table)} ({SFT_COLUMNS})")
+            if mode == "replace_tasks":
+                c.execute(f"delete from {ident(table)} where {_in_tasks(plan.tasks)}")
+            c.execute(f"insert into {ident(table)} by name select * exclude (wb_empty_) from _wb_rendered "
+                      "where not wb_empty_")
+        finally:
+            c.execute("drop table if exists temp._wb_rendered")
+        return skipped
+    return transaction(con, write, what=f"writing {table}")
 
 
 # --------------------------------------------------------------------------- on Spark
@@ -655,7 +685,7 @@ def spark_udf(template: Template, part: str, names: Sequence[str]):
     return arrow_udf(fn, StringType())   # a scalar Arrow UDF, from the type hints
 
 
-def _apply_spark(con: duckdb.DuckDBPyConnection, plan: RenderPlan, table: str, mode: str) -> None:
+def _apply_spark(con: duckdb.DuckDBPyConnection, plan: RenderPlan, table: str, mode: str) -> dict[str, int]:
     """Run ``spark_sql(plan)`` on Spark, write the rows as Parquet, then insert them into ``table`` (one
     transaction); the Parquet staging folder is removed either way."""
     import shutil
@@ -680,7 +710,8 @@ def _apply_spark(con: duckdb.DuckDBPyConnection, plan: RenderPlan, table: str, m
         except Exception as exc:  # noqa: BLE001 - Spark's errors (a UDF's Jinja error inside a PythonException)
             raise TemplateError(f"rendering into {table} on Spark failed: {_spark_reason(exc)}") from exc
         try:
-            _write(con, plan, table, mode, f"select * from read_parquet({sql_literal(str(staging / '*.parquet'))})")
+            return _write(con, plan, table, mode,
+                          f"select * from read_parquet({sql_literal(str(staging / '*.parquet'))})")
         except duckdb.Error as exc:
             raise TemplateError(f"writing the Spark output into {table} failed: {exc}") from exc
     finally:
