@@ -823,6 +823,26 @@ def _parquet_spark(spark, path: Path, keep: list):
 READERS_SPARK = {"csv": _csv_spark, "jsonl": _jsonl_spark, "parquet": _parquet_spark}
 
 
+# ---------------------------------------------------------------------------------------- queries
+
+def register_inputs(spark, con, query, *, source: str = "<sql>") -> list[str]:
+    """Make every workspace table a DuckDB query reads (SQL text or a SQLGlot tree; CTEs aside) a Spark
+    temp view of the same name (``read_workspace_table``), so its Spark SQL runs. Returns the tables."""
+    import sqlglot
+    from sqlglot import exp
+
+    tree = sqlglot.parse_one(query, read="duckdb") if isinstance(query, str) else query
+    ctes = {c.alias_or_name for c in tree.find_all(exp.CTE)}
+    tables = [t for t in tree.find_all(exp.Table) if t.name not in ctes]
+    for t in tables:
+        if not isinstance(t.this, exp.Identifier):
+            raise SparkError(f"{source}: the table function {t.this.sql()} runs on DuckDB only")
+    names = sorted({t.name for t in tables})
+    for name in names:
+        read_workspace_table(spark, con, name).createOrReplaceTempView(name)
+    return names
+
+
 # ---------------------------------------------------------------------------------------- files as relations
 
 SPARK_TYPES = {"VARCHAR": "string", "BIGINT": "bigint", "INTEGER": "int", "SMALLINT": "smallint",
@@ -842,7 +862,8 @@ def read_file(spark, path: Path | str, fmt: str, types: Mapping[str, str]):
     """A CSV / JSONL / Parquet file as DuckDB's ``read_csv(all_varchar = true)``, ``read_json`` and
     ``read_parquet`` give it: ``types`` (column → DuckDB type, from ``describe``; its order is the
     column order). CSV and JSONL are parsed by the ingest readers (``READERS_SPARK``, text values
-    cast to ``types``); a line they reject is an error naming the file, line and reason, and so is a
+    cast to ``spark_type``: the caller casts back to DuckDB's exact types, e.g. a HUGEINT held as
+    decimal(38,0)); a line they reject is an error naming the file, line and reason, and so is a
     column DuckDB reads as a nested or mixed JSON value. Returns ``(df, cached)``: unpersist the
     ``cached`` DataFrames once ``df`` is materialized.
     """
