@@ -158,6 +158,20 @@ def test_file_sources_match_duckdb(spine, spark, tmp_path):
         "DOUBLE", "BOOLEAN", "TIMESTAMP")  # DuckDB's inferred types, kept (Spark holds HUGEINT as a decimal)
 
 
+def test_integer_casts_round_as_duckdb_does(spine, spark):
+    """Spark truncates 2.5 and rejects the text '2.5'; DuckDB rounds (text and DECIMAL half away from
+    zero, DOUBLE half to even): the select step's casts give DuckDB's integers on Spark."""
+    spine.execute("create or replace table casts as select * from (values "
+                  "('a', '2.5', 2.5, 2.50::decimal(6, 2)), ('b', '-1.5', -0.5, -1.50), ('c', ' 7 ', 3.5, 0.49), "
+                  "('d', '1e3', -2.5, 1.5), ('e', 'oops', 1e15, null), ('f', null, 12345.5, -2.5)) "
+                  "as t(id, txt, dbl, dec)")
+    flow = Flow.from_dict({"name": "casts", "source": {"table": "casts"}, "steps": [
+        {"step": "select", "cast": {"txt": "integer", "dbl": "bigint", "dec": "integer"}},
+        {"step": "filter", "where": "cast(dbl as double) < 1e9 or txt is null"}]})
+    got = both_engines(spine, flow, spark)
+    assert got["output"][:4] == [("a", 3, 2, 3), ("b", -2, 0, -2), ("c", 7, 4, 0), ("d", 1000, -2, 2)]
+
+
 def test_failures_name_the_step_and_write_nothing(spine, spark, tmp_path):
     before = spine.execute("select count(*) from flow_runs").fetchone()[0] if table_exists(spine, "flow_runs") else 0
 

@@ -492,7 +492,10 @@ def run_flow(con: duckdb.DuckDBPyConnection, flow: Flow | str | Path, *, output:
     if engine == "spark":
         from .spark_flows import execute_spark
 
-        results, staged, fates, cleanup = execute_spark(con, flow, plan, run_id=run_id, query=_query(flow, plan),
+        def types_at(k: int) -> dict[str, str]:  # DuckDB's column types after the first k steps
+            return {r[0]: r[1] for r in con.execute(f"describe {_query(flow, plan[:k])}").fetchall()}
+
+        results, staged, fates, cleanup = execute_spark(con, flow, plan, run_id=run_id, types_at=types_at,
                                                         spark=spark)
     else:
         plan, results, staged, fates = _execute(con, flow, upto=None, limit=5, keep_last=True, fates=True, plan=plan)

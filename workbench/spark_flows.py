@@ -29,10 +29,12 @@ from .workspace import sql_literal
 
 
 def execute_spark(con: duckdb.DuckDBPyConnection, flow: Flow, plan: list[PlannedStep], *, run_id: str,
-                  query: str, spark=None, limit: int = 5) -> tuple[list[StepResult], str, str | None, Callable]:
+                  types_at: Callable[[int], dict[str, str]], spark=None,
+                  limit: int = 5) -> tuple[list[StepResult], str, str | None, Callable]:
     """Run a validated flow on Spark; returns the step results, the staged output and fates (DuckDB
     relations over their Parquet files; fates None when no step names removed rows) and a cleanup
-    function (unpersist, drop the temp views, remove the staging folder) to call after registering."""
+    function (unpersist, drop the temp views, remove the staging folder) to call after registering.
+    ``types_at(k)``: column → DuckDB type after the first ``k`` steps (0: the source)."""
     from . import spark as wbspark
 
     spark = spark or wbspark.session()
@@ -72,13 +74,13 @@ def execute_spark(con: duckdb.DuckDBPyConnection, flow: Flow, plan: list[Planned
             # the same step SQL as the DuckDB run; only the relation names differ (helper CTEs are
             # prefixed with the step's name: here the view's, unique to this run)
             compiled = STEPS[p.kind].compile(prev, cur, p.columns_in, p.params)
-            df, rows_out, head = _run_step(compiled.ctes, materialize, where, helpers)
+            df, rows_out, head = _run_step(compiled.ctes, materialize, where, helpers, types_at(p.index - 1))
             if p.key_in and p.key_out and compiled.reason:  # the rows it removed (a multiset difference)
                 gone.append(f"select row_key, cast({p.index} as integer) as step_index, {lit(p.kind)} as step_name, "
                             f"{lit(compiled.reason)} as reason from (select cast({qi(p.key_in)} as varchar) as row_key "
                             f"from {prev} except all select cast({qi(p.key_out)} as varchar) from {cur}) as gone")
             results.append(StepResult(p.index, p.kind, results[-1].rows_out, rows_out, compiled.reason, head))
-        types = {r[0]: r[1] for r in con.execute(f"describe {query}").fetchall()}
+        types = types_at(len(plan))
         try:
             wbspark.write_dataset(df, stage / "output", types)
             if gone:  # every step's checkpoint is still held by its view
@@ -98,7 +100,8 @@ def _parquet(path) -> str:
     return f"read_parquet({sql_literal(str(path / '*.parquet'))})"
 
 
-def _run_step(ctes: list[tuple[str, str]], materialize: Callable, where: str, helpers: list[str]):
+def _run_step(ctes: list[tuple[str, str]], materialize: Callable, where: str, helpers: list[str],
+              types: dict[str, str]):
     """A step's CTEs on Spark: each helper CTE that later CTEs read more than once is computed once
     (checkpointed as a view; Spark would otherwise inline it and compute it once per reference, e.g.
     near_dedup's signatures, once per LSH band); the others stay CTEs of the next query."""
@@ -108,10 +111,10 @@ def _run_step(ctes: list[tuple[str, str]], materialize: Callable, where: str, he
         uses = sum(len(re.findall(rf"\b{re.escape(name)}\b", later)) for _, later in ctes[i + 1:])
         if uses > 1:
             helpers.append(name)
-            materialize(_spark_sql(_with(pending, name), where), name, where, count=False)
+            materialize(_spark_sql(_with(pending, name), where, types), name, where, count=False)
             pending.pop()  # the others stay CTEs (Spark skips those a query does not read)
     name, sql = ctes[-1]
-    return materialize(_spark_sql(_with(pending + [(name, sql)], name), where), name, where)
+    return materialize(_spark_sql(_with(pending + [(name, sql)], name), where, types), name, where)
 
 
 def _head(df, limit: int) -> pd.DataFrame:
@@ -124,16 +127,41 @@ def _with(ctes: list[tuple[str, str]], last: str) -> str:
     return f"with {body}\nselect * from {last}"
 
 
-def _spark_sql(sql: str, where: str) -> str:
-    """DuckDB SQL as Spark SQL with the dialect fixes; an unportable construct is a FlowError."""
+def _spark_sql(sql: str, where: str, types: dict[str, str] | None = None) -> str:
+    """DuckDB SQL as Spark SQL with the dialect fixes; an unportable construct is a FlowError.
+    ``types``: the DuckDB types of the step's input columns (for ``_int_casts``)."""
     import sqlglot
 
     from .spark import SparkError, to_spark_sql
 
     try:
-        return to_spark_sql(_lists(sqlglot.parse_one(sql, read="duckdb")), source=where)
+        return to_spark_sql(_int_casts(_lists(sqlglot.parse_one(sql, read="duckdb")), types or {}), source=where)
     except SparkError as exc:
         raise FlowError(str(exc)) from None
+
+
+def _int_casts(tree, types: dict[str, str]):
+    """``cast(x as integer)`` (and bigint, try_cast) of a text or fractional column as DuckDB computes
+    it: DuckDB rounds (text '2.5' and DECIMAL half away from zero to 3, DOUBLE half to even to 2);
+    Spark rejects the text '2.5' and truncates 2.5 to 2. On Spark the value is rounded first: text
+    through decimal(38, 9) (exact) with ``round``, DOUBLE / FLOAT with ``bround`` (half to even).
+    Left different: hexadecimal text ('0x10': 16 on DuckDB, null on Spark)."""
+    from sqlglot import exp
+
+    ints = {exp.DataType.Type.INT, exp.DataType.Type.BIGINT, exp.DataType.Type.SMALLINT, exp.DataType.Type.TINYINT}
+    for n in list(tree.find_all(exp.Cast)):  # TryCast included
+        if n.to.this not in ints or not isinstance(n.this, exp.Column):
+            continue
+        t = types.get(n.this.name, "")
+        if t == "VARCHAR":
+            inner = n.copy()  # the same kind of cast (try_cast stays try_cast)
+            inner.set("to", exp.DataType.build("decimal(38, 9)"))
+            n.set("this", exp.Round(this=inner))
+        elif t in ("DOUBLE", "FLOAT"):  # DuckDB rounds these half to even (2.5 gives 2)
+            n.set("this", exp.Anonymous(this="bround", expressions=[n.this.copy()]))
+        elif t.startswith("DECIMAL"):
+            n.set("this", exp.Round(this=n.this.copy()))
+    return tree
 
 
 def _lists(tree):
