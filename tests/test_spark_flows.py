@@ -7,24 +7,19 @@ spine serve the module. Every comparison runs the same flow with ``engine="duckd
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from pathlib import Path
 
 import pytest
 
 import workbench
 from workbench import data
-from workbench import spark as wbspark
 from workbench.cli import main
 from workbench.flow_steps import STEPS
 from workbench.flows import FLOW_DIR, Flow, FlowError, load_flow, run_flow
 from workbench.workspace import table_exists, workspace_root
 
-needs_java = pytest.mark.skipif(shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
-                                reason="Spark needs Java 17+ (apt-get install openjdk-17-jre-headless)")
+from test_spark import needs_java, spark  # noqa: F401  (the session-scoped local[2] Spark fixture)
+
 pytestmark = [pytest.mark.spark, needs_java]
-CONFIG = wbspark.SparkConfig(master="local[2]", shuffle_partitions=4)  # as tests/test_spark.py
 
 # Every step kind, with the options that need a dialect fix on Spark: NFC, a \b pattern with a \1
 # replacement, word shingles, a template of the library, a stratified split of resampled copies
@@ -59,13 +54,6 @@ EVERY_STEP = {
         {"step": "split", "key": "rid", "seed": 11, "stratify": "label", "train": 0.6, "validation": 0.2},
         {"step": "filter", "where": "split <> 'test' or sample_copy = 0", "reason": "no oversampled copies in test"},
     ]}
-
-
-@pytest.fixture(scope="session")
-def spark():
-    s = wbspark.session(config=CONFIG)
-    yield s
-    wbspark.stop()
 
 
 @pytest.fixture(scope="module")

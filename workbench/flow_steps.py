@@ -586,7 +586,8 @@ STEPS: dict[str, StepSpec] = {s.name: s for s in [
     StepSpec("near_dedup", "Remove near-duplicates", "MinHash/LSH on character n-grams, verified by exact Jaccard.", [
         F("column", "column", required=True), F("threshold", "float", 0.8, min=0.05, max=1.0),
         F("ngram", "int", 5, min=1, max=20, help="shingle size (characters or words)"),
-        F("unit", "choice", "chars", choices=("chars", "words"), help="words: DuckDB list functions (on Spark: flow run --engine spark)"),
+        F("unit", "choice", "chars", choices=("chars", "words"),
+          help="words: DuckDB list functions (on Spark: flow run --engine spark)"),
         F("lowercase", "bool", True, help="compare lowercased, whitespace-collapsed text"),
         F("bands", "int", 16, min=1, max=64), F("rows_per_band", "int", 4, min=1, max=16),
         F("seed", "int", 42), F("order_by", "columns", help="which row is kept: the first by these columns"),

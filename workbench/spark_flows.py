@@ -18,7 +18,8 @@ from __future__ import annotations
 import re
 import secrets
 import shutil
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import duckdb
 import pandas as pd
@@ -194,6 +195,63 @@ def _source(spark, con: duckdb.DuckDBPyConnection, flow: Flow) -> tuple[Any, lis
     path = _file_path(flow)
     types = {r[0]: r[1] for r in con.execute(f"describe select * from {source_sql(flow)}").fetchall()}
     try:
-        return wbspark.read_file(spark, path, file_format(flow, path), types)
+        return read_file(spark, path, file_format(flow, path), types)
     except Exception as exc:
         raise FlowError(f"{flow.where}: field 'source.file': cannot read it on Spark: {wbspark._short(exc)}") from None
+
+
+# --------------------------------------------------------------------------- file sources
+
+SPARK_TYPES = {"VARCHAR": "string", "BIGINT": "bigint", "INTEGER": "int", "SMALLINT": "smallint",
+               "TINYINT": "tinyint", "DOUBLE": "double", "FLOAT": "float", "BOOLEAN": "boolean", "DATE": "date",
+               "TIMESTAMP": "timestamp_ntz", "HUGEINT": "decimal(38,0)", "UBIGINT": "decimal(20,0)",
+               "UINTEGER": "bigint", "USMALLINT": "int", "UTINYINT": "smallint"}  # DuckDB type -> Spark type
+
+
+def spark_type(duckdb_type: str) -> str | None:
+    """The Spark type holding a scalar DuckDB type's values (DECIMAL(p,s) as is), else None."""
+    if re.fullmatch(r"DECIMAL\([0-9]+,[0-9]+\)", duckdb_type):
+        return duckdb_type.lower()
+    return SPARK_TYPES.get(duckdb_type)
+
+
+def read_file(spark, path: Path | str, fmt: str, types: Mapping[str, str]):
+    """A CSV / JSONL / Parquet file as DuckDB's ``read_csv(all_varchar = true)``, ``read_json`` and
+    ``read_parquet`` give it: ``types`` (column → DuckDB type, from ``describe``; its order is the
+    column order). CSV and JSONL are parsed by the ingest readers (``READERS_SPARK``, text values
+    cast to ``spark_type``: the caller casts back to DuckDB's exact types, e.g. a HUGEINT held as
+    decimal(38,0)); a line they reject is an error naming the file, line and reason, and so is a
+    column DuckDB reads as a nested or mixed JSON value. Returns ``(df, cached)``: unpersist the
+    ``cached`` DataFrames once ``df`` is materialized.
+    """
+    from pyspark.sql import functions as F
+
+    from .spark import READERS_SPARK, SparkError
+
+    path = Path(path)
+    cached: list = []
+    if fmt == "parquet":
+        df = spark.read.parquet(str(path))
+    else:
+        df, rejects = READERS_SPARK[fmt](spark, path, cached)
+        bad = rejects.orderBy("source_line").limit(1).collect()
+        if bad:
+            for c in cached:
+                c.unpersist()
+            raise SparkError(f"{path}: line {bad[0]['source_line']}: {bad[0]['reason']}")
+    missing = [c for c in types if c not in df.columns]
+    cols = []
+    for c, t in types.items():
+        if fmt == "parquet" or c in missing:
+            cols.append(F.col(f"`{c}`"))
+        elif spark_type(t):
+            cols.append(F.col(f"`{c}`").cast(spark_type(t)).alias(c))
+        else:
+            missing.append(c)
+    if missing:
+        for c in cached:
+            c.unpersist()
+        c = missing[0]
+        raise SparkError(f"{path}: column {c!r}: DuckDB reads it as {types[c]}, the Spark {fmt} reader "
+                         f"{'gives ' + ', '.join(df.columns) if c not in df.columns else 'reads text values only'}")
+    return df.select(*cols), cached
