@@ -103,6 +103,7 @@ CASES: dict[str, bytes] = {
                                     "big": 12345678901234567890, "neg": -0.0, "u": "caf\u00e9 \u2603",
                                     "esc": "tab\there \"q\" \\ /", "nul": None, "tr": True})),
     "crlf.jsonl": lines('{"a": "1"}', "", '{"a": "2", "b": [1]}', '{"a" 3}', "[1]", '{"a": "4"}', eol="\r\n"),
+    "cr_in_quotes.csv": b'a,b,c\n1,"x\ry",c\n2,b,c\r\n3,"p\rq\nr",s\n',  # a \r in a quoted field is data
     "lines_gz.jsonl.gz": gzip.compress(lines('{"a": "1"}', "", "not json", '{"a": "2", "B": "x"}')),
     "no_trailing_newline.jsonl": b'{"a": "1"}\n{"a": "2"}',
 }
@@ -119,6 +120,7 @@ ERRORS: dict[str, tuple[bytes, str]] = {
     "case_header.csv": (b"id,x,ID\n1,2,3\n", "line 1: columns 'id' and 'ID' differ only in case"),
     "blank_header.csv": (b"\n1,2\n", "no header row"),
     "empty_key.jsonl": (b'{"a": 1}\n{"": 2}\n', "an empty JSON key"),
+    "lone_cr.csv": (b'a,b,c\n1,"x\ry",c\n2,b,c\r\n3,b\rc,d\n', "cannot read as csv"),  # a \r outside quotes
 }
 
 

@@ -821,6 +821,7 @@ def _csv_spark(spark, path: Path, keep: list):
     stats = lines.agg(F.first(F.when(F.col("line") == 1, F.col("value")), ignorenulls=True).alias("header"),
                       F.sort_array(F.collect_list(F.when(F.col("opens"), F.col("line")))).alias("openers"),
                       F.max(F.when(~F.col("stays"), F.col("line"))).alias("last_closer"),
+                      F.min(F.when(body.contains("\r"), F.col("line"))).alias("first_cr"),
                       F.count(F.lit(1)).alias("n"), F.count_if(F.col("value").endswith("\r")).alias("cr")).collect()[0]
     head = stats["header"]
     header = next(csv.reader([head.removesuffix("\r")], delimiter=delim), None) if head is not None else None
@@ -828,6 +829,9 @@ def _csv_spark(spark, path: Path, keep: list):
     if any(ord(ch) < 32 for n in names for ch in n):
         raise IngestError(f"{path}: line 1: a column name holds a control character")
     n_cols = len(names)
+    if stats["first_cr"] == 1:
+        raise IngestError(f"{path}: line 1: a carriage return (\\r) that ends no line in the header: a file whose "
+                          "lines end with \\r alone cannot be read by the Spark ingest; convert its line ends to \\n")
     lines = lines.where("line > 1")
     spans, unterminated = _multi_line_records(lines, list(stats["openers"]), stats["last_closer"] or 0)
     one = lines.where(body != "")
@@ -868,6 +872,13 @@ def _csv_spark(spark, path: Path, keep: list):
     parsed = _cached(records.select(
         F.col("line").alias("source_line"), reason.alias("reason"), "text", "n_lines",
         F.when(too_long.isNull(), tokens).alias("tokens")), keep)
+
+    if stats["first_cr"]:  # a \r that ends no line, outside quotes: DuckDB's strict reader refuses the file
+        unquoted = F.regexp_replace("text", F.lit('"[^"]*+(?:""[^"]*+)*+"'), F.lit(""))
+        bad = parsed.where(unquoted.contains("\r")).agg(F.min("source_line")).collect()[0][0]
+        if bad is not None:
+            raise IngestError(f"{path}: cannot read as csv: line {bad}: a carriage return (\\r) outside quotes "
+                              "that ends no line (DuckDB's strict CSV reader refuses the file)")
 
     def field(i: int):
         tok = F.get("tokens", i)
