@@ -210,3 +210,12 @@ def test_same_error(spark, tmp_path, name):
             data.ingest(con, [path], table="t", engine=engine, fmt="csv" if name.endswith(".csv") else "auto")
         assert not con.execute("select count(*) from duckdb_tables() where table_name = 't'").fetchone()[0]
         con.close()
+
+
+def test_a_folder_is_refused_on_both_engines(tmp_path):
+    (tmp_path / "d.csv").mkdir()
+    for engine in ("duckdb", "spark"):
+        con = workbench.connect(tmp_path / engine)
+        with pytest.raises(data.IngestError, match=re.escape(f"{tmp_path / 'd.csv'}: a folder, not a file")):
+            data.ingest(con, [tmp_path / "d.csv"], table="t", engine=engine)
+        con.close()
