@@ -990,8 +990,8 @@ def _jsonl_spark(spark, path: Path, keep: list):
     parsed = _cached(lines.select(F.col("line").alias("source_line"), reason.alias("reason"), "value"), keep)
     valid = parsed.where("reason is null")
     first_seen = (valid.select("source_line", F.posexplode(F.json_object_keys("value")).alias("pos", "key"))
-                  .groupBy("key").agg(F.min(F.struct("source_line", "pos")).alias("first")).orderBy("first"))
-    keys = [r["key"] for r in first_seen.select("key").collect()]
+                  .groupBy("key").agg(F.min(F.struct("source_line", "pos")).alias("first")).collect())
+    keys = [r["key"] for r in sorted(first_seen, key=lambda r: tuple(r["first"]))]  # few: no Spark sort job
     columns = json_columns(keys, path)
     # DuckDB's order: the first seen of each name (case-insensitive), then the later case variants
     columns = [c for c in columns if c[0] == c[1]] + [c for c in columns if c[0] != c[1]]
