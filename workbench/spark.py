@@ -808,7 +808,7 @@ def _csv_spark(spark, path: Path, keep: list):
 
     from pyspark.sql import functions as F
 
-    from .data import IngestError, _header_names
+    from .data import IngestError, _header_names, _mixed_line_ends
 
     delim = "\t" if path.name.lower().endswith((".tsv", ".tsv.gz")) else ","
     d = "\\t" if delim == "\t" else ","
@@ -817,12 +817,11 @@ def _csv_spark(spark, path: Path, keep: list):
     lines = _cached(numbered_lines(spark, path, "\n").select(
         "line", "value", F.is_valid_utf8("value").alias("utf8"),
         (body.rlike(pat["opens"]) & (F.col("line") > 1)).alias("opens"), body.rlike(pat["stays"]).alias("stays")), keep)
-    # one pass: the header, the lines that open a record over several lines, the line ends
+    # one pass: the header, the lines that open a record over several lines, the last that closes one
     stats = lines.agg(F.first(F.when(F.col("line") == 1, F.col("value")), ignorenulls=True).alias("header"),
                       F.sort_array(F.collect_list(F.when(F.col("opens"), F.col("line")))).alias("openers"),
                       F.max(F.when(~F.col("stays"), F.col("line"))).alias("last_closer"),
-                      F.min(F.when(body.contains("\r"), F.col("line"))).alias("first_cr"),
-                      F.count(F.lit(1)).alias("n"), F.count_if(F.col("value").endswith("\r")).alias("cr")).collect()[0]
+                      F.min(F.when(body.contains("\r"), F.col("line"))).alias("first_cr")).collect()[0]
     head = stats["header"]
     header = next(csv.reader([head.removesuffix("\r")], delimiter=delim), None) if head is not None else None
     names = _header_names(header, path)
@@ -843,7 +842,7 @@ def _csv_spark(spark, path: Path, keep: list):
             F.col("start").alias("rec"), F.explode(F.sequence("start", "stop")).alias("line"))
         records = records.join(F.broadcast(multi) if len(spans) < 100_000 else multi, "line", "left_anti")
         text = F.array_join(F.transform(F.col("parts"), lambda x: x["value"]), "\n")
-        if _mixed_line_ends(stats["n"], stats["cr"], path):  # DuckDB's ingest reads it with every \r\n as \n
+        if _mixed_line_ends(path):  # DuckDB's ingest reads such a file with every \r\n as \n
             text = F.replace(text, F.lit("\r\n"), F.lit("\n"))
         grouped = (lines.join(multi, "line").groupBy("rec")
                    .agg(F.sort_array(F.collect_list(F.struct("line", "value"))).alias("parts"),
@@ -930,33 +929,6 @@ def _multi_line_records(lines, openers: list[int], last_closer: int) -> tuple[li
         spans.append((o, close))
         pos = close
     return spans, None
-
-
-def _tail_byte(path: Path) -> bytes:
-    from .data import _open_bytes
-
-    if not path.name.lower().endswith(".gz"):
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            if f.tell() == 0:
-                return b""
-            f.seek(-1, os.SEEK_END)
-            return f.read(1)
-    last = b""
-    with _open_bytes(path) as f:
-        while chunk := f.read(1 << 24):
-            last = chunk[-1:]
-    return last
-
-
-def _mixed_line_ends(n: int, cr: int, path: Path) -> bool:
-    """``data._mixed_line_ends`` from Spark's count of lines split at ``\\n`` (``n``) and of those ending
-    ``\\r`` (``cr``): some lines end ``\\r\\n``, others ``\\n``."""
-    if not cr:
-        return False
-    tail = _tail_byte(path)  # a last line without \n: its \r (if any) ends no \r\n line
-    lf, crlf = (n, cr) if tail == b"\n" else (n - 1, cr - (tail == b"\r"))
-    return 0 < crlf < lf
 
 
 def _jsonl_spark(spark, path: Path, keep: list):
