@@ -666,12 +666,8 @@ def clean(con: duckdb.DuckDBPyConnection, engine: str = "duckdb", **params: Any)
 SPLIT_GROUP_KEYS = ("", "customer_id", "message_id", "channel", "region", "age_band")
 
 
-def split(con: duckdb.DuckDBPyConnection, *, reset: bool = False, engine: str = "duckdb",
-          **params: Any) -> dict[str, int]:
-    """Assign new examples to train/validation/test (old assignments never move); returns counts.
-
-    ``reset=True`` forgets earlier assignments first (everything is split again)."""
-    _check_engine(engine)
+def check_split_params(**params: Any) -> dict[str, Any]:
+    """The split parameters with defaults filled in; a ValueError names the first bad one."""
     unknown = set(params) - set(SPLIT_DEFAULTS)
     if unknown:
         raise ValueError(f"unknown split parameter(s) {sorted(unknown)}; known: {sorted(SPLIT_DEFAULTS)}")
@@ -681,6 +677,16 @@ def split(con: duckdb.DuckDBPyConnection, *, reset: bool = False, engine: str = 
     tf, vf = float(p["train_fraction"]), float(p["validation_fraction"])
     if not (0 < tf < 1 and 0 <= vf < 1 and tf + vf <= 1):
         raise ValueError(f"split fractions train={tf}, validation={vf}: need 0 < train, train + validation <= 1")
+    return p
+
+
+def split(con: duckdb.DuckDBPyConnection, *, reset: bool = False, engine: str = "duckdb",
+          **params: Any) -> dict[str, int]:
+    """Assign new examples to train/validation/test (old assignments never move); returns counts.
+
+    ``reset=True`` forgets earlier assignments first (everything is split again)."""
+    _check_engine(engine)
+    p = check_split_params(**params)
     if not table_exists(con, "examples"):
         raise WorkspaceError("splits need table examples: run step 02 (data.clean) first")
     parquet_layout(con)

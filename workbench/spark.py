@@ -988,3 +988,23 @@ def _parquet_spark(spark, path: Path, keep: list):
 
 
 READERS_SPARK = {"csv": _csv_spark, "jsonl": _jsonl_spark, "parquet": _parquet_spark}
+
+
+# ---------------------------------------------------------------------------------------- queries
+
+def register_inputs(spark, con, query, *, source: str = "<sql>") -> list[str]:
+    """Make every workspace table a DuckDB query reads (SQL text or a SQLGlot tree; CTEs aside) a Spark
+    temp view of the same name (``read_workspace_table``), so its Spark SQL runs. Returns the tables."""
+    import sqlglot
+    from sqlglot import exp
+
+    tree = sqlglot.parse_one(query, read="duckdb") if isinstance(query, str) else query
+    ctes = {c.alias_or_name for c in tree.find_all(exp.CTE)}
+    tables = [t for t in tree.find_all(exp.Table) if t.name not in ctes]
+    for t in tables:
+        if not isinstance(t.this, exp.Identifier):
+            raise SparkError(f"{source}: the table function {t.this.sql()} runs on DuckDB only")
+    names = sorted({t.name for t in tables})
+    for name in names:
+        read_workspace_table(spark, con, name).createOrReplaceTempView(name)
+    return names
