@@ -629,13 +629,11 @@ CLOSER_LOOKAHEAD = 32  # lines after a quote opened at a line end searched at on
 def _unique_names(names: Sequence[str]) -> list[str]:
     """DuckDB's names for a select list: a name already taken (case-insensitive) becomes ``<name>_<n>``
     (the smallest n not taken), left to right: a source column ``source_line`` is ``source_line_1``."""
-    taken: set[str] = set()
-    out = []
+    taken, out = set(), []
     for name in names:
         new, n = name, 0
         while new.lower() in taken:
-            n += 1
-            new = f"{name}_{n}"
+            n, new = n + 1, f"{name}_{n + 1}"
         taken.add(new.lower())
         out.append(new)
     return out
@@ -729,18 +727,11 @@ def numbered_lines(spark, path: Path | str, line_sep: str | None = None):
 
 def _one_block(spark, path: Path) -> bool:
     """Whether Spark reads the file as one split: gzipped, or no larger than the split size could be."""
-    if path.name.lower().endswith(".gz"):
-        return True
-    conf = spark.conf
-    limit = min(_bytes(conf.get("spark.sql.files.maxPartitionBytes", "128m")),
-                _bytes(conf.get("spark.sql.files.openCostInBytes", "4m")))
-    return path.stat().st_size <= limit
-
-
-def _bytes(size: str) -> int:
-    size = str(size).strip().lower().removesuffix("b")
-    mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}.get(size[-1:], 1)
-    return int(float(size.rstrip("kmgt")) * mult)
+    def size(key: str, default: str) -> int:  # '128m', '4194304b', '65536'
+        v = str(spark.conf.get(key, default)).strip().lower().removesuffix("b")
+        return int(float(v.rstrip("kmgt")) * {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}.get(v[-1:], 1))
+    return path.name.lower().endswith(".gz") or path.stat().st_size <= min(
+        size("spark.sql.files.maxPartitionBytes", "128m"), size("spark.sql.files.openCostInBytes", "4m"))
 
 
 def _cached(df, keep: list):
@@ -793,16 +784,13 @@ def _csv_patterns(d: str) -> dict[str, str]:
 
 
 def _csv_spark(spark, path: Path, keep: list):
-    """CSV parsed with regexes that follow DuckDB's strict reader, record by record.
+    """CSV parsed with regexes that follow DuckDB's strict reader, record by record (docs/spark.md).
 
     Lines are split at ``\\n`` and numbered. A line that leaves a quoted field open (``opens``) starts a
     record over several lines, which ends at the first later line that closes it (``stays`` false);
-    the driver walks those few lines in order, so a quote opened inside such a record is no new one.
-    A quote never closed makes the rest of the file rejects, as DuckDB's ingest does. Each record's
-    fields are then matched (quoted with ``""``, spaces around the quotes dropped, empty = NULL); a
-    record that is not valid UTF-8, over 4 MiB, has too few / too many fields or a bad quote is a
-    reject with DuckDB's reason texts. Blank lines between records are skipped. Inside a quoted field a
-    ``\\r\\n`` stays as it is, except in a file mixing ``\\n`` and ``\\r\\n`` line ends (read as ``\\n``).
+    the driver walks those few lines in order. A quote never closed makes the rest of the file rejects,
+    as DuckDB's ingest does. Each record's fields are then matched; a record that is not valid UTF-8,
+    over 4 MiB, has too few / too many fields or a bad quote is a reject with DuckDB's reason texts.
     """
     import csv
 
