@@ -15,7 +15,6 @@ import gzip
 import json
 import os
 import re
-import shutil
 import time
 
 import pandas as pd
@@ -23,12 +22,10 @@ import pytest
 
 import workbench
 from workbench import data
-from workbench import spark as wbspark
 
-needs_java = pytest.mark.skipif(shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
-                                reason="Spark needs Java 17+ (apt-get install openjdk-17-jre-headless)")
+from test_spark import needs_java, spark  # noqa: F401  (test_spark's session fixture: one Spark per process)
+
 pytestmark = [pytest.mark.spark, needs_java]
-CONFIG = wbspark.SparkConfig(master="local[2]", shuffle_partitions=4)
 COUNTS = re.compile(r"(missing columns|too many columns): [^;(]*")  # DuckDB's 'Found: N' varies: the kind
 
 HEADER = "message_id,customer_id,created_at,channel,region,age_band,text,intent,reply"
@@ -125,13 +122,6 @@ ERRORS: dict[str, tuple[bytes, str]] = {
 
 
 # ---------------------------------------------------------------------------------------- fixtures
-
-@pytest.fixture(scope="session")
-def spark():
-    s = wbspark.session(config=CONFIG)
-    yield s
-    wbspark.stop()
-
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
