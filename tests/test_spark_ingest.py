@@ -98,7 +98,7 @@ CASES: dict[str, bytes] = {
                         json.dumps({"it's": "q", "a]b": 1, 'x"y': 2, "k.1": 3, "$": 4, "[0]": 5, "source_line": "s",
                                     "Source_Row_Id": "r", "n": 1.50, "e": 1e5, "o": {"z": [1, 2.0]},
                                     "big": 12345678901234567890, "neg": -0.0, "u": "caf\u00e9 \u2603",
-                                    "esc": "tab\there \"q\" \\ /", "nul": None, "tr": True})),
+                                    "esc": "tab\there \"q\" \\ /", "nul": None, "tr": True, "a\\b": "bs"})),
     "crlf.jsonl": lines('{"a": "1"}', "", '{"a": "2", "b": [1]}', '{"a" 3}', "[1]", '{"a": "4"}', eol="\r\n"),
     "cr_in_quotes.csv": b'a,b,c\n1,"x\ry",c\n2,b,c\r\n3,"p\rq\nr",s\n',  # a \r in a quoted field is data
     "lines_gz.jsonl.gz": gzip.compress(lines('{"a": "1"}', "", "not json", '{"a": "2", "B": "x"}')),

@@ -479,7 +479,7 @@ _ZS = sql_literal("\u0020\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\
 
 
 def _json_path_key(key: str) -> str:
-    return '"' + key.replace('"', '\\"') + '"'
+    return '"' + key.replace('\\', '\\\\').replace('"', '\\"') + '"'
 
 
 def _parquet(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str, list[tuple]]:
