@@ -484,3 +484,12 @@ def test_workspace_tables_are_written_in_small_row_groups_unless_the_workspace_s
     assert other.execute("select value from ducklake_options('wb') where option_name = 'parquet_row_group_size'"
                          ).fetchall() == [("1000",)]
     data.parquet_layout(duckdb.connect())
+
+
+def test_jsonl_keys_with_backslashes_and_quotes_keep_their_values(con, tmp_path):
+    lines = ['{"a\\\\b": "one", "say \\"hi\\"": "two", "plain": "three"}']
+    data.ingest(con, [write(tmp_path / "k.jsonl", "\n".join(lines) + "\n")], table="stg")
+    cols = [r[0] for r in con.execute("describe stg").fetchall()]
+    assert cols[3:] == ["a\\b", 'say "hi"', "plain"]
+    assert con.execute('select * exclude (source_row_id, source_file, source_line) from stg').fetchall() == \
+        [("one", "two", "three")]

@@ -433,22 +433,11 @@ def _jsonl(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[s
             select json_keys(raw_line) as ks from temp.wb_json_parsed{tag} where reason is null
             group by ks order by min(source_line)""").fetchall():
         keys += [k for k in key_list if k not in keys]
-    # Column names are case-insensitive: of keys differing only in case ('a', 'A') the first seen is in
-    # the struct, each other one its own column '<key>_<n>' read by path (a struct holding both would
-    # match neither: their values were lost).
-    first: dict[str, str] = {}
-    variants: list[tuple[str, str]] = []
-    for k in keys:
-        if k.lower() not in first:
-            first[k.lower()] = k
-    taken = set(first)
-    for k in keys:
-        if first[k.lower()] != k:
-            n = 1
-            while f"{k}_{n}".lower() in taken:
-                n += 1
-            taken.add(f"{k}_{n}".lower())
-            variants.append((k, f"{k}_{n}"))
+    # of keys differing only in case the first seen is in the struct, each other one its own column
+    # read by path (a struct holding both would match neither: their values were lost)
+    columns = json_columns(keys, path)
+    first = {k.lower(): k for k, name in columns if k == name}
+    variants = [(k, name) for k, name in columns if k != name]
     # one parse per line into a struct of VARCHARs (numbers and nested values keep their JSON text)
     structure = "{" + ", ".join(f"{_json_path_key(k)}: \"VARCHAR\"" for k in first.values()) + "}"
     extra = "".join(f", json_extract_string(raw_line, {sql_literal('$.' + _json_path_key(k))}) as "
@@ -459,6 +448,30 @@ def _jsonl(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[s
     return sql, sorted(rejects)
 
 
+def json_columns(keys: Sequence[str], path: Path) -> list[tuple[str, str]]:
+    """(key, column name) of a JSONL file's keys, first seen first (both engines' ingest).
+
+    Column names are case-insensitive: of keys differing only in case ('a', 'A') the first seen keeps
+    its name, each later one becomes '<key>_<n>' (the smallest n not taken). An empty key is refused:
+    no column can be named after it."""
+    if "" in keys:
+        raise IngestError(f'{path}: an empty JSON key (""): name the key; no column can be named after it')
+    first: dict[str, str] = {}
+    for k in keys:
+        first.setdefault(k.lower(), k)
+    taken, out = set(first), []
+    for k in keys:
+        name = k
+        if first[k.lower()] != k:
+            n = 1
+            while f"{k}_{n}".lower() in taken:
+                n += 1
+            name = f"{k}_{n}"
+            taken.add(name.lower())
+        out.append((k, name))
+    return out
+
+
 # The characters DuckDB's trim() removes (Unicode category Zs). A line whose first character is not
 # one of them is not blank: trim (which copies every line) runs only on the others.
 _ZS = sql_literal("\u0020\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
@@ -466,7 +479,7 @@ _ZS = sql_literal("\u0020\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\
 
 
 def _json_path_key(key: str) -> str:
-    return '"' + key.replace('"', '\\"') + '"'
+    return '"' + key.replace('\\', '\\\\').replace('"', '\\"') + '"'
 
 
 def _parquet(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str, list[tuple]]:
