@@ -996,4 +996,3 @@ def register_inputs(spark, con, query, *, source: str = "<sql>") -> list[str]:
     for name in names:
         read_workspace_table(spark, con, name).createOrReplaceTempView(name)
     return names
-
