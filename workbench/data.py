@@ -523,7 +523,7 @@ def ingest(con: duckdb.DuckDBPyConnection, files: Sequence[str | os.PathLike] | 
             raise IngestError(f"{p}: unknown format {f!r} (use one of {FORMATS})")
     parquet_layout(con)
     if engine == "spark":
-        from .spark import ingest_spark
+        from .spark_ingest import ingest_spark
         return ingest_spark(con, paths, fmts, table=table, mode=mode)
 
     # Parse every file first (temp tables and views, outside the workspace), then write all in one

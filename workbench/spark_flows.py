@@ -226,7 +226,8 @@ def read_file(spark, path: Path | str, fmt: str, types: Mapping[str, str]):
     """
     from pyspark.sql import functions as F
 
-    from .spark import READERS_SPARK, SparkError
+    from .spark import SparkError
+    from .spark_ingest import READERS_SPARK
 
     path = Path(path)
     cached: list = []
