@@ -493,3 +493,25 @@ def test_jsonl_keys_with_backslashes_and_quotes_keep_their_values(con, tmp_path)
     assert cols[3:] == ["a\\b", 'say "hi"', "plain"]
     assert con.execute('select * exclude (source_row_id, source_file, source_line) from stg').fetchall() == \
         [("one", "two", "three")]
+
+
+def test_a_source_column_duckdb_lake_reserves_is_renamed_not_a_crash(con, tmp_path):
+    """DuckLake reserves row_id, begin_snapshot, end_snapshot (any case): such a source column is
+    ingested as <name>_1 (the rule for source_line), and write_table names the column instead of
+    DuckDB's advice to turn data inlining off."""
+    import pandas as pd
+
+    from workbench.workspace import write_table
+
+    csv = write(tmp_path / "r.csv", 'row_id,Begin_Snapshot,"say ""x""",text\n1,2,3,hello\n')
+    jsonl = write(tmp_path / "r.jsonl", '{"END_SNAPSHOT": "e", "row_id_1": "k", "row_id": "r"}\n')
+    data.ingest(con, [csv], table="stg_csv")
+    data.ingest(con, [jsonl], table="stg_json")
+    assert [r[0] for r in con.execute("describe stg_csv").fetchall()][3:] == \
+        ["row_id_1", "Begin_Snapshot_1", 'say "x"', "text"]
+    assert con.execute('select row_id_1, Begin_Snapshot_1, "say ""x""" from stg_csv').fetchall() == [("1", "2", "3")]
+    assert [r[0] for r in con.execute("describe stg_json").fetchall()][3:] == ["END_SNAPSHOT_1", "row_id_1", "row_id_2"]
+    assert con.execute("select * exclude (source_row_id, source_file, source_line) from stg_json").fetchall() == \
+        [("e", "k", "r")]
+    with pytest.raises(WorkspaceError, match="writing t: column 'Row_Id' is a name DuckLake reserves.*'Row_Id_1'"):
+        write_table(con, "t", pd.DataFrame({"Row_Id": [1], "x": [2]}))

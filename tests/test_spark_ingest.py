@@ -90,6 +90,9 @@ CASES: dict[str, bytes] = {
     "long_line.csv": lines("a,b", "1,2", "3," + "x" * BIG, "5,6"),
     # reserved column names; CRLF without a line end after the last line
     "reserved.csv": b"source_line,Source_Row_Id,x,source_file_1,SOURCE_FILE\r\n1,2,3,4,5\r\n6,7,8,9,10",
+    # names DuckLake reserves (row_id, begin_snapshot, end_snapshot: renamed <name>_1); a quote in a name
+    "lake_reserved.csv": b'row_id,Begin_Snapshot,"say ""x""",text\n1,2,3,hello\n',
+    "lake_reserved.jsonl": lines('{"END_SNAPSHOT": "e", "row_id_1": "k", "row_id": "r"}'),
     # JSONL
     "long_line.jsonl": lines('{"a": "1"}', json.dumps({"a": "2", "t": "x" * BIG}), '{"a": "3"}'),
     "keys.jsonl": lines('{"text": "one", "t": 1}', '{"Text": "two"}', "   ", "\u00a0\u3000", "\t",

@@ -22,7 +22,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from .workspace import WorkspaceError, parquet_layout, run_sql_file, sql_literal, table_exists, transaction
+from .workspace import (LAKE_RESERVED, WorkspaceError, lake_names, parquet_layout, run_sql_file, sql_literal,
+                        table_exists, transaction, unique_names)
 
 FORMATS = ("csv", "jsonl", "parquet")
 # Rows per Parquet row group of the workspace's tables, unless the workspace sets its own
@@ -72,6 +73,10 @@ def detect_format(path: str | os.PathLike) -> str:
 
 def _q(path: str | os.PathLike) -> str:
     return sql_literal(str(path))
+
+
+def _qi(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 # ---------------------------------------------------------------------------------------- readers
@@ -148,7 +153,7 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
         lo, shifts = _line_shifts(path, [(first, n) for first, n, _, _ in rejects], blanks, multi)
         block = max(1, min(SHIFT_BLOCK, n_rows // max(1, len(lo))))  # a row meets about 2 ranges at most
         shift = _shift_table(con, f"wb_csv_shift{tag}", lo, shifts, n_rows=n_rows, block=block)
-    select = ", ".join(f'r."{c}"' for c in cols)
+    select = ", ".join(f'r.{_qi(c)}' for c in cols)
     sql = (f"select r.rowid + 2 + {shift} as source_line, {select} from {table} r "
            f"{_shift_join(shift, tag, 'csv', block=block)}")
     # An unterminated quote makes DuckDB's reader swallow every line after it: neither rows nor
@@ -186,7 +191,7 @@ def _record_lines(con: duckdb.DuckDBPyConnection, table: str, cols: list[str]) -
     values (DuckDB keeps them, ``\\r\\n`` included): DuckDB's own parse, no second CSV parser."""
     if not cols:
         return np.zeros(0, "int64"), np.zeros(0, "int64")
-    quoted = ['"' + c.replace('"', '""') + '"' for c in cols]
+    quoted = [_qi(c) for c in cols]
     breaks = " + ".join(f"coalesce(len(string_split({c}, chr(10))) - 1, 0)" for c in quoted)  # 2x replace()
     where = " or ".join(f"contains({c}, chr(10))" for c in quoted)
     got = con.execute(f"select rowid as i, {breaks} as n from {table} where {where} order by rowid").fetchnumpy()
@@ -484,7 +489,7 @@ def _json_path_key(key: str) -> str:
 
 def _parquet(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str, list[tuple]]:
     cols = [r[0] for r in con.execute(f"describe select * from read_parquet({_q(path)})").fetchall()]
-    select = ", ".join(f'cast("{c}" as varchar) as "{c}"' for c in cols)
+    select = ", ".join(f'cast({_qi(c)} as varchar) as {_qi(c)}' for c in cols)
     return f"select file_row_number + 1 as source_line, {select} from read_parquet({_q(path)}, file_row_number = true)", []
 
 
@@ -534,9 +539,13 @@ def ingest(con: duckdb.DuckDBPyConnection, files: Sequence[str | os.PathLike] | 
             sql, rejects = READERS[f](con, p, f"_{i}")
         except duckdb.Error as exc:
             raise IngestError(f"{p}: cannot read as {f}: {exc}") from exc
-        con.execute(f"create or replace temp view wb_part_{i} as "
-                    f"select {sql_literal(p.name)} || ':' || source_line as source_row_id, "
-                    f"{sql_literal(str(p))} as source_file, * from ({sql})")
+        view = (f"select {sql_literal(p.name)} || ':' || source_line as source_row_id, "
+                f"{sql_literal(str(p))} as source_file, * from ({sql})")
+        cols = [d[0] for d in con.execute(f"{view} limit 0").description]
+        if any(c.lower() in LAKE_RESERVED for c in cols):  # a source column row_id becomes row_id_1
+            names = lake_names(unique_names(cols))  # renamed by position: names may repeat in any case
+            view = f"select * from ({view}) as wb_named({', '.join(_qi(n) for n in names)})"
+        con.execute(f"create or replace temp view wb_part_{i} as {view}")
         parts.append((i, p, rejects))
         report[str(p)] = {"format": f, "rows": 0, "rejected": len(rejects)}
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .spark import INVALID_ENCODING, ZS_SPACES, SparkError, _short, session, spark_dir, write_dataset
-from .workspace import sql_literal, table_exists, transaction
+from .workspace import lake_names, sql_literal, table_exists, transaction, unique_names
 
 
 MAX_LINE_BYTES = 4194304  # DuckDB's max_line_size, as workbench.data sets it: a longer line is a reject
@@ -23,19 +23,6 @@ LINE_SIZE = "line size over maximum: Maximum line size of 4194304 bytes exceeded
 UNTERMINATED = "unquoted value: Value with unterminated quote found."
 RESERVED = ["source_row_id", "source_file"]  # the columns ingest adds before a reader's source_line
 CLOSER_LOOKAHEAD = 32  # lines after a quote opened at a line end searched at once for the line closing it
-
-
-def _unique_names(names: Sequence[str]) -> list[str]:
-    """DuckDB's names for a select list: a name already taken (case-insensitive) becomes ``<name>_<n>``
-    (the smallest n not taken), left to right: a source column ``source_line`` is ``source_line_1``."""
-    taken, out = set(), []
-    for name in names:
-        new, n = name, 0
-        while new.lower() in taken:
-            n, new = n + 1, f"{name}_{n + 1}"
-        taken.add(new.lower())
-        out.append(new)
-    return out
 
 
 def ingest_spark(con, paths: Sequence[Path], fmts: Sequence[str], *, table: str, mode: str = "replace",
@@ -62,7 +49,8 @@ def ingest_spark(con, paths: Sequence[Path], fmts: Sequence[str], *, table: str,
                 raise
             except Exception as exc:
                 raise IngestError(f"{p}: cannot read as {f} on Spark: {_short(exc)}") from exc
-            rows = rows.toDF(*_unique_names(RESERVED + rows.columns)[len(RESERVED):])  # as DuckDB names them
+            # as DuckDB names them: the ingest's own columns first, then DuckLake's reserved names
+            rows = rows.toDF(*lake_names(unique_names(RESERVED + rows.columns))[len(RESERVED):])
             row_id = F.concat(F.lit(p.name + ":"), F.col("source_line").cast("string")).alias("source_row_id")
             rows = rows.select(row_id, F.lit(str(p)).alias("source_file"), "*")
             rejects = rejects.select(

@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import duckdb
 
@@ -350,6 +350,36 @@ def snapshot_id(con: duckdb.DuckDBPyConnection) -> int:
     return int(con.execute(f"select id from {ALIAS}.current_snapshot()").fetchall()[0][0])
 
 
+# Column names DuckLake keeps for itself while data inlining is on (any case): a table cannot have them.
+LAKE_RESERVED = ("row_id", "begin_snapshot", "end_snapshot")
+
+
+def unique_names(names: Sequence[str]) -> list[str]:
+    """DuckDB's names for a select list: a name already taken (case-insensitive) becomes ``<name>_<n>``
+    (the smallest n not taken), left to right: a source column ``source_line`` is ``source_line_1``."""
+    taken, out = set(), []
+    for name in names:
+        new, n = name, 0
+        while new.lower() in taken:
+            n, new = n + 1, f"{name}_{n + 1}"
+        taken.add(new.lower())
+        out.append(new)
+    return out
+
+
+def lake_names(names: Sequence[str]) -> list[str]:
+    """``names`` with DuckLake's reserved names renamed (``row_id`` -> ``row_id_1``, as ``unique_names``)."""
+    return unique_names([*LAKE_RESERVED, *names])[len(LAKE_RESERVED):]
+
+
+def check_lake_names(names: Sequence[str], what: str) -> None:
+    """A clear error for a column DuckLake reserves (DuckDB's binder error says only how to turn inlining off)."""
+    bad = [n for n in names if n.lower() in LAKE_RESERVED]
+    if bad:
+        raise WorkspaceError(f"{what}: column {bad[0]!r} is a name DuckLake reserves ({', '.join(LAKE_RESERVED)}, "
+                             f"any case); rename it, e.g. to {lake_names(list(names))[list(names).index(bad[0])]!r}")
+
+
 def write_table(con: duckdb.DuckDBPyConnection, name: str, data: Any, *, mode: str = "replace") -> int:
     """Write a pandas/Arrow/Polars frame to a workspace table (``replace`` or ``append``); returns rows."""
     if mode not in ("replace", "append"):
@@ -357,6 +387,9 @@ def write_table(con: duckdb.DuckDBPyConnection, name: str, data: Any, *, mode: s
     view = f"_wb_write_{os.getpid()}_{random.randrange(1 << 30)}"
     con.register(view, data)
     try:
+        check_lake_names([d[0] for d in con.execute(f'select * from "{view}" limit 0').description],
+                         f"writing {name}")
+
         def body(c):
             if mode == "replace" or not table_exists(c, name):
                 c.execute(f'create or replace table "{name}" as select * from "{view}"')
