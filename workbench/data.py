@@ -22,7 +22,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from .workspace import WorkspaceError, parquet_layout, run_sql_file, sql_literal, table_exists, transaction
+from .workspace import (UNCOMPRESSED_TABLES, WorkspaceError, parquet_layout, run_sql_file, sql_literal, table_exists,
+                        transaction, uncompressed)
 
 FORMATS = ("csv", "jsonl", "parquet")
 # Rows per Parquet row group of the workspace's tables, unless the workspace sets its own
@@ -535,8 +536,9 @@ def ingest(con: duckdb.DuckDBPyConnection, files: Sequence[str | os.PathLike] | 
     def write(c: duckdb.DuckDBPyConnection) -> None:
         c.execute(REJECTS_DDL)
         union = " union all by name ".join(f"select * from temp.wb_part_{i}" for i, _, _ in parts)
+        write_rows = (lambda q: uncompressed(c, lambda: c.execute(q))) if table in UNCOMPRESSED_TABLES else c.execute
         if mode == "replace" or not table_exists(c, table):
-            c.execute(f'create or replace table "{table}" as {union}')
+            write_rows(f'create or replace table "{table}" as {union}')
             c.execute("delete from ingest_rejects where table_name = ?", [table])
         else:
             have = {r[0] for r in c.execute(f'describe "{table}"').fetchall()}
@@ -556,7 +558,7 @@ def ingest(con: duckdb.DuckDBPyConnection, files: Sequence[str | os.PathLike] | 
             if dup:
                 raise IngestError(f"{table}: {dup} rows of these files were ingested before (same "
                                   "source_row_id); use mode='replace' to reload")
-            c.execute(f'insert into "{table}" by name {union}')
+            write_rows(f'insert into "{table}" by name {union}')
         if len(rejects_df):
             c.register("wb_new_rejects", rejects_df)
             c.execute("insert into ingest_rejects by name select * from wb_new_rejects")
