@@ -426,6 +426,7 @@ def _jsonl(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[s
         from temp.wb_json_lines{tag} r {_shift_join(shift, tag, 'json')}
         where r.raw_line <> '' and (strpos({_ZS}, substr(r.raw_line, 1, 1)) = 0 or trim(r.raw_line) <> '')
     """)
+    con.execute(f"drop table temp.wb_json_lines{tag}")  # its lines are in wb_json_parsed now: free the memory
     rejects = [(int(line), f"{et.lower().replace('_', ' ')}: {msg}", raw) for line, et, msg, raw in bad]
     rejects += con.execute(f"select source_line, reason, raw_line from temp.wb_json_parsed{tag} "
                            "where reason is not null order by source_line").fetchall()
@@ -516,8 +517,11 @@ def ingest(con: duckdb.DuckDBPyConnection, files: Sequence[str | os.PathLike] | 
 
     # Parse every file first (temp tables and views, outside the workspace), then write all in one
     # transaction. Each file's rows are a view over its parsed temp table: written once, into the lake.
-    parts, report = [], {}
-    for i, (p, f) in enumerate(zip(paths, fmts)):
+    # JSONL files first: reading one holds its lines twice for a moment (the lines, then the parsed
+    # lines), which is best done before a large CSV file's rows are held too (less spilling to disk)
+    parts, report = [], {str(p): {"format": f, "rows": 0, "rejected": 0} for p, f in zip(paths, fmts)}
+    for i in sorted(range(len(paths)), key=lambda i: fmts[i] != "jsonl"):
+        p, f = paths[i], fmts[i]
         try:
             sql, rejects = READERS[f](con, p, f"_{i}")
         except duckdb.Error as exc:
@@ -526,7 +530,8 @@ def ingest(con: duckdb.DuckDBPyConnection, files: Sequence[str | os.PathLike] | 
                     f"select {sql_literal(p.name)} || ':' || source_line as source_row_id, "
                     f"{sql_literal(str(p))} as source_file, * from ({sql})")
         parts.append((i, p, rejects))
-        report[str(p)] = {"format": f, "rows": 0, "rejected": len(rejects)}
+        report[str(p)]["rejected"] = len(rejects)
+    parts.sort()  # the files' order: the order of the table's rows and columns
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     rejects_df = pd.DataFrame(
         [(f"{p.name}:{line}", table, str(p), line, reason, _printable(raw), now)
