@@ -428,7 +428,9 @@ def _jsonl(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[s
         create or replace temp table wb_json_parsed{tag} as
         select r.rowid + 1 + {shift} as source_line, r.raw_line,
                case when not json_valid(r.raw_line) then 'malformed JSON'
-                    when json_type(r.raw_line) <> 'OBJECT' then 'not a JSON object: ' || json_type(r.raw_line)
+                    -- valid JSON opening with '{{' is an object: no second parse for its type
+                    when substr(r.raw_line, 1, 1) <> '{{' and json_type(r.raw_line) <> 'OBJECT'
+                        then 'not a JSON object: ' || json_type(r.raw_line)
                end as reason
         from temp.wb_json_lines{tag} r {_shift_join(shift, tag, 'json')}
         where r.raw_line <> '' and (strpos({_ZS}, substr(r.raw_line, 1, 1)) = 0 or trim(r.raw_line) <> '')
