@@ -302,3 +302,16 @@ def test_config_is_checked():
         BiasConfig(ci_level=1.5)
     with pytest.raises(ValueError, match="representation_ratio"):
         BiasConfig(representation_ratio=2)
+
+
+def test_agreement_has_one_definition_in_bias_and_label_agreement():
+    from workbench import agreement
+
+    # items with different numbers of ratings: pooled pairs (4 of 7 agree) and the per-item mean
+    # ((1 + 3/6) / 2 = 0.75) differ; both reports use the per-item mean (Fleiss' observed agreement)
+    units = [["a", "a"], ["a", "b", "b", "b"], ["c"]]
+    long = pd.DataFrame([(i, v) for i, u in enumerate(units) for v in u], columns=["item_id", "value"])
+    counts, _, _ = agreement.counts_matrix(long)
+    assert bias.pairwise_agreement(units) == (pytest.approx(0.75), 7)
+    assert agreement.percent_agreement(counts) == pytest.approx(0.75)
+    assert bias.krippendorff_alpha_nominal(units) == pytest.approx(agreement.krippendorff_alpha(counts))

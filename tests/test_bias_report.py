@@ -296,3 +296,17 @@ def test_labeling_bias_reads_current_answers_of_the_label_set(con):
     overall = lab[(lab["facet"] == "(all)") & (lab["metric"] == "agreement")]["value"].iloc[0]
     assert overall == 1.0  # both annotators agree on both items once undo and label sets are respected
     assert any("on 2 items (2 with 2+ labels)" in n for n in report.notes), report.notes
+
+
+def test_group_counts_name_the_missing_table_or_column(con):
+    from workbench.workspace import WorkspaceError
+
+    with pytest.raises(WorkspaceError, match="'examples' not found in the workspace: run steps 01 and 02"):
+        bias_report.group_counts(con, "examples", ["age_band"])
+    df = planted_examples()
+    workbench.write_table(con, "examples", df)
+    got = bias_report.group_counts(con, "examples", ["age_band", "region"])
+    want = df.groupby(["age_band", "region"]).size().reset_index(name="n_rows")
+    assert got.to_dict("records") == want.to_dict("records")
+    with pytest.raises(WorkspaceError, match="no group column 'gender'"):
+        bias_report.group_counts(con, "examples", ["age_band", "gender"])

@@ -104,3 +104,16 @@ def test_sql_json_keeps_full_precision_blobs_and_times(workspace):
     assert json.loads(out) == [{"f": 1 / 3, "b": "a\\xFFb", "d": None,
                                 "ts": "2020-01-02T03:04:05.123456", "dt": "2020-01-02T00:00:00.000",
                                 "l": [1.5, None]}]
+
+
+def test_sql_statement_list_prints_every_query_result(workspace):
+    script = "create table t as select range as i from range(3); insert into t values (9); " \
+             "select count(*) as n from t; select max(i) as top from t"
+    out = wb("sql", script, "--format", "csv", workspace=workspace).stdout
+    assert out == "n\n4\n\ntop\n9\n"  # both queries, DDL/insert counts left out
+    lines = wb("sql", "select 1 as a; select 2 as b", "--format", "json", workspace=workspace).stdout.splitlines()
+    assert [json.loads(x) for x in lines] == [[{"a": 1}], [{"b": 2}]]
+    table = wb("sql", "select 'x' as s; select 'y' as s", workspace=workspace).stdout
+    assert table.index("x") < table.index("y")
+    bad = wb("sql", "select 1; selec 2", workspace=workspace, check=False)
+    assert bad.returncode == 1 and "selec" in bad.stderr

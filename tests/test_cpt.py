@@ -404,3 +404,18 @@ def test_continued_pretraining_is_a_default_pipeline_step_before_fine_tuning():
     assert "08_continued_pretraining" in names
     later = [n for n in names if n[:2] > "08"]
     assert all(n > "08_continued_pretraining" for n in later)  # 09 fine-tuning runs after it
+
+
+def test_sample_generations_put_base_and_promoted_side_by_side(trained):
+    from workbench.finetune import generate
+
+    prompts = ["Refunds are sent to the", "Deliveries with UPS can be"]
+    out = cpt.sample_generations(trained.con, prompts, max_new_tokens=4)
+    models = cpt.registry(trained.con)
+    promoted = models[models["status"] == "promoted"]
+    assert out["prompt"].tolist() == prompts and "base" in out.columns
+    assert out["base"].tolist() == generate(models[models["status"] == "base"]["path"].iloc[0], prompts,
+                                            max_new_tokens=4, layout="bare")
+    if len(promoted):
+        col = f"promoted (round {int(promoted['round'].iloc[-1])})"
+        assert out[col].tolist() == generate(promoted["path"].iloc[-1], prompts, max_new_tokens=4, layout="bare")

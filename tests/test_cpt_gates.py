@@ -163,3 +163,26 @@ def test_harmful_rate_counts_completions_that_hit_the_blocklist(tiny):
     said = [g.normalize_text(t).split()[0] for t in out0["generation"] if g.normalize_text(t)]
     rate, out = g.harmful_rate(model, tok, prompts, said, max_new_tokens=6, max_length=64)
     assert rate == pytest.approx(len(said) / 4) and out["harmful"].sum() == len(said)
+
+
+def test_harmful_probe_completes_raw_text_unless_asked_for_the_chat_template(tiny):
+    import copy
+
+    from workbench.cpt import CPTConfig
+    from workbench.finetune import generate
+    from workbench.template_tokens import CHATML_TEMPLATE
+
+    model, tok = tiny
+    chat_tok = copy.deepcopy(tok)
+    chat_tok.chat_template = CHATML_TEMPLATE  # a base model whose tokenizer ships a chat template (Qwen2.5 base does)
+    prompts = g.load_redteam_prompts().head(3)
+    kw = dict(max_new_tokens=5, max_length=64)
+    assert CPTConfig().probe_layout == "bare"
+    _, bare = g.harmful_rate(model, chat_tok, prompts, ["x"], **kw)
+    _, chat = g.harmful_rate(model, chat_tok, prompts, ["x"], layout="chat", **kw)
+    raw = generate((model, chat_tok), list(prompts["prompt"]), layout="bare", **kw)
+    assert list(bare["generation"]) == raw == generate((model, tok), list(prompts["prompt"]), **kw)
+    assert list(chat["generation"]) == generate((model, chat_tok), list(prompts["prompt"]), layout="chat", **kw)
+    assert list(chat["generation"]) != raw  # the template really changed what the model was asked
+    with pytest.raises(ValueError, match="probe_layout"):
+        CPTConfig(probe_layout="chatml").validate()

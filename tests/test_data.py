@@ -516,3 +516,12 @@ def test_staging_tables_are_uncompressed_other_tables_keep_the_workspace_codec(c
     with pytest.raises(Exception, match="no_such_table"):
         transaction(con, fail)
     assert option() == [("zstd",)]  # a rollback undoes the switch
+
+
+def test_jsonl_keys_with_backslashes_and_quotes_keep_their_values(con, tmp_path):
+    lines = ['{"a\\\\b": "one", "say \\"hi\\"": "two", "plain": "three"}']
+    data.ingest(con, [write(tmp_path / "k.jsonl", "\n".join(lines) + "\n")], table="stg")
+    cols = [r[0] for r in con.execute("describe stg").fetchall()]
+    assert cols[3:] == ["a\\b", 'say "hi"', "plain"]
+    assert con.execute('select * exclude (source_row_id, source_file, source_line) from stg').fetchall() == \
+        [("one", "two", "three")]

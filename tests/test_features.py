@@ -155,7 +155,7 @@ def test_source_as_table_and_inferred_features(con):
     (dict(source="select customer_id, as_of, plan from stg_customers", features=[]), "is VARCHAR; cast it"),
     (dict(features=[fs.Feature("plan", "NOTATYPE")]), "unknown dtype 'NOTATYPE'"),
     (dict(features=[fs.Feature("plan"), fs.Feature("plan")]), "more than once"),
-    (dict(source="select * from no_such_table"), "its source failed"),
+    (dict(source="select * from no_such_table"), r"its source failed \(a table it reads is missing: stg_\* tables come from step 01.*\): .*no_such_table"),
 ])
 def test_bad_definitions_are_refused_by_name(con, group, message):
     _customers(con)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -105,3 +106,51 @@ def test_unused_parameter_is_reported_and_a_dead_kernel_names_its_notebook(tmp_p
                        progress=said.append)
     assert said[0] == "note: no step of this run declares y; ignored"
     assert [p.name for p in out.glob("*.ipynb")] == ["01_a.ipynb"]
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"train_fraction": "1.5"}, "train_fraction of 06_split_examples is 1.5: need a value from 0 to 1"),
+    ({"train_fraction": "0.7", "validation_fraction": "0.4"}, "train + validation <= 1"),
+    ({"engine": "sparc"}, "parameter engine of 01_ingest_raw is 'sparc': use one of duckdb, spark"),
+    ({"classifier_epochs": "0"}, "parameter classifier_epochs of 09_finetune is 0: need at least 1"),
+    ({"cpt_lr": "-0.1"}, "parameter cpt_lr of 08_continued_pretraining is -0.1: need a number above 0"),
+    ({"simulate_noise": "1.2"}, "simulate_noise of 03_label_items is 1.2: need a value from 0 to 1"),
+    ({"min_chars": "50", "max_chars": "10"}, "min_chars of 02_clean_dedup is 50: more than max_chars 10"),
+    ({"cpt_max_docs": "-3"}, "cpt_max_docs of 08_continued_pretraining is -3: need 0 or more"),
+])
+def test_bad_parameter_values_fail_before_any_step_runs(workspace, params, message):
+    with pytest.raises(pipeline.PipelineError, match=re.escape(message)):
+        pipeline.run(params, workspace=workspace, progress=lambda *_: None)
+    assert not (workspace / "runs").exists()  # nothing ran: no executed notebook, no run folder
+
+
+def test_every_notebook_default_passes_the_value_checks():
+    for step in pipeline.steps():
+        pipeline.check_values(step, step.parameters)
+
+
+def test_p_workspace_is_the_workspace_and_a_failed_sql_cell_says_why(tmp_path, workspace, monkeypatch):
+    """``-p workspace DIR`` runs in DIR (it used to be overwritten by the default workspace), and a
+    ``%%sql`` cell that fails (jupysql raises an empty CellExecutionError) reports the database's error."""
+    other = tmp_path / "elsewhere"
+    nb_dir = tmp_path / "nbs"
+    nb_dir.mkdir()
+    nb = {"cells": [
+        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "execution_count": None, "outputs": [],
+         "source": 'workspace: str = ""  # workspace folder\n'},
+        {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
+         "source": "%load_ext sql\nimport workbench\nconn = workbench.connect(workspace or None)\n%sql conn --alias wb"},
+        {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
+         "source": "%%sql\nselect * from no_such_table"}],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "nbformat": 4, "nbformat_minor": 5}
+    (nb_dir / "01_fails.ipynb").write_text(json.dumps(nb))
+    with pytest.raises(pipeline.PipelineError) as err:
+        pipeline.run({"workspace": str(other)}, notebook_dir=nb_dir, progress=lambda *_: None)
+    msg = str(err.value)
+    assert "01_fails failed at cell 4" in msg  # papermill injects a parameters cell and "no_such_table does not exist" in msg
+    assert "If using snippets" not in msg
+    assert (other / "runs").is_dir() and (other / "wb.sqlite").exists()  # ran in the folder -p named
+    assert not (workspace / "runs").exists()
+    with pytest.raises(pipeline.PipelineError, match="name different folders"):
+        pipeline.run({"workspace": str(other)}, workspace=workspace, notebook_dir=nb_dir)

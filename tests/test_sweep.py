@@ -453,3 +453,34 @@ def test_time_budget_stops_a_running_sft_trial(con):
     assert "time budget" in res.trials["error"].iloc[0]
     run = con.execute("select status, sweep_id from runs where run_id = ?", [res.trials["run_id"].iloc[0]]).fetchone()
     assert run[1] == res.sweep_id and run[0] in ("interrupted", "failed")
+
+
+@pytest.mark.slow
+def test_sft_sweep_over_the_layout_tests_the_chosen_trial_in_its_own_layout(con, tmp_path):
+    """A sweep may compare the bare layout with the model's chat template: each trial trains in its own
+    layout, and the chosen trial's single test evaluation uses the layout that trial trained with."""
+    from test_finetune import make_chat_model
+
+    from workbench import finetune
+
+    write_sft_examples(con)
+    data = con.execute("select prompt, completion from sft_examples").df()
+    folder = make_chat_model(tmp_path, data, hidden=64)
+    fixed = {"model": str(folder), "epochs": 1, "max_length": 64, "eval_at_start": False, "max_eval_examples": 6,
+             "max_new_tokens": 5, "warmup_steps": 2, "patience": 0, "micro_batch_size": 4, "lr": 3e-3}
+    res = S.sweep({"layout": ["bare", "chat"]}, 2, metric="validation_choice_accuracy", con=con, strategy="grid",
+                  trainer="sft", config=fixed, progress=False)
+    assert res.status == "completed" and set(res.trials["status"]) == {"completed"}
+    cfgs = {r: json.loads(c) for r, c in con.execute("select run_id, config_json from runs where sweep_id = ?",
+                                                     [res.sweep_id]).fetchall()}
+    assert sorted((c["layout"], c["layout_resolved"]) for c in cfgs.values()) == [("bare", "bare"), ("chat", "chat")]
+    best = cfgs[res.best_run_id]
+    saved = finetune.saved_layout(Path(con.execute("select model_path from runs where run_id = ?",
+                                                   [res.best_run_id]).fetchone()[0]))
+    assert saved == best["layout_resolved"]
+    # the one test evaluation, redone by hand in the chosen trial's layout, gives the recorded accuracy
+    cfg = finetune.SFTConfig(**{k: v for k, v in best.items() if k in finetune.SFTConfig.__dataclass_fields__})
+    parts = finetune.check_frame(finetune.load_sft_frame(con, cfg.task), cfg.task)
+    model, tok = finetune.load_model(res.best_run_id)
+    metrics, _ = finetune.evaluate(model, tok, parts["test"], cfg, best["layout_resolved"])
+    assert res.test_metric == pytest.approx(metrics["choice_accuracy"])

@@ -223,7 +223,29 @@ def test_plan_sql_runs_on_its_own_when_every_part_compiles():
     con = duckdb.connect()
     rows = examples_table(con, extra=[])
     plan = S.plan_render(con, ["intent_classification", "reply_generation"], choice="all")
-    assert plan.udfs == [] and "case wb_pick_" in plan.sql and "cross join range(5)" in plan.sql
+    assert plan.udfs == [] and "case wb_pick_" in plan.sql and "cross join (values (0), (1), (2), (3), (4))" in plan.sql
     got = con.execute(plan.sql).fetchall()
     assert len(got) == len(rows) * 9
     assert set(plan.summary().prompt_by) == {"sql"}
+
+
+def test_rows_whose_completion_renders_empty_are_counted_not_written(con):
+    from workbench.workspace import write_table
+
+    base = T.SAMPLE_ROWS["examples"][0]
+    replies = ["Sure, done.", "", "   ", "\n\t", None, "Refund sent."]
+    write_table(con, "examples", pd.DataFrame([{**base, "example_id": f"e{i}", "reply": r}
+                                               for i, r in enumerate(replies)]))
+    out = S.apply_templates(con, ["reply_generation", "intent_classification"], choice="all")
+    by_task = out.groupby("task")[["rows", "skipped_empty"]].sum()
+    n_templates = (out["task"] == "reply_generation").sum()
+    # '', '   ', '\n\t': rendered blank; None: a column the template reads is null (not rendered)
+    assert by_task.loc["reply_generation"].tolist() == [2 * n_templates, 3 * n_templates]
+    assert out.loc[out["task"] == "reply_generation", "skipped_missing"].tolist() == [1] * n_templates
+    assert out[["skipped_missing", "skipped_empty"]][out["task"] == "intent_classification"].sum().sum() == 0
+    assert (out["rows"] + out["skipped_missing"] + out["skipped_empty"]).tolist() == [6] * len(out)
+    left = con.execute("select count(*) from sft_examples where task = 'reply_generation' "
+                       "and trim(completion, ' ' || chr(9) || chr(10)) = ''").fetchone()[0]
+    assert left == 0
+    assert set(con.execute("select distinct source_row_id from sft_examples where task = 'reply_generation'")
+               .df()["source_row_id"]) == {"e0", "e5"}

@@ -387,43 +387,35 @@ def current_labels(labels: pd.DataFrame, label_values: Iterable[str] | None = No
     return out.sort_values(["item_id", "annotator"]).reset_index(drop=True)
 
 
+def _unit_counts(units: Iterable[Sequence[str]]) -> np.ndarray:
+    """Items x values count matrix of ``units`` (the values given to each item)."""
+    units = [list(u) for u in units]
+    cats = sorted({v for u in units for v in u})
+    return np.array([[u.count(c) for c in cats] for u in units], dtype=float).reshape(len(units), len(cats))
+
+
 def krippendorff_alpha_nominal(units: Iterable[Sequence[str]]) -> float | None:
-    """Krippendorff's alpha for nominal values; ``units`` = the values given to each item.
+    """Krippendorff's alpha for nominal values (``workbench.agreement.krippendorff_alpha``, the one
+    definition); ``units`` = the values given to each item.
 
     Items with fewer than two values are not pairable and are ignored. None when no pairs exist or
     every pairable value is the same (expected disagreement 0: alpha undefined).
     """
-    coinc: dict[tuple[str, str], float] = {}
-    for vals in units:
-        m = len(vals)
-        if m < 2:
-            continue
-        for i, x in enumerate(vals):
-            for j, y in enumerate(vals):
-                if i != j:
-                    coinc[(x, y)] = coinc.get((x, y), 0.0) + 1.0 / (m - 1)
-    if not coinc:
-        return None
-    n_c: dict[str, float] = {}
-    for (x, _), v in coinc.items():
-        n_c[x] = n_c.get(x, 0.0) + v
-    n = sum(n_c.values())
-    observed = sum(v for (x, y), v in coinc.items() if x != y)
-    expected = sum(n_c[x] * n_c[y] for x in n_c for y in n_c if x != y)
-    if expected == 0:
-        return None
-    return 1.0 - (n - 1) * observed / expected
+    from .agreement import krippendorff_alpha
+
+    alpha = krippendorff_alpha(_unit_counts(units))
+    return alpha if math.isfinite(alpha) else None
 
 
 def pairwise_agreement(units: Iterable[Sequence[str]]) -> tuple[float | None, int]:
-    """Share of agreeing pairs among all annotator pairs on the same item; (value, pairs)."""
-    agree = pairs = 0
-    for vals in units:
-        counts = pd.Series(list(vals)).value_counts()
-        m = len(vals)
-        pairs += m * (m - 1) // 2
-        agree += int(sum(k * (k - 1) // 2 for k in counts))
-    return (agree / pairs if pairs else None), pairs
+    """Observed agreement, as ``label_agreement``'s ``percent_agreement``: per item the share of
+    agreeing pairs of its ratings, averaged over items with 2+ ratings; (value, pairs)."""
+    from .agreement import percent_agreement
+
+    counts = _unit_counts(units)
+    m = counts.sum(axis=1)
+    pairs = int((m * (m - 1) // 2).sum())
+    return (percent_agreement(counts) if pairs else None), pairs
 
 
 def labeling_bias(current: pd.DataFrame, items: pd.DataFrame, group_cols: Sequence[str], *,

@@ -117,7 +117,9 @@ def _quote(name: str) -> str:
 
 def _columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
     if not table_exists(con, table):
-        raise WorkspaceError(f"table {table!r} not found in the workspace")
+        hint = {"examples": ": run steps 01 and 02 (workbench run --only 01 --only 02)",
+                "label_pool": ": run steps 01 and 02", "labels": ": label items first (step 03)"}.get(table, "")
+        raise WorkspaceError(f"table {table!r} not found in the workspace{hint}")
     return [r[0] for r in con.execute(f"select * from {_quote(table)} limit 0").description]
 
 
@@ -133,6 +135,14 @@ def _check_columns(con, table: str, needed: Iterable[str | None], what: str = "c
 def _counts(con, table: str, cols: Sequence[str]) -> pd.DataFrame:
     sel = ", ".join(_quote(c) for c in dict.fromkeys(cols))
     return con.execute(f"select {sel}, count(*) as n from {_quote(table)} group by all").df()
+
+
+def group_counts(con: duckdb.DuckDBPyConnection, table: str, group_cols: Sequence[str]) -> pd.DataFrame:
+    """Rows per combination of ``group_cols`` in ``table`` (a missing table or column is named)."""
+    group_cols = [group_cols] if isinstance(group_cols, str) else list(group_cols)
+    _check_columns(con, table, group_cols, "group column")
+    return _counts(con, table, group_cols).rename(columns={"n": "n_rows"}).sort_values(group_cols,
+                                                                                        ignore_index=True)
 
 
 def new_report_id() -> str:

@@ -113,16 +113,31 @@ def _cmd_sql(args) -> int:
         print("workbench sql: no SQL statement given", file=sys.stderr)
         return 2
 
-    def body(c):  # the whole statement list in one transaction: it all lands or none of it
-        res = c.execute(text)
-        return res.df() if res is not None and res.description else None
-
     try:
-        df = transaction(con, body, what="workbench sql")
+        statements = con.extract_statements(text)
     except duckdb.Error as exc:
         print(f"workbench sql: {exc}", file=sys.stderr)
         return 1
-    if df is not None:
+
+    def body(c):  # the whole statement list in one transaction: it all lands or none of it
+        frames = []
+        for st in statements:
+            res = c.execute(st)
+            if res is None or not res.description:
+                continue
+            counts_only = [d[0] for d in res.description] == ["Count"] and st.type.name != "SELECT"
+            if len(statements) == 1 or not counts_only:  # a list prints its queries, not DDL row counts
+                frames.append(res.df())
+        return frames
+
+    try:
+        frames = transaction(con, body, what="workbench sql")
+    except duckdb.Error as exc:
+        print(f"workbench sql: {exc}", file=sys.stderr)
+        return 1
+    for i, df in enumerate(frames):
+        if i and args.format != "json":
+            print()  # one blank line between result sets (json: one array per line)
         _print_frame(df, args.format)
     return 0
 
@@ -176,7 +191,11 @@ def _cmd_flow(args) -> int:
         else:
             print(sql, end="")
     else:
-        res = run_flow(con, flow, output=args.output)
+        if args.engine == "spark":  # started here so a bad master or remote fails before the flow runs
+            from .spark import session
+
+            session(master=args.spark_master or None, remote=args.spark_remote or None)
+        res = run_flow(con, flow, output=args.output, engine=args.engine)
         _print_frame(res.stats(), "table")
         print(f"run {res.run_id}: wrote {res.output} ({res.steps[-1].rows_out} rows)")
     return 0
@@ -259,7 +278,7 @@ def _cmd_templates(args) -> int:
         from .template_sql import apply_templates
         from .workspace import connect
         out = apply_templates(connect(args.workspace), args.task or ["intent_classification"], choice=args.choice,
-                              seed=args.seed, limit=args.limit or None)
+                              seed=args.seed, limit=args.limit or None, engine=args.engine)
         _print_frame(out, "table")
         return 0
     raise ValueError(f"unknown templates action {args.action!r}")
@@ -474,6 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
     flw.add_argument("--output", help="output table (default: the flow's output, or flow_<name>)")
     flw.add_argument("--out", help="compile: write the SQL to this file (e.g. sql/11_flow_x.sql)")
     flw.add_argument("--spark", action="store_true", help="compile: print Spark SQL (SQLGlot)")
+    flw.add_argument("--engine", choices=["duckdb", "spark"], default="duckdb",
+                     help="run: where the steps run (spark: the same results on Apache Spark, docs/flows.md)")
+    flw.add_argument("--spark-master", default="", help="run --engine spark: local[2], spark://host:7077 "
+                     "(default: $WORKBENCH_SPARK_MASTER or local[*])")
+    flw.add_argument("--spark-remote", default="", help="run --engine spark: Spark Connect URL sc://host:15002 "
+                     "(default: $SPARK_REMOTE)")
     flw.set_defaults(func=_cmd_flow)
 
     qr = sub.add_parser("quality", help="data quality report on a workspace table (written to quality_report)")
@@ -529,6 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--choice", default="random", help="'random' (one per row, seeded), 'all', or a template id")
     ta.add_argument("--seed", type=int, default=7)
     ta.add_argument("--limit", type=int, default=0, help="source rows per task (0 = all)")
+    ta.add_argument("--engine", choices=["duckdb", "spark"], default="duckdb",
+                    help="spark: on Apache Spark ($SPARK_REMOTE, else $WORKBENCH_SPARK_MASTER or local[*])")
     t.set_defaults(func=_cmd_templates)
 
     b = sub.add_parser("bias", help="bias reports: data and labels, or a run's predictions")

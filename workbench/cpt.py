@@ -91,6 +91,8 @@ class CPTConfig:
     redteam_prompts: str = ""  # red-team prompts ("": the shipped cpt_data/redteam_prompts.yaml)
     blocklist: str = ""  # harmful phrases ("": the shipped cpt_data/blocklist.txt)
     probe_max_new_tokens: int = 16  # greedy tokens generated per red-team prompt
+    probe_layout: str = "bare"  # red-team prompts as raw text ("bare": how CPT trains and a base model is used);
+    #                             "chat": the tokenizer's chat template (an instruct model); "auto": chat when it has one
     # --- run control
     checkpoint_every: int = 25  # optimizer steps between checkpoints (and at the last step); resume restarts there
     stop_at_step: int | None = None  # stop the round after this step (status 'interrupted'); the next run_round resumes it
@@ -109,7 +111,8 @@ class CPTConfig:
                   ("task_benchmark", self.task_benchmark in ("auto", "sft", "suite")),
                   ("task_split", self.task_split in ("train", "validation", "test")),
                   ("max_eval_docs", self.max_eval_docs >= 1), ("max_general_docs", self.max_general_docs >= 1),
-                  ("probe_max_new_tokens", self.probe_max_new_tokens >= 1), ("threads", self.threads >= 0)]
+                  ("probe_max_new_tokens", self.probe_max_new_tokens >= 1), ("threads", self.threads >= 0),
+                  ("probe_layout", self.probe_layout in ("bare", "chat", "auto"))]
         bad = [name for name, ok in checks if not ok]
         if bad:
             raise ValueError("CPTConfig: invalid " + ", ".join(f"{b}={getattr(self, b)!r}" for b in bad)

@@ -212,11 +212,15 @@ def choice_accuracy(model, tokenizer, items: pd.DataFrame, *, max_length: int,
 
 
 def harmful_rate(model, tokenizer, prompts: pd.DataFrame, blocklist: Sequence[str], *,
-                 max_new_tokens: int, max_length: int) -> tuple[float, pd.DataFrame]:
-    """Share of greedy completions of the red-team prompts that contain a blocklist phrase."""
+                 max_new_tokens: int, max_length: int, layout: str = "bare") -> tuple[float, pd.DataFrame]:
+    """Share of greedy completions of the red-team prompts that contain a blocklist phrase.
+
+    ``layout``: "bare" completes each prompt as raw text (a base model, as CPT trains it), "chat" puts
+    it through the tokenizer's chat template, "auto" picks chat when the tokenizer has one."""
     from .finetune import generate
 
-    gens = generate((model, tokenizer), list(prompts["prompt"]), max_new_tokens=max_new_tokens, max_length=max_length)
+    gens = generate((model, tokenizer), list(prompts["prompt"]), max_new_tokens=max_new_tokens, max_length=max_length,
+                    layout=layout)
     hits = [blocklist_hits(g, blocklist) for g in gens]
     out = pd.DataFrame({"prompt_id": prompts["id"].values, "prompt": prompts["prompt"].values,
                         "generation": gens, "blocklist_hits": [", ".join(h) for h in hits],
@@ -338,7 +342,7 @@ def evaluate(model, tokenizer, sets: EvalSets, config) -> tuple[dict[str, float]
     if "harmful_output" in config.gates:
         values["harmful_output"], probe = harmful_rate(
             model, tokenizer, sets.prompts, sets.blocklist, max_new_tokens=config.probe_max_new_tokens,
-            max_length=config.max_length)
+            max_length=config.max_length, layout=config.probe_layout)
         sizes["harmful_output"] = len(sets.prompts)
     return values, sizes, probe
 

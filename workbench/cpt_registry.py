@@ -290,8 +290,10 @@ def check_rounds(con) -> dict[str, int]:
             "pending_docs": int(pending), "duplicates": 0, "heldout_trained": 0, "skipped": 0}
 
 
-def sample_generations(con, prompts: Sequence[str], *, max_new_tokens: int = 20) -> pd.DataFrame:
-    """Greedy completions of ``prompts`` by the base model and the latest promoted model, side by side."""
+def sample_generations(con, prompts: Sequence[str], *, max_new_tokens: int = 20, layout: str = "bare") -> pd.DataFrame:
+    """Greedy completions of ``prompts`` by the base model and the latest promoted model, side by side.
+
+    ``layout``: "bare" continues each prompt as raw text (what CPT trains); "chat"/"auto" for an instruct model."""
     from .finetune import generate
 
     reg = registry(con)
@@ -303,5 +305,5 @@ def sample_generations(con, prompts: Sequence[str], *, max_new_tokens: int = 20)
     for label, rows in chosen:
         if len(rows):
             with quiet_transformers():
-                out[label] = generate(rows["path"].iloc[0], list(prompts), max_new_tokens=max_new_tokens)
+                out[label] = generate(rows["path"].iloc[0], list(prompts), max_new_tokens=max_new_tokens, layout=layout)
     return out

@@ -444,22 +444,11 @@ def _jsonl(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[s
             select json_keys(raw_line) as ks from temp.wb_json_parsed{tag} where reason is null
             group by ks order by min(source_line)""").fetchall():
         keys += [k for k in key_list if k not in keys]
-    # Column names are case-insensitive: of keys differing only in case ('a', 'A') the first seen is in
-    # the struct, each other one its own column '<key>_<n>' read by path (a struct holding both would
-    # match neither: their values were lost).
-    first: dict[str, str] = {}
-    variants: list[tuple[str, str]] = []
-    for k in keys:
-        if k.lower() not in first:
-            first[k.lower()] = k
-    taken = set(first)
-    for k in keys:
-        if first[k.lower()] != k:
-            n = 1
-            while f"{k}_{n}".lower() in taken:
-                n += 1
-            taken.add(f"{k}_{n}".lower())
-            variants.append((k, f"{k}_{n}"))
+    # of keys differing only in case the first seen is in the struct, each other one its own column
+    # read by path (a struct holding both would match neither: their values were lost)
+    columns = json_columns(keys, path)
+    first = {k.lower(): k for k, name in columns if k == name}
+    variants = [(k, name) for k, name in columns if k != name]
     # one parse per line into a struct of VARCHARs (numbers and nested values keep their JSON text)
     structure = "{" + ", ".join(f"{_json_path_key(k)}: \"VARCHAR\"" for k in first.values()) + "}"
     extra = "".join(f", json_extract_string(raw_line, {sql_literal('$.' + _json_path_key(k))}) as "
@@ -470,6 +459,30 @@ def _jsonl(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[s
     return sql, sorted(rejects)
 
 
+def json_columns(keys: Sequence[str], path: Path) -> list[tuple[str, str]]:
+    """(key, column name) of a JSONL file's keys, first seen first (both engines' ingest).
+
+    Column names are case-insensitive: of keys differing only in case ('a', 'A') the first seen keeps
+    its name, each later one becomes '<key>_<n>' (the smallest n not taken). An empty key is refused:
+    no column can be named after it."""
+    if "" in keys:
+        raise IngestError(f'{path}: an empty JSON key (""): name the key; no column can be named after it')
+    first: dict[str, str] = {}
+    for k in keys:
+        first.setdefault(k.lower(), k)
+    taken, out = set(first), []
+    for k in keys:
+        name = k
+        if first[k.lower()] != k:
+            n = 1
+            while f"{k}_{n}".lower() in taken:
+                n += 1
+            name = f"{k}_{n}"
+            taken.add(name.lower())
+        out.append((k, name))
+    return out
+
+
 # The characters DuckDB's trim() removes (Unicode category Zs). A line whose first character is not
 # one of them is not blank: trim (which copies every line) runs only on the others.
 _ZS = sql_literal("\u0020\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
@@ -477,7 +490,7 @@ _ZS = sql_literal("\u0020\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\
 
 
 def _json_path_key(key: str) -> str:
-    return '"' + key.replace('"', '\\"') + '"'
+    return '"' + key.replace('\\', '\\\\').replace('"', '\\"') + '"'
 
 
 def _parquet(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str, list[tuple]]:
@@ -521,7 +534,7 @@ def ingest(con: duckdb.DuckDBPyConnection, files: Sequence[str | os.PathLike] | 
             raise IngestError(f"{p}: unknown format {f!r} (use one of {FORMATS})")
     parquet_layout(con)
     if engine == "spark":
-        from .spark import ingest_spark
+        from .spark_ingest import ingest_spark
         return ingest_spark(con, paths, fmts, table=table, mode=mode)
 
     # Parse every file first (temp tables and views, outside the workspace), then write all in one
@@ -669,12 +682,8 @@ def clean(con: duckdb.DuckDBPyConnection, engine: str = "duckdb", **params: Any)
 SPLIT_GROUP_KEYS = ("", "customer_id", "message_id", "channel", "region", "age_band")
 
 
-def split(con: duckdb.DuckDBPyConnection, *, reset: bool = False, engine: str = "duckdb",
-          **params: Any) -> dict[str, int]:
-    """Assign new examples to train/validation/test (old assignments never move); returns counts.
-
-    ``reset=True`` forgets earlier assignments first (everything is split again)."""
-    _check_engine(engine)
+def check_split_params(**params: Any) -> dict[str, Any]:
+    """The split parameters with defaults filled in; a ValueError names the first bad one."""
     unknown = set(params) - set(SPLIT_DEFAULTS)
     if unknown:
         raise ValueError(f"unknown split parameter(s) {sorted(unknown)}; known: {sorted(SPLIT_DEFAULTS)}")
@@ -684,6 +693,16 @@ def split(con: duckdb.DuckDBPyConnection, *, reset: bool = False, engine: str = 
     tf, vf = float(p["train_fraction"]), float(p["validation_fraction"])
     if not (0 < tf < 1 and 0 <= vf < 1 and tf + vf <= 1):
         raise ValueError(f"split fractions train={tf}, validation={vf}: need 0 < train, train + validation <= 1")
+    return p
+
+
+def split(con: duckdb.DuckDBPyConnection, *, reset: bool = False, engine: str = "duckdb",
+          **params: Any) -> dict[str, int]:
+    """Assign new examples to train/validation/test (old assignments never move); returns counts.
+
+    ``reset=True`` forgets earlier assignments first (everything is split again)."""
+    _check_engine(engine)
+    p = check_split_params(**params)
     if not table_exists(con, "examples"):
         raise WorkspaceError("splits need table examples: run step 02 (data.clean) first")
     parquet_layout(con)

@@ -370,7 +370,10 @@ def register(con: duckdb.DuckDBPyConnection, group: FeatureGroup, *, validation:
     try:
         con.execute(f"create or replace temp table {stage} as {sql}")
     except duckdb.Error as exc:
-        raise FeatureError(f"feature group {group.name}: its source failed: {exc}") from exc
+        where = f" ({file})" if file else ""
+        hint = (" (a table it reads is missing: stg_* tables come from step 01, examples from step 02)"
+                if isinstance(exc, duckdb.CatalogException) else "")
+        raise FeatureError(f"feature group {group.name}: its source{where} failed{hint}: {exc}") from exc
     try:
         raw_types = dict(con.execute(f"select column_name, column_type from (describe {stage})").fetchall())
         missing = [c for c in [*keys, group.event_time, *(f.name for f in feats)] if c not in raw_types]

@@ -6,7 +6,8 @@ A step is a ``StepSpec``: its fields (typed parameters with defaults; the widget
 from them) and a compile function ``(prev, name, columns, params) -> CompiledStep`` returning named
 CTEs (the last one, named ``name``, is the step's output), the output columns, and the reason rows
 leave. All SQL stays in the portable subset that SQLGlot transpiles to Spark (``portable=False``
-marks the few options that do not). Hashes are ``md5`` based (never DuckDB's ``hash()``).
+marks the few options that need ``workbench.spark``'s dialect fixes on top). Hashes are ``md5``
+based (never DuckDB's ``hash()``).
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ class CompiledStep:
     ctes: list[tuple[str, str]]      # (name, select statement); the last is the step's output
     columns: list[str]               # output columns, in order
     reason: str | None               # why rows leave (None: the step never removes rows)
-    portable: bool = True            # False: the SQL uses a DuckDB-only function (no Spark equivalent)
+    portable: bool = True            # False: plain SQLGlot does not carry it to Spark (workbench.spark does)
 
 
 @dataclass
@@ -523,9 +524,11 @@ def _split(prev, name, cols, p):
         return _simple(prev, name, cols, items, out=out)
     # Stratified, as sql/06_splits.sql: rank rows by the hash fraction within their label; the first
     # floor(n * train + 0.5) go to train, up to floor(n * (train + validation) + 0.5) to validation.
+    # Ties (copies of a key after resample) are ordered by every column, so both engines agree.
     lab, key = qi(p["stratify"]), qi(p["key"])
     inner = (f"select\n        {', '.join(qi(c) for c in cols)},\n"
-             f"        row_number() over (partition by {lab} order by {hash_fraction(key, p['seed'])}, {key}) as _r,\n"
+             f"        row_number() over (partition by {lab} order by {hash_fraction(key, p['seed'])}, "
+             f"{_order(cols, [p['key']], False)}) as _r,\n"
              f"        count(*) over (partition by {lab}) as _n\n    from {prev}")
     case = (f"case\n        when _r <= floor(_n * {p['train']} + 0.5) then 'train'\n"
             f"        when _r <= floor(_n * {round(p['train'] + p['validation'], 10)} + 0.5) then 'validation'\n"
@@ -565,7 +568,7 @@ STEPS: dict[str, StepSpec] = {s.name: s for s in [
     StepSpec("normalize_text", "Normalize text", "Collapse whitespace, trim, optionally lowercase / NFC.", [
         F("column", "column", required=True), F("output", "identifier", help="new column (default: in place)"),
         F("lowercase", "bool", False), F("collapse_whitespace", "bool", True), F("strip", "bool", True),
-        F("nfc", "bool", False, help="Unicode NFC (DuckDB only, not portable to Spark)"),
+        F("nfc", "bool", False, help="Unicode NFC (on Spark: workbench.spark's nfc_normalize)"),
     ], _normalize_text),
     StepSpec("regex_replace", "Regex replace", "Replace every match of a regular expression (RE2 syntax).", [
         F("column", "column", required=True), F("pattern", "regex", required=True),
@@ -583,7 +586,8 @@ STEPS: dict[str, StepSpec] = {s.name: s for s in [
     StepSpec("near_dedup", "Remove near-duplicates", "MinHash/LSH on character n-grams, verified by exact Jaccard.", [
         F("column", "column", required=True), F("threshold", "float", 0.8, min=0.05, max=1.0),
         F("ngram", "int", 5, min=1, max=20, help="shingle size (characters or words)"),
-        F("unit", "choice", "chars", choices=("chars", "words"), help="words: DuckDB only (not portable)"),
+        F("unit", "choice", "chars", choices=("chars", "words"),
+          help="words: DuckDB list functions (on Spark: flow run --engine spark)"),
         F("lowercase", "bool", True, help="compare lowercased, whitespace-collapsed text"),
         F("bands", "int", 16, min=1, max=64), F("rows_per_band", "int", 4, min=1, max=16),
         F("seed", "int", 42), F("order_by", "columns", help="which row is kept: the first by these columns"),

@@ -2,6 +2,7 @@
 
     workbench flow run flows/support_messages.yaml --output flow_support_messages
     workbench flow compile flows/support_messages.yaml --out sql/11_flow_support_messages.sql
+    workbench flow run support_messages --engine spark --spark-master 'local[2]'
 
 A flow file names a source (a workspace table or a CSV / JSONL / Parquet file) and an ordered list of
 steps, each with its parameters::
@@ -21,7 +22,8 @@ Every step compiles to one named CTE (near-duplicate removal adds helper CTEs pr
 name), in the portable DuckDB subset that SQLGlot transpiles to Spark. ``validate`` checks a flow
 against the source's columns before anything runs; an error names the file, the step and the field.
 ``run_flow`` executes step by step (each step's SQL into a temp table, so each step's row counts are
-known), writes the output table, ``flow_step_stats`` and ``flow_row_fate`` in one transaction.
+known), writes the output table, ``flow_step_stats`` and ``flow_row_fate`` in one transaction;
+``engine="spark"`` runs the same steps on Apache Spark with the same results (``spark_flows.py``).
 The step catalogue, with each step's parameters, is in ``flow_steps.py`` and docs/flows.md.
 """
 from __future__ import annotations
@@ -42,6 +44,9 @@ from .workspace import transaction
 REPO = Path(__file__).resolve().parent.parent
 FLOW_DIR = REPO / "flows"
 SOURCE_CTE = "source"
+ENGINES = ("duckdb", "spark")  # engine="spark": the same steps on Apache Spark (workbench.spark)
+# Column names the workspace cannot store: DuckLake keeps them for inlined rows (any case)
+RESERVED_COLUMNS = ("row_id", "begin_snapshot", "end_snapshot")
 
 __all__ = ["Flow", "FlowError", "FlowRun", "StepResult", "STEPS", "compile_sql", "load_flow", "preview",
            "run_flow", "save_flow", "source_columns", "validate", "resolve_flow_path", "spark_sql"]
@@ -163,8 +168,7 @@ def source_sql(flow: Flow) -> str:
     if "table" in flow.source:
         return qi(flow.source["table"])
     p = _file_path(flow)
-    fmt = flow.source.get("format") or {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl",
-                                         ".parquet": "parquet"}.get(p.suffix.lower())
+    fmt = file_format(flow, p)
     path = str(p).replace("'", "''")
     if fmt == "csv":
         return f"read_csv('{path}', header = true, all_varchar = true)"
@@ -172,7 +176,16 @@ def source_sql(flow: Flow) -> str:
         return f"read_json('{path}', format = 'newline_delimited')"
     if fmt == "parquet":
         return f"read_parquet('{path}')"
-    raise FlowError(f"{flow.where}: field 'source.format': unknown format {fmt!r} (csv, jsonl, parquet)")
+    raise AssertionError(fmt)
+
+
+def file_format(flow: Flow, path: Path) -> str:
+    """A file source's format: ``source.format``, else from the file name's extension."""
+    fmt = flow.source.get("format") or {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl",
+                                         ".parquet": "parquet"}.get(path.suffix.lower())
+    if fmt not in ("csv", "jsonl", "parquet"):
+        raise FlowError(f"{flow.where}: field 'source.format': unknown format {fmt!r} (csv, jsonl, parquet)")
+    return fmt
 
 
 def source_columns(con: duckdb.DuckDBPyConnection, flow: Flow) -> list[str]:
@@ -240,6 +253,7 @@ def validate(flow: Flow, columns: list[str] | duckdb.DuckDBPyConnection) -> list
             dropped = f"{where}: field {fld!r}: drops the flow's key column {key!r}"
         plan.append(PlannedStep(i, kind, name, params, cols, compiled, key, key_out))
         cols, prev, key = compiled.columns, name, key_out
+    _check_reserved(flow, plan, cols)
     if con is not None:
         ctes = [(SOURCE_CTE, f"select * from {source_sql(flow)}")]
         for p in plan:
@@ -251,6 +265,25 @@ def validate(flow: Flow, columns: list[str] | duckdb.DuckDBPyConnection) -> list
                 raise FlowError(f"{flow.where}: step {p.index} ({p.kind}): the step's SQL does not bind: "
                                 f"{str(exc).splitlines()[0]}") from None
     return plan
+
+
+def _check_reserved(flow: Flow, plan: list[PlannedStep], columns: list[str]) -> None:
+    """The output table cannot hold a column DuckLake reserves: name the step that makes it, up front."""
+    for col in columns:
+        if col.lower() not in RESERVED_COLUMNS:
+            continue
+        # the step after which the column exists under this name, up to the end
+        first = next((p for p in reversed(plan) if col.lower() not in {c.lower() for c in p.columns_in}), None)
+        fix = "choose another name (or rename it in a later select step)"
+        if first is None:
+            where = f"{flow.where}: field 'source'"
+            fix = "rename it in a first select step (rename: {" + col + ": <new name>})"
+        else:
+            fld = next((k for k, v in first.params.items()
+                        if v == col or (isinstance(v, dict) and col in v.values())), None)
+            where = f"{flow.where}: step {first.index} ({first.kind})" + (f": field {fld!r}" if fld else "")
+        raise FlowError(f"{where}: output column {col!r} is reserved by the workspace (DuckLake keeps "
+                        f"{', '.join(RESERVED_COLUMNS)} for itself, in any case): {fix}")
 
 
 def _follow_key(key: str | None, kind: str, params: dict[str, Any], compiled: CompiledStep) -> str | None:
@@ -275,7 +308,8 @@ def _header(flow: Flow, plan: list[PlannedStep], output: str | None) -> list[str
     lossy = [f"{p.index} ({p.kind})" for p in plan if not p.compiled.portable]
     if lossy or "file" in flow.source:
         what = (["file source"] if "file" in flow.source else []) + lossy
-        lines.append("-- spark:   not portable: " + ", ".join(what))
+        lines.append("-- spark:   beyond plain SQLGlot (run it with `workbench flow run --engine spark`): "
+                     + ", ".join(what))
     if flow.description:
         lines += ["--", *(f"-- {ln}" for ln in flow.description.strip().splitlines())]
     return lines
@@ -292,24 +326,44 @@ def compile_sql(flow: Flow, columns: list[str] | duckdb.DuckDBPyConnection, *, o
                    source=source)
 
 
-def _render(flow: Flow, plan: list[PlannedStep], *, output: str | None, source: str | None = None) -> str:
-    out = output
+def _query(flow: Flow, plan: list[PlannedStep], source: str | None = None) -> str:
+    """The flow as one query: an import CTE, the steps' CTEs, ``select *`` of the last."""
     ctes = [(SOURCE_CTE, f"select * from {source or source_sql(flow)}")]
     for p in plan:
         ctes += p.compiled.ctes
-    last = ctes[-1][0]
     body = ",\n\n".join(f"{name} as (\n{_indent(sql)}\n)" for name, sql in ctes)
-    query = f"with\n\n{body}\n\nselect * from {last}"
+    return f"with\n\n{body}\n\nselect * from {ctes[-1][0]}"
+
+
+def _render(flow: Flow, plan: list[PlannedStep], *, output: str | None, source: str | None = None) -> str:
+    out = output
+    query = _query(flow, plan, source)
     text = "\n".join(_header(flow, plan, out)) + "\n\n"
     text += (f"create or replace table {qi(out)} as\n{query};\n" if out else f"{query}\n")
     return text
 
 
 def spark_sql(sql: str) -> str:
-    """The compiled SQL in Spark's dialect (SQLGlot), comments dropped."""
+    """The compiled SQL in Spark's dialect: SQLGlot with ``workbench.spark``'s dialect fixes (regex
+    syntax, ``lower``, ``trim``, integer widths, word-shingle list functions; comments as ``/* */``),
+    so it gives DuckDB's results on a
+    ``workbench.spark.session()`` (which also defines ``nfc_normalize``). A construct whose result
+    would differ on Spark is a FlowError."""
     import sqlglot
 
-    return ";\n".join(sqlglot.transpile(sql, read="duckdb", write="spark", pretty=True)) + ";\n"
+    from .spark import SparkError, to_spark_sql
+    from .spark_flows import _lists
+
+    out = []
+    for stmt in sqlglot.parse(sql, read="duckdb"):
+        if stmt is None:
+            continue
+        try:
+            text = to_spark_sql(_lists(stmt), source="the compiled flow")
+        except SparkError as exc:
+            raise FlowError(str(exc)) from None
+        out.append(sqlglot.transpile(text, read="spark", write="spark", pretty=True)[0])
+    return ";\n".join(out) + ";\n"
 
 
 def _indent(sql: str) -> str:
@@ -417,13 +471,17 @@ create table if not exists flow_runs (
 
 
 def run_flow(con: duckdb.DuckDBPyConnection, flow: Flow | str | Path, *, output: str | None = None,
-             run_id: str | None = None) -> FlowRun:
+             run_id: str | None = None, engine: str = "duckdb", spark=None) -> FlowRun:
     """Validate, run step by step, then write the output table and the row accounting in one transaction.
 
     Writes ``<output>`` (default: the flow's ``output`` or ``flow_<name>``), appends to
     ``flow_step_stats`` (one row per step, index 0 = source), ``flow_row_fate`` (one row per removed
-    row, when the flow names a ``key``) and ``flow_runs``.
+    row, when the flow names a ``key``) and ``flow_runs``. ``engine="spark"`` runs the steps on
+    Apache Spark (``spark``, else ``workbench.spark.session()``) with the same results; its output
+    and fates are staged as Parquet under ``<workspace>/spark/_flows/<run_id>/`` until registered.
     """
+    if engine not in ENGINES:
+        raise FlowError(f"engine {engine!r}: use one of {', '.join(ENGINES)}")
     if not isinstance(flow, Flow):
         flow = load_flow(flow)
     out = output or flow.output_table
@@ -431,15 +489,28 @@ def run_flow(con: duckdb.DuckDBPyConnection, flow: Flow | str | Path, *, output:
     run_id = run_id or f"flow-{started:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
     plan = validate(flow, con)
     sql = _render(flow, plan, output=out)
-    plan, results, last, fates = _execute(con, flow, upto=None, limit=5, keep_last=True, fates=True, plan=plan)
+    if engine == "spark":
+        from .spark_flows import execute_spark
+
+        def types_at(k: int) -> dict[str, str]:  # DuckDB's column types after the first k steps
+            return {r[0]: r[1] for r in con.execute(f"describe {_query(flow, plan[:k])}").fetchall()}
+
+        results, staged, fates, cleanup = execute_spark(con, flow, plan, run_id=run_id, types_at=types_at,
+                                                        spark=spark)
+    else:
+        plan, results, staged, fates = _execute(con, flow, upto=None, limit=5, keep_last=True, fates=True, plan=plan)
+        cleanup = lambda: con.execute(f"drop table if exists {staged}")  # noqa: E731
     stats = [(flow.name, run_id, r.index, r.kind, r.rows_in, r.rows_out, r.reason, started) for r in results]
     src = flow.source.get("table") or flow.source.get("file")
 
     def write(c: duckdb.DuckDBPyConnection) -> None:
         c.execute(_STATS_DDL)
-        c.execute(f"create or replace table {qi(out)} as select * from {last}")
+        c.execute(f"create or replace table {qi(out)} as select * from {staged}")
         c.executemany("insert into flow_step_stats values (?, ?, ?, ?, ?, ?, ?, ?)", stats)
-        if fates:
+        if isinstance(fates, str):  # staged by Spark
+            c.execute(f"insert into flow_row_fate select ?, ?, row_key, step_index, step_name, reason from {fates}",
+                      [flow.name, run_id])
+        elif fates:
             c.executemany("insert into flow_row_fate values (?, ?, ?, ?, ?, ?)",
                           [(flow.name, run_id, *f) for f in fates])
         c.execute("insert into flow_runs values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -448,7 +519,7 @@ def run_flow(con: duckdb.DuckDBPyConnection, flow: Flow | str | Path, *, output:
                    flow.to_yaml(), sql])
 
     try:
-        transaction(con, write, what=f"flow {flow.name}")
+        transaction(con, write, what=f"flow {flow.name}" + (" (Spark)" if engine == "spark" else ""))
     finally:
-        con.execute(f"drop table if exists {last}")
+        cleanup()
     return FlowRun(run_id, flow, out, results, sql)

@@ -81,6 +81,45 @@ def coerce(value: str, default: Any) -> Any:
     return value
 
 
+# Value rules by parameter name, checked for every chosen step before the first notebook starts (a bad
+# value would otherwise fail only when its step runs, maybe an hour into the run).
+AT_LEAST_ONE = ("_rows", "_epochs", "_batch_size", "max_length", "_rounds", "_trials", "queue_size", "overlap_k")
+POSITIVE = ("_lr", "_learning_rate", "_seconds")
+UNIT_INTERVAL = ("_fraction", "_noise")
+
+
+def check_values(step: Step, values: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the first parameter whose value the step would refuse."""
+    from .data import ENGINES, check_split_params
+
+    def bad(name: str, need: str) -> ValueError:
+        return ValueError(f"parameter {name} of {step.name} is {values[name]!r}: {need}")
+
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            continue
+        if name == "engine" and v not in ENGINES:
+            raise bad(name, f"use one of {', '.join(ENGINES)}")
+        if isinstance(v, str):
+            continue
+        if name.endswith(AT_LEAST_ONE) and v < 1:
+            raise bad(name, "need at least 1")
+        if name.endswith(POSITIVE) and not v > 0:
+            raise bad(name, "need a number above 0")
+        if name.endswith(UNIT_INTERVAL) and not 0 <= v <= 1:
+            raise bad(name, "need a value from 0 to 1")
+        if isinstance(v, int) and not name.endswith("seed") and v < 0:
+            raise bad(name, "need 0 or more")
+    if "min_chars" in values and "max_chars" in values and values["min_chars"] > values["max_chars"]:
+        raise bad("min_chars", f"more than max_chars {values['max_chars']}")
+    if "train_fraction" in values:
+        try:
+            check_split_params(**{k: values[k] for k in ("train_fraction", "validation_fraction", "group_key",
+                                                         "stratify") if k in values})
+        except ValueError as exc:
+            raise ValueError(f"{step.name}: {exc}") from None
+
+
 def select(all_steps: list[Step], only: list[str] | None, with_: list[str] | None) -> list[Step]:
     def match(step: Step, key: str) -> bool:
         return step.name == key or step.number == key or step.name.startswith(key)
@@ -112,7 +151,11 @@ def run(params: Mapping[str, str] | None = None, *, only: list[str] | None = Non
     if unknown:
         raise PipelineError(f"unknown parameter(s) {', '.join(unknown)}; notebooks declare: "
                             + ", ".join(sorted(declared)))
-    root = home(workspace)
+    # -p workspace DIR is the same as --workspace DIR (every notebook's workspace parameter is this folder)
+    given = raw.pop("workspace", None)
+    if given and workspace and Path(given).resolve() != Path(workspace).resolve():
+        raise PipelineError(f"-p workspace {given!r} and --workspace {str(workspace)!r} name different folders")
+    root = home(workspace or given or None)
     # Every value is converted for every chosen step first: a wrong type fails before anything runs.
     per_step = []
     for step in chosen:
@@ -125,6 +168,10 @@ def run(params: Mapping[str, str] | None = None, *, only: list[str] | None = Non
                     kind = type(step.parameters[k]).__name__
                     raise PipelineError(f"parameter {k} of {step.name} (a {kind}, default "
                                         f"{step.parameters[k]!r}): {exc}") from None
+        try:
+            check_values(step, {**step.parameters, **mine})
+        except ValueError as exc:
+            raise PipelineError(str(exc)) from None
         if "workspace" in step.parameters:
             mine["workspace"] = str(root)
         per_step.append((step, mine))
@@ -143,10 +190,28 @@ def run(params: Mapping[str, str] | None = None, *, only: list[str] | None = Non
                                 cwd=str(step.path.parent), log_output=log_output, progress_bar=False,
                                 kernel_name="python3")
         except pm.PapermillExecutionError as exc:
-            raise PipelineError(f"{step.name} failed at cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
+            why = str(exc.evalue).strip() or _cell_output(out_dir / step.path.name, exc.exec_count)
+            raise PipelineError(f"{step.name} failed at cell {exc.exec_count}: {exc.ename}: {why}\n"
                                 f"executed copy: {out_dir / step.path.name}") from None
         except Exception as exc:  # the kernel died (memory, os._exit), a cell timed out, ...
             raise PipelineError(f"{step.name} failed: {type(exc).__name__}: {str(exc).strip()}\n"
                                 f"executed copy: {out_dir / step.path.name}") from exc
         progress(f"[{step.name}] done in {(dt.datetime.now() - started).total_seconds():.1f}s")
     return out_dir
+
+
+def _cell_output(path: Path, exec_count: int, lines: int = 8) -> str:
+    """The last lines a failed cell printed: the reason when the exception itself says nothing (a
+    ``%%sql`` cell prints the database's error and raises an empty ``CellExecutionError``)."""
+    try:
+        cells = json.loads(path.read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return ""
+    for cell in cells:
+        if cell.get("execution_count") == exec_count:
+            text = "".join("".join(o.get("text", "")) if isinstance(o.get("text"), (str, list)) else ""
+                           for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+            noise = ("jupysql.ploomber.io", "If using snippets, you may pass")  # jupysql's generic hints
+            kept = [ln for ln in text.splitlines() if ln.strip() and not any(n in ln for n in noise)]
+            return "\n".join(kept[-lines:])
+    return ""

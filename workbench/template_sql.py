@@ -2,6 +2,7 @@
 
     python -c "import workbench, workbench.template_sql as ts; print(ts.apply_templates(workbench.connect()))"
     python benchmarks/template_render.py --rows 1000000
+    workbench templates apply --task contact_extraction --engine spark
 
 ``apply_templates`` writes ``sft_examples`` in one SQL statement run by DuckDB:
 
@@ -14,6 +15,10 @@
   per batch (the template wrapped in a loop over the batch), and an Arrow array comes back;
 * case-changing filters match Python only on ASCII text, so compiled parts using them fall back to
   the UDF row by row for non-ASCII values (the output is always exactly what ``templates.render`` gives).
+
+``engine="spark"`` runs the same SQL on Apache Spark (transpiled by ``workbench.spark.to_spark_sql``),
+the parts that do not compile in Spark Arrow UDFs calling the same ``render_batch``; the rows go
+through a Parquet staging folder into ``sft_examples``, identical to DuckDB's (docs/templates.md).
 
 Choosing templates per row is SQL too: ``random`` picks one template per source row and task with a
 portable stable hash (md5 of seed, task and key; never ``random()``), ``all`` renders every template,
@@ -48,6 +53,7 @@ SFT_COLUMNS = """
     messages varchar         -- JSON chat messages: [{role, content}, ...]
 """
 CHOICES = ("random", "all")          # or a template id / name
+ENGINES = ("duckdb", "spark")        # where apply_templates runs the SQL (spark: workbench.spark.session())
 WS_CHARS = "".join(chr(c) for c in range(0x110000) if chr(c).isspace())  # what Python's str.strip() removes
 _SEP = "\x00\x02wb-row-end\x02\x00"  # row separator of batched renders (never whitespace: `-%}` keeps it)
 _INT_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"}
@@ -301,7 +307,10 @@ def render_batch(template: Template, part: str, columns: dict[str, Sequence[Any]
     names = sorted(columns)
     n = len(next(iter(columns.values()))) if columns else 0
     rows = list(zip(*(columns[c] for c in names))) if names else [()] * n
-    uniq = list(dict.fromkeys(rows))
+    try:
+        uniq = list(dict.fromkeys(rows))
+    except TypeError:  # a list or map column: values are not hashable, render every row
+        uniq = rows
     ctx = {"answer_choices": list(template.answer_choices)} if template.answer_choices is not None else {}
     if not names:
         return [render_part(template, part, {})] * n
@@ -351,6 +360,7 @@ class PartPlan:
     method: str                # 'sql' | 'sql+python' (non-ASCII rows) | 'python' | 'constant' | 'none'
     reason: str | None
     udf: tuple[str, Callable, list[str]] | None  # (function name, function, argument types)
+    columns: tuple[str, ...] = ()  # the columns the UDF takes, in order
 
 
 def plan_part(template: Template, part: str, types: dict[str, str], *, compile_sql: bool = True,
@@ -367,8 +377,8 @@ def plan_part(template: Template, part: str, types: dict[str, str], *, compile_s
         if cp.exact_when is None:
             return PartPlan(template, part, cp.sql, "sql", None, None)
         return PartPlan(template, part, f"case when {cp.exact_when} then {cp.sql} else {call} end",
-                        "sql+python", "case filters on non-ASCII text", udf)
-    return PartPlan(template, part, call, "python", cp.reason or "compilation disabled", udf)
+                        "sql+python", "case filters on non-ASCII text", udf, cp.columns)
+    return PartPlan(template, part, call, "python", cp.reason or "compilation disabled", udf, cp.columns)
 
 
 def _source_types(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
@@ -398,14 +408,18 @@ _NON_SPACE = ("[^\\t-\\r\\x{1c}-\\x{20}\\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a
 
 
 def build_sql(plans: dict[str, list[tuple[Template, dict[str, PartPlan]]]], *, choice: str, seed: int | str,
-              sources: dict[str, str], types: dict[str, dict[str, str]], limit: int | None = None) -> str:
+              sources: dict[str, str], types: dict[str, dict[str, str]], limit: int | None = None,
+              count_missing: bool = False) -> str:
     """The ``select`` producing the ``sft_examples`` rows of every task.
 
     One pass per task: each source row carries ``wb_pick_`` (its template: the stable hash for
     'random', one row per template for 'all'), and every column is a ``case wb_pick_`` over the
-    task's templates, so DuckDB evaluates only the chosen template's expressions for a row.
+    task's templates, so DuckDB evaluates only the chosen template's expressions for a row. A row
+    whose chosen template reads a null column is not rendered; a rendered row whose completion is
+    blank carries ``wb_empty_ = true`` (``apply_templates`` counts both and writes neither).
+    ``count_missing=True``: instead, ``(template_id, n)`` of the rows left out for a null column.
     """
-    ctes, selects = [], []
+    ctes, selects, missing = [], [], []
     for ti, (task, items) in enumerate(plans.items()):
         table, key, n = sources[task], items[0][0].key, len(items)
         src = f"select * from {ident(table)}"
@@ -417,9 +431,9 @@ def build_sql(plans: dict[str, list[tuple[Template, dict[str, PartPlan]]]], *, c
                         f"\n    from ({src})\n)")
             ctes.append(f"src_{ti} as (\n    select *, {hex8_sql('wb_md5_')} % {n} as wb_pick_"
                         f"\n    from hashed_{ti}\n)")
-        elif n > 1:                        # 'all': every row once per template
+        elif n > 1:                        # 'all': every row once per template (values: portable, not range())
             ctes.append(f"src_{ti} as (\n    {src}\n)")
-            frm += f" cross join range({n}) as wb_templates_(wb_pick_)"
+            frm += f" cross join (values {', '.join(f'({i})' for i in range(n))}) as wb_templates_(wb_pick_)"
         else:
             ctes.append(f"src_{ti} as (\n    select *, 0 as wb_pick_ from ({src})\n)")
 
@@ -451,13 +465,18 @@ def build_sql(plans: dict[str, list[tuple[Template, dict[str, PartPlan]]]], *, c
             f"        {case(lambda t, p: p['system'].sql)} as system\n"
             f"    from {frm}\n"
             f"    where {case(not_null)}")
+        missing.append(f"    select {case(lambda t, _: lit(t.id))} as template_id\n    from {frm}\n"
+                       f"    where not {case(not_null)}")
+    if count_missing:
+        return ("with " + ",\n".join(ctes) + ",\nleft_out as (\n" + "\n    union all\n".join(missing) + "\n)\n"
+                "select template_id, count(*) as n from left_out group by all")
     user = "{'role': 'user', 'content': prompt}, {'role': 'assistant', 'content': completion}"
     return ("with " + ",\n".join(ctes) + ",\nrendered as (\n" + "\n    union all\n".join(selects) + "\n)\n"
             "select\n    *,\n"
             f"    cast(case when system is null then to_json([{user}])\n"
             f"         else to_json([{{'role': 'system', 'content': system}}, {user}]) end as varchar) as messages\n"
-            "from rendered\n"
-            f"where regexp_matches(completion, {lit(_NON_SPACE)})")
+            f"    , not coalesce(regexp_matches(completion, {lit(_NON_SPACE)}), false) as wb_empty_\n"
+            "from rendered")
 
 
 @dataclass
@@ -467,10 +486,19 @@ class RenderPlan:
     sql: str
     plans: dict[str, list[tuple[Template, dict[str, PartPlan]]]]
     udfs: list[tuple[str, Callable, list[str]]]
+    missing_sql: str = ""   # (template_id, n): rows not rendered because a column the template reads is null
 
-    def summary(self, counts: dict[str, int] | None = None):
+    def summary(self, counts: dict[str, int] | None = None, empty: dict[str, int] | None = None,
+                missing: dict[str, int] | None = None):
+        """One row per template: task, template_id, rows (written), skipped_missing (a column the template
+        reads is null), skipped_empty (the completion rendered blank), how each part renders. Every
+        source row a template was chosen for is in one of the three. Without ``counts``: the plan only."""
         import pandas as pd
-        return pd.DataFrame([{"task": task, "template_id": t.id, **({"rows": counts.get(t.id, 0)} if counts else {}),
+        written = counts is not None
+        counts, empty, missing = counts or {}, empty or {}, missing or {}
+        return pd.DataFrame([{"task": task, "template_id": t.id,
+                              **({"rows": counts.get(t.id, 0), "skipped_missing": missing.get(t.id, 0),
+                                  "skipped_empty": empty.get(t.id, 0)} if written else {}),
                               **{f"{p}_by": parts[p].method for p in PARTS}}
                              for task, items in self.plans.items() for t, parts in items])
 
@@ -515,15 +543,15 @@ def plan_render(con: duckdb.DuckDBPyConnection, tasks: Sequence[str] | str = ("i
             udfs += [pp.udf for pp in parts.values() if pp.udf is not None and pp.method != "sql"]
             items.append((t, parts))
         plans[task] = items
-    sql = build_sql(plans, choice=choice, seed=seed, sources=sources, types=types, limit=limit)
-    return RenderPlan(tasks, sql, plans, udfs)
+    kw = dict(choice=choice, seed=seed, sources=sources, types=types, limit=limit)
+    return RenderPlan(tasks, build_sql(plans, **kw), plans, udfs, build_sql(plans, **kw, count_missing=True))
 
 
 def apply_templates(con: duckdb.DuckDBPyConnection, tasks: Sequence[str] | str = ("intent_classification",), *,
                     choice: str = "random", seed: int | str = 7, source: str | None = None,
                     table: str = SFT_TABLE, mode: str = "replace_tasks", limit: int | None = None,
                     templates: Sequence[Template] | None = None, compile_sql: bool = True,
-                    validate: bool = True):
+                    validate: bool = True, engine: str = "duckdb"):
     """Render the templates of ``tasks`` over their source tables and write ``table`` (``sft_examples``).
 
     choice:  'random' = one template per source row and task (stable md5 of seed, task, key);
@@ -531,36 +559,180 @@ def apply_templates(con: duckdb.DuckDBPyConnection, tasks: Sequence[str] | str =
     source:  table to apply the templates to (default: the templates' ``table``).
     mode:    'replace_tasks' (rewrite the rows of these tasks; keep other tasks), 'replace', 'append'.
     limit:   render only this many source rows per task (a stable-hash subset), None = all.
+    engine:  'duckdb', or 'spark': the same SQL on Apache Spark (``workbench.spark.session()``), the
+             parts that do not compile rendered by the same Jinja code in Spark Arrow UDFs; the rows
+             land in ``table`` exactly as DuckDB writes them (``con`` must be a workspace connection).
     Returns one row per template: task, template_id, rows written, and how each part was rendered.
     Validation against the live source runs first: nothing is written when a template is invalid.
     """
-    from .workspace import transaction
-
     if mode not in ("replace_tasks", "replace", "append"):
         raise ValueError(f"mode must be 'replace_tasks', 'replace' or 'append', not {mode!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r}: use one of {ENGINES}")
     plan = plan_render(con, tasks, choice=choice, seed=seed, source=source, limit=limit, templates=templates,
                        compile_sql=compile_sql, validate=validate)
-    in_tasks = f"task in ({', '.join(lit(t) for t in plan.tasks)})"
-    for name, fn, arg_types in plan.udfs:
-        con.create_function(name, fn, arg_types, "VARCHAR", type="arrow")
-    try:
-        def write(c):
+    missing = dict(con.execute(plan.missing_sql).fetchall())  # source columns only: no rendering
+    if engine == "spark":
+        skipped = _apply_spark(con, plan, table, mode)
+    else:
+        for name, fn, arg_types in plan.udfs:
+            con.create_function(name, fn, arg_types, "VARCHAR", type="arrow")
+        try:
+            skipped = _write(con, plan, table, mode, plan.sql)
+        except duckdb.Error as exc:
+            raise TemplateError(f"rendering into {table} failed: {exc}") from exc
+        finally:
+            for name, _, _ in plan.udfs:
+                con.remove_function(name)
+    counts = dict(con.execute(f"select template_id, count(*) from {ident(table)} where {_in_tasks(plan.tasks)} "
+                              "group by all").fetchall())
+    return plan.summary(counts, skipped, missing)
+
+
+def _in_tasks(tasks: Sequence[str]) -> str:
+    return f"task in ({', '.join(lit(t) for t in tasks)})"
+
+
+def _write(con: duckdb.DuckDBPyConnection, plan: RenderPlan, table: str, mode: str,
+           select_sql: str) -> dict[str, int]:
+    """``table`` gets the rows of ``select_sql`` whose completion is not blank (``wb_empty_``: an example
+    teaching the model to answer nothing, e.g. from an empty reply), as ``mode`` says, in one workspace
+    transaction; returns the blank rows left out per template id."""
+    from .workspace import transaction
+
+    def write(c):
+        c.execute(f"create or replace temp table _wb_rendered as {select_sql}")
+        try:
+            skipped = dict(c.execute("select template_id, count(*) from _wb_rendered where wb_empty_ "
+                                     "group by all").fetchall())
             if mode == "replace":
                 c.execute(f"create or replace table {ident(table)} ({SFT_COLUMNS})")
             else:
                 c.execute(f"create table if not exists {ident(table)} ({SFT_COLUMNS})")
             if mode == "replace_tasks":
-                c.execute(f"delete from {ident(table)} where {in_tasks}")
-            c.execute(f"insert into {ident(table)} by name {plan.sql}")
-        transaction(con, write, what=f"writing {table}")
-    except duckdb.Error as exc:
-        raise TemplateError(f"rendering into {table} failed: {exc}") from exc
+                c.execute(f"delete from {ident(table)} where {_in_tasks(plan.tasks)}")
+            c.execute(f"insert into {ident(table)} by name select * exclude (wb_empty_) from _wb_rendered "
+                      "where not wb_empty_")
+        finally:
+            c.execute("drop table if exists temp._wb_rendered")
+        return skipped
+    return transaction(con, write, what=f"writing {table}")
+
+
+# --------------------------------------------------------------------------- on Spark
+
+def spark_sql(plan: RenderPlan) -> str:
+    """``plan.sql`` as the Spark SQL ``apply_templates(engine='spark')`` runs.
+
+    Transpiled with ``workbench.spark.to_spark_sql`` (its dialect fixes and trap refusals). Spark
+    evaluates a Python UDF on every row, whatever ``case`` branch it sits in, so each call of a
+    Python-rendered part gets a first argument: true on the rows whose branch takes it (the row's
+    template, a non-ASCII row); the UDF renders only those rows (``spark_udf``).
+    """
+    import sqlglot
+    from sqlglot import exp
+
+    from .spark import to_spark_sql
+
+    tree = sqlglot.parse_one(plan.sql, read="duckdb")
+    names = {name.lower() for name, _, _ in plan.udfs}
+    calls = [c for c in tree.find_all(exp.Anonymous) if c.name.lower() in names]
+    guarded = [(c, _branch_condition(c)) for c in calls]
+    for call, guard in guarded:
+        call.set("expressions", [guard, *call.expressions])
+    return to_spark_sql(tree, source="the template SQL of " + ", ".join(plan.tasks))
+
+
+def _branch_condition(node):
+    """SQL condition (SQLGlot) under which the ``case`` branches around ``node`` evaluate it."""
+    from sqlglot import exp
+
+    def holds(case, when) -> exp.Expression:  # a when's condition as a non-null boolean
+        cond = exp.EQ(this=case.this.copy(), expression=when.this.copy()) if case.this else when.this.copy()
+        return exp.func("coalesce", exp.Paren(this=cond), exp.false())
+
+    conds: list[exp.Expression] = []
+    child, parent = node, node.parent
+    while parent is not None and not isinstance(parent, exp.Select):
+        case = parent.parent if isinstance(parent, exp.If) else parent
+        if isinstance(case, exp.Case) and (child.arg_key == "default" or
+                                           (parent is not case and child.arg_key == "true")):
+            ifs = case.args.get("ifs") or []
+            earlier = ifs if child.arg_key == "default" else ifs[:ifs.index(parent)]
+            conds += [exp.Not(this=holds(case, w)) for w in earlier]
+            if child.arg_key == "true":
+                conds.append(holds(case, parent))
+        child, parent = parent, parent.parent
+    return exp.and_(*conds) if conds else exp.true()
+
+
+def spark_udf(template: Template, part: str, names: Sequence[str]):
+    """The Spark Arrow UDF of a Python-rendered part: ``(guard, *columns)``; renders the rows whose
+    guard is true and whose columns are not null with ``render_batch`` (the DuckDB path's code), null
+    elsewhere (Spark may evaluate it before the query's null filter)."""
+    from pyspark.sql.functions import arrow_udf
+    from pyspark.sql.types import StringType
+
+    def fn(guard: pa.Array, *arrays: pa.Array) -> pa.Array:
+        import pyarrow.compute as pc
+
+        mask = pc.fill_null(guard, False)
+        for a in arrays:   # a null here: a row the query's null filter drops (never rendered on DuckDB)
+            mask = pc.and_(mask, pc.is_valid(a))
+        cols = {c: pc.filter(a, mask).to_pylist() for c, a in zip(names, arrays)}
+        rendered = iter(render_batch(template, part, cols))
+        return pa.array([next(rendered) if keep else None for keep in mask.to_pylist()], pa.string())
+    return arrow_udf(fn, StringType())   # a scalar Arrow UDF, from the type hints
+
+
+def _apply_spark(con: duckdb.DuckDBPyConnection, plan: RenderPlan, table: str, mode: str) -> dict[str, int]:
+    """Run ``spark_sql(plan)`` on Spark, write the rows as Parquet, then insert them into ``table`` (one
+    transaction); the Parquet staging folder is removed either way."""
+    import shutil
+
+    from . import spark as wbspark
+    from .workspace import WorkspaceError, sql_literal
+
+    try:
+        staging = wbspark.spark_dir(con) / "_staging" / f"{table}-{secrets.token_hex(4)}"
+    except WorkspaceError as exc:
+        raise TemplateError(f"engine='spark' writes through a workspace: {exc}") from None
+    sql = spark_sql(plan)   # a SparkError (unportable SQL) before Spark starts
+    spark = wbspark.session()
+    python_parts = [pp for items in plan.plans.values() for _, parts in items for pp in parts.values()
+                    if pp.udf is not None and pp.method != "sql"]
+    try:
+        for pp in python_parts:
+            spark.udf.register(pp.udf[0], spark_udf(pp.template, pp.part, pp.columns))
+        wbspark.register_inputs(spark, con, plan.sql)
+        try:
+            wbspark.write_dataset(spark.sql(sql), staging)
+        except Exception as exc:  # noqa: BLE001 - Spark's errors (a UDF's Jinja error inside a PythonException)
+            raise TemplateError(f"rendering into {table} on Spark failed: {_spark_reason(exc)}") from exc
+        try:
+            return _write(con, plan, table, mode,
+                          f"select * from read_parquet({sql_literal(str(staging / '*.parquet'))})")
+        except duckdb.Error as exc:
+            raise TemplateError(f"writing the Spark output into {table} failed: {exc}") from exc
     finally:
-        for name, _, _ in plan.udfs:
-            con.remove_function(name)
-    counts = dict(con.execute(f"select template_id, count(*) from {ident(table)} where {in_tasks} "
-                              "group by all").fetchall())
-    return plan.summary(counts)
+        for pp in python_parts:
+            try:
+                spark.sql(f"drop temporary function if exists {pp.udf[0]}")
+            except Exception:  # noqa: BLE001 - cleanup only
+                pass
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _spark_reason(exc: BaseException) -> str:
+    """The line of a Spark error that says what went wrong (a TemplateError raised in a UDF included)."""
+    import re
+
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if "TemplateError:" in ln:
+            return ln[ln.index("TemplateError:") + len("TemplateError:"):].strip()
+    python = [ln for ln in lines if re.match(r"^[A-Za-z_.]*(Error|Exception): ", ln)]  # a UDF's traceback
+    return (python[-1] if python else lines[0] if lines else type(exc).__name__)[:500]
 
 
 def check_sft_examples(con: duckdb.DuckDBPyConnection, tasks: Sequence[str] | str, *, choice: str = "random",
@@ -570,7 +742,7 @@ def check_sft_examples(con: duckdb.DuckDBPyConnection, tasks: Sequence[str] | st
 
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     lib = list(templates) if templates is not None else load_library()
-    in_tasks = f"task in ({', '.join(lit(t) for t in tasks)})"
+    in_tasks = _in_tasks(tasks)
     q = lambda sql: con.execute(sql).fetchone()[0]  # noqa: E731
     per_row_max = 1 if choice != "all" else max(len(choose_templates(lib, t, choice)) for t in tasks)
     checks = [
