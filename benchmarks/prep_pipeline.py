@@ -31,7 +31,7 @@ TRAIN, VAL, SEED = 0.8, 0.1, 42
 def run_workbench(data: Path, out: Path) -> int:
     import workbench
     from workbench import data as wdata
-    from workbench.workspace import run_sql_file
+    from workbench.workspace import ROW_GROUP_SIZE, run_sql_file
 
     con = workbench.connect(out / "workspace")
     con.execute("set memory_limit = '2GB'")  # spill rather than grow: the goal is < 3 GB peak
@@ -39,8 +39,9 @@ def run_workbench(data: Path, out: Path) -> int:
     run_sql_file(con, "02_int_messages", {"min_chars": 3, "max_chars": 4000})
     run_sql_file(con, "02_examples", {})
     wdata.split(con, train_fraction=TRAIN, validation_fraction=VAL, split_seed=SEED, stratify=True)
+    # the workspace's row group size (each engine writes with its own settings; Polars: zstd)
     con.execute(f"copy (select e.*, s.split from examples e join splits s using (example_id)) "
-                f"to '{out / 'examples.parquet'}' (format parquet)")
+                f"to '{out / 'examples.parquet'}' (format parquet, row_group_size {ROW_GROUP_SIZE})")
     return con.execute("select count(*) from splits").fetchone()[0]
 
 

@@ -486,6 +486,55 @@ def test_workspace_tables_are_written_in_small_row_groups_unless_the_workspace_s
     data.parquet_layout(duckdb.connect())
 
 
+def test_staging_tables_are_uncompressed_other_tables_keep_the_workspace_codec(con, tmp_path):
+    from workbench.workspace import run_sql_file, transaction, uncompressed
+
+    def codecs(table):
+        files = [r[0] for r in con.execute(f"select data_file from ducklake_list_files('wb', '{table}')").fetchall()]
+        return {r[0] for r in con.execute("select distinct compression from parquet_metadata(?)", [files]).fetchall()}
+
+    def option():
+        return con.execute("select value from ducklake_options('wb') where option_name = 'parquet_compression'"
+                           ).fetchall()
+
+    con.execute("call wb.set_option('parquet_compression', 'zstd')")  # the workspace's own codec
+    path = tmp_path / "m.csv"
+    path.write_text(HEADER + "".join(f"m{i},c{i},2026-01-01 10:00:00,email,north,30-44,message number {i},billing,ok\n"
+                                     for i in range(50)))
+    data.ingest(con, [path], table="stg_messages")
+    data.ingest(con, [path], table="stg_other")
+    run_sql_file(con, "02_int_messages", data.CLEAN_DEFAULTS)
+    run_sql_file(con, "02_examples", {})
+    assert codecs("stg_messages") == codecs("int_messages_data") == {"UNCOMPRESSED"}
+    assert codecs("stg_other") == codecs("examples") == {"ZSTD"}
+    assert option() == [("zstd",)]  # set back after each write
+    con.execute("select * from int_messages").fetchall()  # and readable
+
+    def fail(c):
+        uncompressed(c, lambda: c.execute("select * from no_such_table"))
+
+    with pytest.raises(Exception, match="no_such_table"):
+        transaction(con, fail)
+    assert option() == [("zstd",)]  # a rollback undoes the switch
+
+
+def test_staging_compression_can_be_asked_for(con, tmp_path, monkeypatch):
+    from workbench.workspace import WorkspaceError
+
+    path = tmp_path / "m.csv"
+    path.write_text(HEADER + "".join(f"m{i},c{i},2026-01-01 10:00:00,email,north,30-44,message {i},billing,ok\n"
+                                     for i in range(50)))  # over the inlining limit: a Parquet file
+    monkeypatch.setenv("WORKBENCH_STAGING_COMPRESSION", "zstd")
+    data.ingest(con, [path], table="stg_messages")
+    files = [r[0] for r in con.execute("select data_file from ducklake_list_files('wb', 'stg_messages')").fetchall()]
+    assert {r[0] for r in con.execute("select distinct compression from parquet_metadata(?)", [files]).fetchall()} \
+        == {"ZSTD"}
+    monkeypatch.setenv("WORKBENCH_STAGING_COMPRESSION", "zip")
+    with pytest.raises(WorkspaceError, match="WORKBENCH_STAGING_COMPRESSION='zip'"):
+        data.ingest(con, [path], table="stg_messages")
+    assert con.execute("select count(*) from stg_messages").fetchone() == (50,)  # nothing half-written
+
+
 def test_jsonl_keys_with_backslashes_and_quotes_keep_their_values(con, tmp_path):
     lines = ['{"a\\\\b": "one", "say \\"hi\\"": "two", "plain": "three"}']
     data.ingest(con, [write(tmp_path / "k.jsonl", "\n".join(lines) + "\n")], table="stg")

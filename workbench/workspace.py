@@ -33,6 +33,12 @@ import duckdb
 
 ALIAS = "wb"  # catalog name of the workspace inside every connection
 ROW_GROUP_SIZE = 16384  # rows per Parquet row group of workspace tables (a catalog option, set at creation)
+# Tables written as uncompressed Parquet: the row-for-row copies of the raw files and of their cleaned
+# form, rebuilt from the files by steps 01/02. Skipping snappy saves about a tenth of the CPU of
+# writing them and of reading them back (docs/benchmarks.md); their files are about 4x larger.
+# Every other table keeps the workspace's codec (DuckLake's default: snappy).
+UNCOMPRESSED_TABLES = ("stg_messages", "int_messages_data")
+STAGING_CODECS = ("uncompressed", "snappy", "zstd", "gzip", "lz4_raw", "brotli")
 T = TypeVar("T")
 
 
@@ -165,6 +171,30 @@ def parquet_layout(con: duckdb.DuckDBPyConnection) -> None:
               what="setting the workspace's Parquet row group size")
 
 
+def uncompressed(con: duckdb.DuckDBPyConnection, body: Callable[[], T]) -> T:
+    """Run ``body()`` (inside the caller's transaction) with the workspace writing uncompressed Parquet.
+
+    DuckLake's codec is a workspace option and a table's own option dies with ``create or replace``:
+    so the workspace option is set for the body and set back to its value (default snappy) before the
+    transaction commits. Both changes are part of the transaction: a rollback undoes them, and no
+    other connection ever sees the uncompressed setting. A connection without a DuckLake catalog
+    just runs ``body``. ``$WORKBENCH_STAGING_COMPRESSION`` (snappy, zstd, ...) compresses the staging
+    tables after all: about 4.5x less disk for them (the workspace keeps every run's files for time
+    travel), about 1 CPU s more per million rows."""
+    codec = os.environ.get("WORKBENCH_STAGING_COMPRESSION", "uncompressed").lower()
+    if codec not in STAGING_CODECS:
+        raise WorkspaceError(f"WORKBENCH_STAGING_COMPRESSION={codec!r}: use one of {', '.join(STAGING_CODECS)}")
+    try:
+        prev = con.execute(f"select value from ducklake_options('{ALIAS}') "
+                           "where option_name = 'parquet_compression' and scope = 'GLOBAL'").fetchall()
+    except duckdb.Error:
+        return body()
+    con.execute(f"call {ALIAS}.set_option('parquet_compression', {sql_literal(codec)})")
+    out = body()
+    con.execute(f"call {ALIAS}.set_option('parquet_compression', {sql_literal(prev[0][0] if prev else 'snappy')})")
+    return out
+
+
 def connect(path: str | os.PathLike | None = None, *, threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection whose default database is the workspace (catalog ``wb``).
 
@@ -287,6 +317,7 @@ def sql_file_params(name: str | os.PathLike) -> list[str]:
     return list(seen)
 
 
+_CREATE_TABLE = re.compile(r'^\s*create\s+(?:or\s+replace\s+)?table\s+"?(\w+)"?', re.IGNORECASE | re.MULTILINE)
 _CREATE_VIEW = re.compile(r'^\s*create\s+or\s+replace\s+view\s+"?(\w+)"?', re.IGNORECASE | re.MULTILINE)
 
 
@@ -306,9 +337,14 @@ def run_sql_file(con: duckdb.DuckDBPyConnection, name: str | os.PathLike,
     path = sql_path(name)
     text = render_sql(path.read_text(), params, source=str(path))
 
+    plain = any(t.lower() in UNCOMPRESSED_TABLES for t in _CREATE_TABLE.findall(text))
+
     def body(c: duckdb.DuckDBPyConnection) -> None:
         drop_tables_becoming_views(c, text)
-        c.execute(text)
+        if plain:
+            uncompressed(c, lambda: c.execute(text))
+        else:
+            c.execute(text)
 
     try:
         transaction(con, body, what=path.name)
