@@ -1,6 +1,7 @@
 """The workspace: DuckLake store shared by processes, SQL files, retries, snapshots."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -152,3 +153,38 @@ def test_workspace_root_is_the_folder_of_the_catalog(workspace, tmp_path):
     for mod in (bias_report, classifier, cpt, cpt_registry, spark, sweep):
         assert mod.workspace_root is ws.workspace_root, mod.__name__
     assert spark.spark_dir(con) == workspace.absolute() / spark.SPARK_DIR
+
+
+def test_gc_expires_old_snapshots_but_keeps_the_ones_runs_refer_to(con, workspace):
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from workbench.workspace import expire_snapshots, snapshot_id, write_table
+
+    sizes = []
+    for i in range(4):  # four versions of t, each over the inlining limit: a file each
+        write_table(con, "t", pd.DataFrame({"x": range(1000 * (i + 1))}))
+        sizes.append(snapshot_id(con))
+    referenced = sizes[1]
+    write_table(con, "my_runs", pd.DataFrame({"run": ["r1"], "data_snapshot": [referenced]}))
+
+    def files():
+        return sorted(p.name for p in (workspace / "data").rglob("*.parquet"))
+
+    before = files()
+    dry = expire_snapshots(con, older_than_days=0, dry_run=True)
+    assert referenced in dry["kept_referenced"] and referenced not in dry["expired"] and sizes[0] in dry["expired"]
+    assert files() == before and con.execute(f"select count(*) from t at (version => {sizes[0]})").fetchone() == (1000,)
+    env = {**os.environ, "WORKBENCH_HOME": str(workspace)}
+    out = subprocess.run([sys.executable, "-m", "workbench.cli", "gc", "--older-than-days", "0"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "expired" in out.stdout and "deleted 2 data file(s)" in out.stdout  # versions 1 and 3 of t
+    assert len(files()) == len(before) - 2
+    assert con.execute(f"select count(*) from t at (version => {referenced})").fetchone() == (2000,)  # kept
+    assert con.execute("select count(*) from t").fetchone() == (4000,)
+    with pytest.raises(duckdb.Error, match="No snapshot found"):
+        con.execute(f"select count(*) from t at (version => {sizes[0]})").fetchall()
+    assert expire_snapshots(con, older_than_days=30)["expired"] == []  # nothing is 30 days old

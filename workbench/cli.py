@@ -201,6 +201,22 @@ def _cmd_flow(args) -> int:
     return 0
 
 
+def _cmd_gc(args) -> int:
+    from .workspace import connect, expire_snapshots
+
+    try:
+        r = expire_snapshots(connect(args.workspace), older_than_days=args.older_than_days, dry_run=args.dry_run)
+    except ValueError as exc:
+        print(f"workbench gc: {exc}", file=sys.stderr)
+        return 2
+    verb = "would expire" if r["dry_run"] else "expired"
+    print(f"{verb} {len(r['expired'])} snapshot(s) older than {args.older_than_days:g} days; kept "
+          f"{len(r['kept_referenced'])} referenced by workspace tables (runs, models, ...) or current")
+    if not r["dry_run"]:
+        print(f"deleted {r['files_deleted']} data file(s), {r['bytes_deleted'] / 1e6:,.1f} MB")
+    return 0
+
+
 def _cmd_quality(args) -> int:
     from .quality import QualityConfig, quality_report, summary
     from .workspace import connect
@@ -500,6 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
     flw.add_argument("--spark-remote", default="", help="run --engine spark: Spark Connect URL sc://host:15002 "
                      "(default: $SPARK_REMOTE)")
     flw.set_defaults(func=_cmd_flow)
+
+    gc = sub.add_parser("gc", help="expire old snapshots (keeping those runs and models refer to) and delete "
+                                   "the data files only they held")
+    gc.add_argument("--older-than-days", type=float, default=30.0, help="expire snapshots older than this (30)")
+    gc.add_argument("--dry-run", action="store_true", help="say which snapshots would go; change nothing")
+    gc.set_defaults(func=_cmd_gc)
 
     qr = sub.add_parser("quality", help="data quality report on a workspace table (written to quality_report)")
     qr.add_argument("table")

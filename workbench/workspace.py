@@ -386,6 +386,48 @@ def snapshot_id(con: duckdb.DuckDBPyConnection) -> int:
     return int(con.execute(f"select id from {ALIAS}.current_snapshot()").fetchall()[0][0])
 
 
+def expire_snapshots(con: duckdb.DuckDBPyConnection, *, older_than_days: float = 30.0,
+                     dry_run: bool = False) -> dict[str, Any]:
+    """Forget old snapshots and delete the data files only they held (``workbench gc``).
+
+    The workspace keeps every snapshot (time travel), so each rebuild of a table keeps its old files.
+    Expired: snapshots older than ``older_than_days``, except the current one and every snapshot a
+    workspace table refers to (any integer column named ``*snapshot*``: ``runs.data_snapshot``, the
+    model registry, feature versions, ...), so a recorded run can still read its data as it was.
+    Returns the snapshots expired and kept and the files and bytes deleted (``dry_run``: the snapshots
+    that would be expired; nothing changes).
+    """
+    if older_than_days < 0:
+        raise ValueError(f"older_than_days must be 0 or more, not {older_than_days}")
+    current = snapshot_id(con)
+    refs = con.execute("select table_name, column_name from information_schema.columns where table_catalog = ? "
+                       "and lower(column_name) like '%snapshot%' and data_type in ('BIGINT', 'INTEGER', 'UBIGINT')",
+                       [ALIAS]).fetchall()
+    kept = {current}
+    for table, column in refs:
+        kept |= {int(r[0]) for r in con.execute(f'select distinct "{column}" from "{table}" '
+                                                f'where "{column}" is not null').fetchall()}
+    old = [int(r[0]) for r in con.execute(
+        f"select snapshot_id from ducklake_snapshots('{ALIAS}') "
+        "where snapshot_time < now() - to_microseconds(cast(? * 86400e6 as bigint)) order by 1",
+        [older_than_days]).fetchall()]
+    expire = [v for v in old if v not in kept]
+    report: dict[str, Any] = {"expired": expire, "kept_referenced": sorted(v for v in old if v in kept),
+                              "files_deleted": 0, "bytes_deleted": 0, "dry_run": dry_run}
+    if expire:
+        con.execute(f"call ducklake_expire_snapshots('{ALIAS}', dry_run => ?, versions => ?)", [dry_run, expire])
+    if dry_run:  # which files go is known only once the snapshots are expired
+        report["files_deleted"] = report["bytes_deleted"] = None
+        return report
+    files = [r[0] for r in con.execute(f"call ducklake_cleanup_old_files('{ALIAS}', dry_run => true, "
+                                       "cleanup_all => true)").fetchall()]
+    report["files_deleted"] = len(files)
+    report["bytes_deleted"] = sum(os.path.getsize(f) for f in files if os.path.exists(f))
+    if files:
+        con.execute(f"call ducklake_cleanup_old_files('{ALIAS}', cleanup_all => true)")
+    return report
+
+
 # Column names DuckLake keeps for itself while data inlining is on (any case): a table cannot have them.
 LAKE_RESERVED = ("row_id", "begin_snapshot", "end_snapshot")
 
