@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +158,10 @@ def _classic(master: str, cfg: SparkConfig):
                    .config("spark.ui.enabled", "false")
                    .config("spark.ui.showConsoleProgress", "false")
                    .config("spark.sql.warehouse.dir", str(Path(tempfile.gettempdir()) / "workbench-spark-warehouse")))
+        if master.startswith("local") and not os.environ.get("PYSPARK_PYTHON"):
+            # Python UDFs (templates rendered by Jinja) run in this Python, with workbench importable; pyspark's
+            # default is the first python3 on PATH, which outside an activated venv lacks them
+            os.environ["PYSPARK_PYTHON"] = sys.executable
         try:
             spark = builder.getOrCreate()
         except Exception as exc:  # the JVM would not start: Py4J's 'Java gateway process exited'
