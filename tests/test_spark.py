@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 import workbench
-from workbench import data, pipeline, template_sql
+from workbench import data, flows, pipeline, template_sql
 from workbench import spark as wbspark
 from workbench.sample import write_sample
 from workbench.workspace import _config, run_sql_file, workspace_root, write_table
@@ -380,7 +380,7 @@ def connect_server(tmp_path_factory):
 @needs_java
 @pytest.mark.slow
 def test_pipeline_runs_on_spark_connect_with_duckdbs_results(connect_server, workspace, tmp_path):
-    """``workbench run -p engine spark -p spark_remote sc://...``: notebooks 01, 02, 05, 06 through a real
+    """``workbench run -p engine spark -p spark_remote sc://...``: notebooks 01, 02, 05, 06, 11 through a real
     Connect server (each kernel is a Connect client: no JVM of its own), compared with DuckDB; step 05
     renders templates whose Jinja parts run as Arrow UDFs on the server."""
     remote = wbspark.session(remote=connect_server)
@@ -390,11 +390,12 @@ def test_pipeline_runs_on_spark_connect_with_duckdbs_results(connect_server, wor
     tasks = '["intent_classification", "contact_extraction", "reply_generation"]'  # Jinja UDF parts included
     out = pipeline.run({"engine": "spark", "spark_remote": connect_server, "sample_rows": "3000", "split_seed": "3",
                         "template_tasks": tasks, "audit_tokenizer": ""},
-                       only=["01", "02", "05", "06"], workspace=workspace)
-    assert len(list(out.glob("*.ipynb"))) == 4
+                       only=["01", "02", "05", "06", "11"], workspace=workspace)
+    assert len(list(out.glob("*.ipynb"))) == 5
     duck = workbench.connect(tmp_path / "duck")
     data.build_spine(duck, data.sample_dir(rows=3000, seed=7), split_seed=3)
     template_sql.apply_templates(duck, json.loads(tasks), choice="random", seed=7)
+    flows.run_flow(duck, "support_messages")
     duck.close()
     con = attach_both(tmp_path / "duck", workspace)
     for table in ("stg_messages", "int_messages", "examples", "label_pool", "corpus_documents", "sft_examples"):
@@ -402,6 +403,10 @@ def test_pipeline_runs_on_spark_connect_with_duckdbs_results(connect_server, wor
         assert n > 0 and only_a == only_b == 0, table
     n, only_a, only_b = differences(con, "splits", "example_id, split, seed, batch_id")
     assert n > 2000 and only_a == only_b == 0
+    n, only_a, only_b = differences(con, "flow_support_messages")  # step 11: the bundled flow on Spark
+    assert n > 2000 and only_a == only_b == 0
+    n, only_a, only_b = differences(con, "flow_row_fate", "row_key, step_index, step_name, reason")
+    assert n > 0 and only_a == only_b == 0
     assert (workspace / "spark" / "examples").is_dir()  # written by the Connect server, registered here
 
 
