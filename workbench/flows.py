@@ -39,14 +39,12 @@ import pandas as pd
 import yaml
 
 from .flow_steps import STEPS, BadParam, CompiledStep, FlowError, check_params, qi
-from .workspace import transaction
+from .workspace import LAKE_RESERVED, transaction
 
 REPO = Path(__file__).resolve().parent.parent
 FLOW_DIR = REPO / "flows"
 SOURCE_CTE = "source"
 ENGINES = ("duckdb", "spark")  # engine="spark": the same steps on Apache Spark (workbench.spark)
-# Column names the workspace cannot store: DuckLake keeps them for inlined rows (any case)
-RESERVED_COLUMNS = ("row_id", "begin_snapshot", "end_snapshot")
 
 __all__ = ["Flow", "FlowError", "FlowRun", "StepResult", "STEPS", "compile_sql", "load_flow", "preview",
            "run_flow", "save_flow", "source_columns", "validate", "resolve_flow_path", "spark_sql"]
@@ -270,7 +268,7 @@ def validate(flow: Flow, columns: list[str] | duckdb.DuckDBPyConnection) -> list
 def _check_reserved(flow: Flow, plan: list[PlannedStep], columns: list[str]) -> None:
     """The output table cannot hold a column DuckLake reserves: name the step that makes it, up front."""
     for col in columns:
-        if col.lower() not in RESERVED_COLUMNS:
+        if col.lower() not in LAKE_RESERVED:
             continue
         # the step after which the column exists under this name, up to the end
         first = next((p for p in reversed(plan) if col.lower() not in {c.lower() for c in p.columns_in}), None)
@@ -283,7 +281,7 @@ def _check_reserved(flow: Flow, plan: list[PlannedStep], columns: list[str]) -> 
                         if v == col or (isinstance(v, dict) and col in v.values())), None)
             where = f"{flow.where}: step {first.index} ({first.kind})" + (f": field {fld!r}" if fld else "")
         raise FlowError(f"{where}: output column {col!r} is reserved by the workspace (DuckLake keeps "
-                        f"{', '.join(RESERVED_COLUMNS)} for itself, in any case): {fix}")
+                        f"{', '.join(LAKE_RESERVED)} for itself, in any case): {fix}")
 
 
 def _follow_key(key: str | None, kind: str, params: dict[str, Any], compiled: CompiledStep) -> str | None:
