@@ -455,8 +455,8 @@ def _jsonl(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[s
     variants = [(k, name) for k, name in columns if k != name]
     # one parse per line into a struct of VARCHARs (numbers and nested values keep their JSON text)
     structure = "{" + ", ".join(f"{_json_path_key(k)}: \"VARCHAR\"" for k in first.values()) + "}"
-    extra = "".join(f", json_extract_string(raw_line, {sql_literal('$.' + _json_path_key(k))}) as "
-                    _qi(name) for k, name in variants)
+    extra = "".join(f", json_extract_string(raw_line, {sql_literal('$.' + _json_path_key(k))}) as {_qi(name)}"
+                    for k, name in variants)
     sql = ("select source_line" + (f", unnest(from_json(raw_line, {sql_literal(structure)}))" if keys else "")
            + extra + f" from temp.wb_json_parsed{tag} where reason is null")
     con.execute("drop table if exists temp.wb_reject_errors; drop table if exists temp.wb_reject_scans")
