@@ -327,11 +327,29 @@ def test_run_flow_writes_output_stats_and_fates(con):
     assert len(out) + len(fates) == 12
     reasons = dict(con.execute("select step_name, reason from flow_step_stats where run_id = ?", [res.run_id]).fetchall())
     assert reasons["filter"] == "test traffic" and reasons["dedup"] == "exact duplicate on text"
-    run = con.execute("select flow_name, output_table, rows_in, rows_out from flow_runs").fetchall()
-    assert run == [("sample", "flow_sample", 12, 5)]
+    run = con.execute("select flow_name, output_table, rows_in, rows_out, engine, spark_target from flow_runs").fetchall()
+    assert run == [("sample", "flow_sample", 12, 5, "duckdb", None)]
     # a second run appends its own stats
     run_flow(con, flow, output="flow_sample")
     assert con.execute("select count(distinct run_id) from flow_step_stats").fetchone()[0] == 2
+
+
+def test_flow_runs_of_an_older_workspace_gain_the_engine_columns(con):
+    """A workspace whose flow_runs was created before it recorded the engine: the next run adds
+    the columns (DuckLake's alter table), the older rows keep null, the new row names its engine."""
+    con.execute("create table flow_runs (run_id varchar, flow_name varchar, flow_file varchar, source varchar, "
+                "output_table varchar, rows_in bigint, rows_out bigint, started_at timestamp, "
+                "finished_at timestamp, flow_yaml varchar, sql varchar)")
+    con.execute("insert into flow_runs values ('flow-old', 'old', null, 't', 'flow_old', 1, 1, "
+                "'2026-01-01', '2026-01-01', 'name: old', 'select 1')")
+    make(con, [("r1", "a"), ("r2", None)], ["id", "text"], name="tiny_src")
+    flow = Flow.from_dict({"name": "tiny", "source": {"table": "tiny_src"}, "steps": [{"step": "drop_nulls", "columns": ["text"]}]})
+    res = run_flow(con, flow)
+    assert [r[0] for r in con.execute("describe flow_runs").fetchall()][-2:] == ["engine", "spark_target"]
+    got = con.execute("select run_id, rows_out, engine, spark_target from flow_runs order by started_at").fetchall()
+    assert got == [("flow-old", 1, None, None), (res.run_id, 1, "duckdb", None)]
+    run_flow(con, flow)  # the columns are there now: nothing to add
+    assert con.execute("select count(*), count(engine) from flow_runs").fetchone() == (3, 2)
 
 
 def test_row_fates_follow_a_renamed_key_and_count_every_removed_row(con):

@@ -364,6 +364,24 @@ def spark_sql(sql: str) -> str:
     return ";\n".join(out) + ";\n"
 
 
+def spark_target(spark=None) -> str | None:
+    """Where a Spark session runs: its Spark Connect URL (``sc://host:port``) or its master URL
+    (``local[2]``, ``spark://host:7077``); ``spark`` None: the session ``workbench.spark.session()`` holds."""
+    from . import spark as wbspark
+
+    state = wbspark._STATE
+    if spark is None or spark is state["session"]:
+        if state["key"]:
+            return state["key"][1]
+        spark = spark or state["session"]
+    if spark is None:
+        return None
+    if wbspark._is_connect(spark):
+        url = getattr(spark.client._builder, "url", None)  # a parsed http:// form of the sc:// URL
+        return f"sc://{url.netloc}" if url is not None else "sc://"
+    return spark.sparkContext.master
+
+
 def _indent(sql: str) -> str:
     """Four spaces before every line, except lines that continue a string literal (their text is data)."""
     out, in_string = ["    "], False
@@ -463,9 +481,20 @@ create table if not exists flow_row_fate (
 );
 create table if not exists flow_runs (
     run_id varchar, flow_name varchar, flow_file varchar, source varchar, output_table varchar,
-    rows_in bigint, rows_out bigint, started_at timestamp, finished_at timestamp, flow_yaml varchar, sql varchar
+    rows_in bigint, rows_out bigint, started_at timestamp, finished_at timestamp, flow_yaml varchar, sql varchar,
+    engine varchar, spark_target varchar
 );
 """
+# columns flow_runs gained after its first version: added to a workspace's older table on its next run
+# (its older rows keep null: the engine was not recorded then)
+RUNS_ADDED = {"engine": "varchar", "spark_target": "varchar"}
+
+
+def _upgrade_runs(c: duckdb.DuckDBPyConnection) -> None:
+    have = {r[0] for r in c.execute("describe flow_runs").fetchall()}
+    for col, typ in RUNS_ADDED.items():
+        if col not in have:
+            c.execute(f"alter table flow_runs add column {col} {typ}")
 
 
 def run_flow(con: duckdb.DuckDBPyConnection, flow: Flow | str | Path, *, output: str | None = None,
@@ -495,7 +524,9 @@ def run_flow(con: duckdb.DuckDBPyConnection, flow: Flow | str | Path, *, output:
 
         results, staged, fates, cleanup = execute_spark(con, flow, plan, run_id=run_id, types_at=types_at,
                                                         spark=spark)
+        target = spark_target(spark)
     else:
+        target = None
         plan, results, staged, fates = _execute(con, flow, upto=None, limit=5, keep_last=True, fates=True, plan=plan)
         cleanup = lambda: con.execute(f"drop table if exists {staged}")  # noqa: E731
     stats = [(flow.name, run_id, r.index, r.kind, r.rows_in, r.rows_out, r.reason, started) for r in results]
@@ -511,10 +542,13 @@ def run_flow(con: duckdb.DuckDBPyConnection, flow: Flow | str | Path, *, output:
         elif fates:
             c.executemany("insert into flow_row_fate values (?, ?, ?, ?, ?, ?)",
                           [(flow.name, run_id, *f) for f in fates])
-        c.execute("insert into flow_runs values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        _upgrade_runs(c)
+        c.execute("insert into flow_runs by name select ? as run_id, ? as flow_name, ? as flow_file, ? as source, "
+                  "? as output_table, ? as rows_in, ? as rows_out, ? as started_at, ? as finished_at, "
+                  "? as flow_yaml, ? as sql, ? as engine, ? as spark_target",
                   [run_id, flow.name, str(flow.path) if flow.path else None, src, out, results[0].rows_out,
                    results[-1].rows_out, started, dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
-                   flow.to_yaml(), sql])
+                   flow.to_yaml(), sql, engine, target])
 
     try:
         transaction(con, write, what=f"flow {flow.name}" + (" (Spark)" if engine == "spark" else ""))
