@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from workbench.flow_widget import FILE_SOURCE, FlowBuilder
-from workbench.flows import FLOW_DIR, load_flow, run_flow, validate
+from workbench.flows import FLOW_DIR, FlowError, load_flow, run_flow, validate
+from workbench.workspace import table_exists
 
 MESSAGES = [
     # message_id, created_at, channel, text, intent
@@ -81,7 +82,7 @@ def test_build_the_sample_flow_by_clicks(builder, con, tmp_path):
     assert [p.params for p in validate(built, con)] == [p.params for p in validate(target, con)]
 
     b.preview_button.click()
-    assert "preview:" in b.status.value, b.status.value
+    assert "preview on DuckDB:" in b.status.value, b.status.value
     counts = [(r.kind, r.rows_in, r.rows_out) for r in b.last_preview]
     assert counts[0] == ("source", 14, 14) and len(counts) == len(target.steps) + 1
     assert "<td>near_dedup</td>" in b.counts.value and "first rows after" in b.rows.value
@@ -172,3 +173,25 @@ def test_open_an_existing_flow_and_file_source(builder, tmp_path):
     b.add_button.click()
     b.preview_button.click()
     assert [r.rows_out for r in b.last_preview] == [2, 1]
+
+
+def test_engine_is_shown_and_a_bad_spark_target_is_reported(con, tmp_path):
+    """Preview and Run name their engine; a Spark master URL that is not one fails in the status line
+    (before any Spark starts) and nothing is written."""
+    make_stg_messages(con)
+    with pytest.raises(FlowError, match="engine 'polars'"):
+        FlowBuilder(con, flow_dir=tmp_path, engine="polars")
+    b = FlowBuilder(con, FLOW_DIR / "support_messages.yaml", flow_dir=tmp_path)
+    assert b.engine.value == "duckdb" and "<b>DuckDB</b>" in b.engine_info.value
+    b = FlowBuilder(con, FLOW_DIR / "support_messages.yaml", flow_dir=tmp_path, engine="spark",
+                    spark_master="locl[2]")
+    assert "Preview and Run use <b>Spark locl[2]</b>" in b.engine_info.value
+    b.run_button.click()
+    assert "spark_master 'locl[2]'" in b.status.value and "color:#b00020" in b.status.value
+    b.preview_button.click()
+    assert "spark_master 'locl[2]'" in b.status.value and b.last_preview is None
+    assert not table_exists(con, "flow_support_messages") and not table_exists(con, "flow_runs")
+    b.engine.value = "duckdb"  # the menu switches the engine
+    assert "<b>DuckDB</b>" in b.engine_info.value
+    b.preview_button.click()
+    assert "preview on DuckDB: 14 rows in" in b.status.value

@@ -5,7 +5,10 @@
 Pick a source table (or a file), add steps from the menu, reorder or remove them, fill each step's
 form (built from the step's fields in ``flow_steps.STEPS``), then Preview (row counts after every
 step and the first rows after the selected one), Save (``flows/<name>.yaml``), Export SQL
-(``sql/<file>.sql``) or Run (writes the output table and the row accounting). Everything the
+(``sql/<file>.sql``) or Run (writes the output table and the row accounting). Preview and Run use
+the engine shown under the buttons: DuckDB, or Apache Spark for a flow meant for it
+(``FlowBuilder(conn, engine="spark", spark_master="local[2]")`` or ``spark_remote="sc://host:15002"``,
+the names of ``workbench flow run`` and notebook 11; the engine menu switches). Everything the
 buttons do is plain Python on the builder (``builder.flow()``, ``builder.preview()``), and tests
 drive it by setting widget values and calling ``button.click()``.
 """
@@ -20,7 +23,8 @@ import ipywidgets as w
 import yaml
 
 from .flow_steps import STEPS, Field
-from .flows import FLOW_DIR, Flow, FlowError, compile_sql, load_flow, preview, run_flow, save_flow, validate
+from .flows import ENGINES, FLOW_DIR, Flow, FlowError, compile_sql, load_flow, preview, run_flow, save_flow, validate
+from .spark import SparkError
 from .workspace import ALIAS, SQL_DIR
 
 FILE_SOURCE = "(file)"
@@ -37,8 +41,14 @@ class FlowBuilder:
     """Widgets and their callbacks; ``widget`` is the VBox to display."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, flow: Flow | str | Path | None = None, *,
-                 flow_dir: str | Path = FLOW_DIR, sql_dir: str | Path = SQL_DIR, preview_rows: int = 5):
+                 flow_dir: str | Path = FLOW_DIR, sql_dir: str | Path = SQL_DIR, preview_rows: int = 5,
+                 engine: str = "duckdb", spark_master: str = "", spark_remote: str = ""):
+        if engine not in ENGINES:
+            raise FlowError(f"engine {engine!r}: use one of {', '.join(ENGINES)}")
         self.con, self.flow_dir, self.sql_dir, self.preview_rows = con, Path(flow_dir), Path(sql_dir), preview_rows
+        # engine "spark": where Preview and Run start (or find) the session, as `workbench flow run` takes them
+        self.spark_master, self.spark_remote = spark_master, spark_remote   # "": $SPARK_REMOTE, else the
+        # running session, else $WORKBENCH_SPARK_MASTER or local[*] (workbench.spark.session)
         self.steps: list[dict[str, Any]] = []
         self.fields: dict[str, w.Widget] = {}   # the selected step's form, by field name
         self.last_preview = None                # list[StepResult] of the last Preview
@@ -68,6 +78,9 @@ class FlowBuilder:
         self.sql_file = w.Text(description="SQL file", placeholder="11_flow_<name>.sql", layout=lay())
         self.export_button = w.Button(description="Export SQL", icon="file-code-o")
         self.run_button = w.Button(description="Run", icon="play", button_style="success")
+        self.engine = w.Dropdown(options=[("DuckDB", "duckdb"), ("Spark", "spark")], value=engine,
+                                 description="engine", layout=lay())
+        self.engine_info = w.HTML()
         self.status = w.HTML()
         self.counts = w.HTML()
         self.rows = w.HTML()
@@ -85,6 +98,7 @@ class FlowBuilder:
         self.steps_list.observe(lambda ch: self._show_form(), names="value")
         self.source.observe(lambda ch: self._source_changed(), names="value")
         self.source_file.observe(lambda ch: self._source_changed(), names="value")
+        self.engine.observe(lambda ch: self._show_engine(), names="value")
 
         self.widget = w.VBox([
             w.HBox([self.load_menu, self.load_button]),
@@ -93,9 +107,11 @@ class FlowBuilder:
             w.HBox([self.steps_list, w.VBox([self.up_button, self.down_button, self.remove_button])]),
             self.form_title, self.form,
             w.HBox([self.preview_button, self.save_button, self.sql_file, self.export_button, self.run_button]),
+            w.HBox([self.engine, self.engine_info]),
             self.status, self.counts, self.rows,
         ])
         self._source_changed()
+        self._show_engine()
         if flow is not None:
             self.load(flow)
 
@@ -309,12 +325,35 @@ class FlowBuilder:
     def _guard(self, action) -> None:
         try:
             action()
-        except (FlowError, ValueError, FileNotFoundError, duckdb.Error) as exc:
+        except (FlowError, SparkError, ValueError, FileNotFoundError, duckdb.Error) as exc:
             self._say(str(exc), error=True)
+
+    @property
+    def engine_target(self) -> str:
+        """Where Preview and Run execute, in words: ``DuckDB``, ``Spark local[2]``, ``Spark Connect sc://...``."""
+        if self.engine.value == "duckdb":
+            return "DuckDB"
+        if self.spark_remote:
+            return f"Spark Connect {self.spark_remote}"
+        if self.spark_master:
+            return f"Spark {self.spark_master}"
+        return "Spark (the running session, else $SPARK_REMOTE, $WORKBENCH_SPARK_MASTER or local[*])"
+
+    def _show_engine(self) -> None:
+        self.engine_info.value = f"Preview and Run use <b>{html.escape(self.engine_target)}</b>"
+
+    def _spark(self):
+        """The Spark session of engine "spark" (started on first use), else None."""
+        if self.engine.value != "spark":
+            return None
+        from .spark import session
+
+        return session(master=self.spark_master or None, remote=self.spark_remote or None)
 
     def preview(self):
         """Row counts after every step, and the first rows after the selected step (or the last)."""
-        results = preview(self.con, self.flow(), limit=self.preview_rows)
+        results = preview(self.con, self.flow(), limit=self.preview_rows, engine=self.engine.value,
+                          spark=self._spark())
         self.last_preview = results
         rows = "".join(f"<tr><td>{r.index}</td><td>{html.escape(r.kind)}</td><td>{r.rows_in:,}</td>"
                        f"<td>{r.rows_out:,}</td><td>{r.removed:,}</td><td>{html.escape(r.reason or '')}</td></tr>"
@@ -324,7 +363,8 @@ class FlowBuilder:
         at = results[min(self.selected + 1, len(results) - 1)] if self.selected is not None else results[-1]
         self.rows.value = (f"<b>first rows after {'the source' if at.index == 0 else f'step {at.index} ({at.kind})'}"
                            f"</b>" + at.head.to_html(index=False, max_cols=12))
-        self._say(f"preview: {results[0].rows_out:,} rows in, {results[-1].rows_out:,} rows out")
+        self._say(f"preview on {self.engine_target}: {results[0].rows_out:,} rows in, "
+                  f"{results[-1].rows_out:,} rows out")
         return results
 
     def save(self) -> Path:
@@ -347,7 +387,7 @@ class FlowBuilder:
         return path
 
     def run(self):
-        res = run_flow(self.con, self.flow())
+        res = run_flow(self.con, self.flow(), engine=self.engine.value, spark=self._spark())
         self.last_preview = res.steps
-        self._say(f"run {res.run_id}: wrote {res.output} ({res.steps[-1].rows_out:,} rows)")
+        self._say(f"run {res.run_id} on {self.engine_target}: wrote {res.output} ({res.steps[-1].rows_out:,} rows)")
         return res

@@ -466,9 +466,21 @@ def _execute(con: duckdb.DuckDBPyConnection, flow: Flow, *, upto: int | None, li
 
 
 def preview(con: duckdb.DuckDBPyConnection, flow: Flow, *, upto: int | None = None,
-            limit: int = 5) -> list[StepResult]:
-    """Row counts and first rows after the source and after each step (nothing is written)."""
-    return _execute(con, flow, upto=upto, limit=limit)[1]
+            limit: int = 5, engine: str = "duckdb", spark=None) -> list[StepResult]:
+    """Row counts and first rows after the source and after each step (nothing is written).
+    ``engine="spark"``: the steps run on Spark (``spark``, else ``workbench.spark.session()``)."""
+    if engine not in ENGINES:
+        raise FlowError(f"engine {engine!r}: use one of {', '.join(ENGINES)}")
+    if engine == "duckdb":
+        return _execute(con, flow, upto=upto, limit=limit)[1]
+    from .spark_flows import execute_spark
+
+    plan = validate(flow, con)[:upto]
+    results, _, _, cleanup = execute_spark(
+        con, flow, plan, run_id=f"preview-{secrets.token_hex(4)}", spark=spark, limit=limit, write=False,
+        types_at=lambda k: {r[0]: r[1] for r in con.execute(f"describe {_query(flow, plan[:k])}").fetchall()})
+    cleanup()
+    return results
 
 
 _STATS_DDL = """

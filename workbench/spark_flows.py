@@ -30,12 +30,13 @@ from .workspace import sql_literal
 
 
 def execute_spark(con: duckdb.DuckDBPyConnection, flow: Flow, plan: list[PlannedStep], *, run_id: str,
-                  types_at: Callable[[int], dict[str, str]], spark=None,
-                  limit: int = 5) -> tuple[list[StepResult], str, str | None, Callable]:
+                  types_at: Callable[[int], dict[str, str]], spark=None, limit: int = 5,
+                  write: bool = True) -> tuple[list[StepResult], str | None, str | None, Callable]:
     """Run a validated flow on Spark; returns the step results, the staged output and fates (DuckDB
     relations over their Parquet files; fates None when no step names removed rows) and a cleanup
     function (unpersist, drop the temp views, remove the staging folder) to call after registering.
-    ``types_at(k)``: column → DuckDB type after the first ``k`` steps (0: the source)."""
+    ``types_at(k)``: column → DuckDB type after the first ``k`` steps (0: the source). ``write=False``
+    (a preview): only the step results; nothing is staged (output and fates None)."""
     from . import spark as wbspark
 
     spark = spark or wbspark.session()
@@ -81,6 +82,8 @@ def execute_spark(con: duckdb.DuckDBPyConnection, flow: Flow, plan: list[Planned
                             f"{lit(compiled.reason)} as reason from (select cast({qi(p.key_in)} as varchar) as row_key "
                             f"from {prev} except all select cast({qi(p.key_out)} as varchar) from {cur}) as gone")
             results.append(StepResult(p.index, p.kind, results[-1].rows_out, rows_out, compiled.reason, head))
+        if not write:
+            return results, None, None, cleanup
         types = types_at(len(plan))
         try:
             wbspark.write_dataset(df, stage / "output", types)
