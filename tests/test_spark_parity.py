@@ -5,11 +5,15 @@ Tiny tables and files on the shared session-scoped ``local[2]`` session; skipped
 """
 from __future__ import annotations
 
+import re
+
 import pytest
 
+import workbench
 from workbench import data
 from workbench.flow_widget import FlowBuilder
 from workbench.flows import Flow, run_flow
+from workbench.workspace import table_exists
 
 from test_flow_widget import make_stg_messages
 from test_spark import needs_java, spark  # noqa: F401  (the session-scoped local[2] Spark fixture)
@@ -31,19 +35,10 @@ def rows(con, sql: str, params=()) -> list[tuple]:
     return sorted(con.execute(sql, list(params)).fetchall(), key=lambda r: tuple((v is None, str(v)) for v in r))
 
 
-def test_flow_runs_record_the_engine_and_spark_target(con, spark):
-    make_stg_messages(con)
-    flow = Flow.from_dict(SMALL_FLOW)
-    runs = [run_flow(con, flow, output=f"small_{e}", engine=e, spark=spark if e == "spark" else None)
-            for e in ("duckdb", "spark")]
-    got = con.execute("select run_id, engine, spark_target from flow_runs order by started_at").fetchall()
-    assert got == [(runs[0].run_id, "duckdb", None), (runs[1].run_id, "spark", "local[2]")]
-    assert rows(con, "select * from small_duckdb") == rows(con, "select * from small_spark")
-
-
 def test_flow_builder_previews_and_runs_on_spark(con, spark, tmp_path):
     """The builder's buttons with engine="spark": Preview and Run on the local session, with the step
-    counts and output DuckDB gives (the same builder switched to DuckDB), and flow_runs says Spark."""
+    counts and output DuckDB gives (the same builder switched to DuckDB); flow_runs records each run's
+    engine and Spark target (the master URL; null on DuckDB)."""
     make_stg_messages(con)
     b = FlowBuilder(con, Flow.from_dict(SMALL_FLOW), flow_dir=tmp_path, engine="spark", spark_master="local[2]")
     assert "Preview and Run use <b>Spark local[2]</b>" in b.engine_info.value
@@ -64,3 +59,63 @@ def test_flow_builder_previews_and_runs_on_spark(con, spark, tmp_path):
     assert rows(con, "select * from flow_small") == spark_rows
     assert con.execute("select engine, spark_target from flow_runs order by started_at").fetchall() == [
         ("spark", "local[2]"), ("duckdb", None)]
+
+
+# ---------------------------------------------------------------------------------------- lone CR line ends
+
+CR_FILES = {  # lines ending with \r alone (old Mac): each engine reads them with the same rows and ids
+    "cr_plain.csv": b'id,text\r1,hello\r2,"a, ""b"""\r3,x',  # no line end after the last line
+    # blank lines and \r in quoted fields (data) are not counted by DuckDB's line numbers: 3,... is line 3
+    "cr_multi_line.csv": b'id,text\r1,"multi\rline"\r\r3," two\r\rbreaks"\r4,y\r\r',
+}
+CR_REFUSED = {  # refused by both engines, naming the file
+    "cr_reject.csv": b'id,text\r1,hello\r3\r4,ok\r',  # a record with too few fields: cannot be numbered
+    "cr_then_lf.csv": b'id,text\r1,hello\n2,x\r',  # mixed lone \r and \n line ends
+}
+
+
+def _ingested(con, report) -> tuple:
+    return (report, con.execute("select * from t order by source_file, source_line").fetchall(),
+            con.execute("select source_row_id, source_line, reason, raw_line from ingest_rejects").fetchall())
+
+
+def test_lone_cr_csv_ingests_as_on_duckdb(spark, tmp_path):
+    for name, body in CR_FILES.items():
+        (tmp_path / name).write_bytes(body)
+    files = [tmp_path / n for n in CR_FILES]
+    got = {}
+    for engine in ("duckdb", "spark"):
+        con = workbench.connect(tmp_path / engine)
+        got[engine] = _ingested(con, data.ingest(con, files, table="t", engine=engine, fmt="csv"))
+        con.close()
+    assert got["spark"] == got["duckdb"]
+    report, rows, rejects = got["duckdb"]
+    assert [r["rows"] for r in report.values()] == [3, 3] and not rejects
+    ids = {r[0]: r[3:] for r in rows}
+    assert ids["cr_plain.csv:3"] == ("2", 'a, "b"') and ids["cr_plain.csv:4"] == ("3", "x")
+    assert ids["cr_multi_line.csv:2"] == ("1", "multi\rline") and ids["cr_multi_line.csv:3"] == ("3", " two\r\rbreaks")
+
+
+@pytest.mark.parametrize("name", sorted(CR_REFUSED))
+def test_lone_cr_csv_that_cannot_be_read_alike_is_refused_on_both(spark, tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(CR_REFUSED[name])
+    for engine in ("duckdb", "spark"):
+        con = workbench.connect(tmp_path / engine)
+        with pytest.raises(data.IngestError, match=re.escape(f"{path}: ")):
+            data.ingest(con, [path], table="t", engine=engine, fmt="csv")
+        assert not table_exists(con, "t")
+        con.close()
+
+
+def test_lone_cr_csv_as_a_flow_source(con, spark, tmp_path):
+    path = tmp_path / "cr_source.csv"
+    path.write_bytes(CR_FILES["cr_multi_line.csv"] + b"5,Hello\r6,hello\r")
+    flow = Flow.from_dict({"name": "cr", "source": {"file": str(path)}, "key": "id", "steps": [
+        {"step": "normalize_text", "column": "text", "lowercase": True},
+        {"step": "dedup", "columns": ["text"]}]})
+    for e in ("duckdb", "spark"):
+        run_flow(con, flow, output=f"cr_{e}", engine=e, spark=spark if e == "spark" else None)
+    assert rows(con, "select * from cr_spark") == rows(con, "select * from cr_duckdb")
+    assert rows(con, "select id, text from cr_duckdb") == [
+        ("1", "multi line"), ("3", "two breaks"), ("4", "y"), ("5", "hello")]  # whitespace collapsed

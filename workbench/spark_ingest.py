@@ -188,24 +188,28 @@ def _csv_spark(spark, path: Path, keep: list):
     delim = "\t" if path.name.lower().endswith((".tsv", ".tsv.gz")) else ","
     d = "\\t" if delim == "\t" else ","
     pat = _csv_patterns(d)
-    body = F.regexp_replace("value", "\r\\z", "")  # a line without its line end
-    lines = _cached(numbered_lines(spark, path, "\n").select(
+    cr = cr_line_ends(path)  # old Mac line ends: lines split at \r (a \r in a quoted field is a line break)
+    eol = "\r" if cr else "\n"
+    body = F.col("value") if cr else F.regexp_replace("value", "\r\\z", "")  # a line without its line end
+    lines = _cached(numbered_lines(spark, path, eol).select(
         "line", "value", F.is_valid_utf8("value").alias("utf8"),
         (body.rlike(pat["opens"]) & (F.col("line") > 1)).alias("opens"), body.rlike(pat["stays"]).alias("stays")), keep)
     # one pass: the header, the lines that open a record over several lines, the last that closes one
     stats = lines.agg(F.first(F.when(F.col("line") == 1, F.col("value")), ignorenulls=True).alias("header"),
                       F.sort_array(F.collect_list(F.when(F.col("opens"), F.col("line")))).alias("openers"),
                       F.max(F.when(~F.col("stays"), F.col("line"))).alias("last_closer"),
-                      F.min(F.when(body.contains("\r"), F.col("line"))).alias("first_cr")).collect()[0]
+                      F.min(F.when(body.contains("\r"), F.col("line"))).alias("first_cr"),
+                      F.count(F.when((body == "") & (F.col("line") > 1), 1)).alias("blanks")).collect()[0]
+    if stats["first_cr"] == 1:  # lines ending with \r alone (cr_line_ends) and with \n: refused as DuckDB does
+        raise IngestError(f"{path}: cannot read as csv: line 1: a carriage return (\\r) that ends no line in the "
+                          "header: the file mixes line ends \\r and \\n (DuckDB's strict CSV reader refuses it); "
+                          "convert its line ends to \\n")
     head = stats["header"]
     header = next(csv.reader([head.removesuffix("\r")], delimiter=delim), None) if head is not None else None
     names = _header_names(header, path)
     if any(ord(ch) < 32 for n in names for ch in n):
         raise IngestError(f"{path}: line 1: a column name holds a control character")
     n_cols = len(names)
-    if stats["first_cr"] == 1:
-        raise IngestError(f"{path}: line 1: a carriage return (\\r) that ends no line in the header: a file whose "
-                          "lines end with \\r alone cannot be read by the Spark ingest; convert its line ends to \\n")
     lines = lines.where("line > 1")
     spans, unterminated = _multi_line_records(lines, list(stats["openers"]), stats["last_closer"] or 0)
     one = lines.where(body != "")
@@ -216,7 +220,7 @@ def _csv_spark(spark, path: Path, keep: list):
         multi = spark.createDataFrame(spans, "start long, stop long").select(
             F.col("start").alias("rec"), F.explode(F.sequence("start", "stop")).alias("line"))
         records = records.join(F.broadcast(multi) if len(spans) < 100_000 else multi, "line", "left_anti")
-        text = F.array_join(F.transform(F.col("parts"), lambda x: x["value"]), "\n")
+        text = F.array_join(F.transform(F.col("parts"), lambda x: x["value"]), eol)
         if _mixed_line_ends(path):  # DuckDB's ingest reads such a file with every \r\n as \n
             text = F.replace(text, F.lit("\r\n"), F.lit("\n"))
         grouped = (lines.join(multi, "line").groupBy("rec")
@@ -271,7 +275,47 @@ def _csv_spark(spark, path: Path, keep: list):
                 F.lit(f"swallowed by the unterminated quoted field that starts at line {unterminated}")).alias("reason"),
             _raw_line(body).alias("raw_line"))
         rejects = rejects.unionByName(rest)
+    if cr:
+        rows = _cr_numbering(rows, rejects, path, renumber=bool(spans or stats["blanks"]))
     return rows, rejects
+
+
+def cr_line_ends(path: Path) -> bool:
+    """True when the file's lines end with ``\\r`` alone (old Mac): it has a ``\\r`` and no ``\\n``.
+    Stops at the first ``\\n`` (the first block of a file with ``\\n`` line ends)."""
+    from .data import _CHUNK, _open_bytes
+
+    seen_cr = False
+    with _open_bytes(path) as f:
+        while chunk := f.read(_CHUNK):
+            if b"\n" in chunk:
+                return False
+            seen_cr = seen_cr or b"\r" in chunk
+    return seen_cr
+
+
+def _cr_numbering(rows, rejects, path: Path, *, renumber: bool):
+    """The rows of a file whose lines end with ``\\r`` alone, numbered as DuckDB's ingest numbers them.
+
+    DuckDB's ingest counts lines by ``\\n``, so in such a file a row's ``source_line`` is its record's
+    ordinal + 1 (the header is line 1): blank lines and the line breaks inside quoted fields are not
+    counted (``renumber``: the file has some, so the ordinals differ from the physical lines). It cannot
+    place a rejected record in such a file and refuses it: so does this, naming the first bad line."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from .data import IngestError
+
+    bad = rejects.orderBy("source_line").limit(1).collect()
+    if bad:
+        raise IngestError(f"{path}: line {bad[0]['source_line']}: {bad[0]['reason']}: the file's lines end with "
+                          "\\r alone (old Mac), and the ingest cannot number the lines of such a file that holds a "
+                          "rejected record (DuckDB's ingest counts lines by \\n); fix the record, or convert "
+                          "the line ends to \\n")
+    if not renumber:
+        return rows
+    ordinal = F.row_number().over(Window.orderBy("source_line")) + 1
+    return rows.withColumn("source_line", ordinal.cast("long"))
 
 
 def _multi_line_records(lines, openers: list[int], last_closer: int) -> tuple[list[tuple[int, int]], int | None]:
