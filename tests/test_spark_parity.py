@@ -119,3 +119,50 @@ def test_lone_cr_csv_as_a_flow_source(con, spark, tmp_path):
     assert rows(con, "select * from cr_spark") == rows(con, "select * from cr_duckdb")
     assert rows(con, "select id, text from cr_duckdb") == [
         ("1", "multi line"), ("3", "two breaks"), ("4", "y"), ("5", "hello")]  # whitespace collapsed
+
+
+# ---------------------------------------------------------------------------------------- numeric text casts
+
+N = None
+# text -> DuckDB's try_cast as integer, bigint, double: the reference the Spark flow path must give
+NUMERIC_TEXT = [
+    ("0x10", 16, 16, N), ("0X1F", 31, 31, N), ("0x1_0", 16, 16, N), ("0x0000000000000000010", 16, 16, N),
+    ("0xFFFFFFFF", N, 4294967295, N), ("0x7FFFFFFFFFFFFFFF", N, 9223372036854775807, N),
+    ("0x8000000000000000", N, N, N), ("0x1FFFFFFFFFFFFFFFF", N, N, N), ("0x0", 0, 0, N),
+    ("-0x10", N, N, N), ("+0x10", N, N, N), (" 0x10 ", N, N, N), ("0x", N, N, N), ("0xg", N, N, N),
+    ("0x10.5", N, N, N), ("0b101", 5, 5, N), ("0B11", 3, 3, N), ("0o17", N, N, N),
+    ("+5", 5, 5, 5.0), (" 7 ", 7, 7, 7.0), ("\t8\n", 8, 8, 8.0), ("\xa05", N, N, N),
+    ("1e3", 1000, 1000, 1000.0), ("1.5e1", 15, 15, 15.0), ("1e-1", 0, 0, 0.1), ("4.5e-1", 0, 0, 0.45),
+    ("1.25e1", 13, 13, 12.5), ("1e10", N, 10000000000, 1e10),
+    ("1_000", 1000, 1000, 1000.0), ("1_000.5", 1001, 1001, 1000.5), ("1e1_0", N, 10000000000, 1e10),
+    ("1__0", N, N, N), ("_1", N, N, N), ("1_", N, N, N),
+    (".5", 1, 1, 0.5), ("-.5", -1, -1, -0.5), ("5.", 5, 5, 5.0), (".", N, N, N), ("", N, N, N), ("  ", N, N, N),
+    ("2.5", 3, 3, 2.5), ("-2.5", -3, -3, -2.5), ("1.4999999999", 1, 1, 1.4999999999),
+    ("2147483647.5", N, 2147483648, 2147483647.5), ("1,000", N, N, N), ("00012", 12, 12, 12.0),
+    ("inf", N, N, float("inf")), ("1d", N, N, N), ("1f", N, N, N), ("١٢", N, N, N),
+]
+
+
+def test_numeric_text_casts_match_duckdb(con, spark):
+    """The select step's casts (try_cast) and a filter's cast of text: the table above on both engines;
+    then cast (safe_cast: false) of the values both read."""
+    con.execute("create table nums (id integer, i varchar, b varchar, d varchar)")
+    con.executemany("insert into nums values (?, ?, ?, ?)", [(k, t, t, t) for k, (t, *_) in enumerate(NUMERIC_TEXT)])
+    flow = Flow.from_dict({"name": "nums", "source": {"table": "nums"}, "steps": [
+        {"step": "filter", "where": "try_cast(i as bigint) is distinct from 16", "reason": "hex 16"},
+        {"step": "select", "cast": {"i": "integer", "b": "bigint", "d": "double"}}]})
+    got = {}
+    for e in ("duckdb", "spark"):
+        run_flow(con, flow, output=f"nums_{e}", engine=e, spark=spark if e == "spark" else None)
+        got[e] = {r[0]: r[1:] for r in con.execute(f"select * from nums_{e}").fetchall()}
+    kept = {k: want for k, (t, *want) in enumerate(NUMERIC_TEXT) if want[1] != 16}
+    assert {k: list(v) for k, v in got["duckdb"].items()} == kept  # the table is DuckDB's
+    assert got["spark"] == got["duckdb"]
+
+    flow = Flow.from_dict({"name": "strict", "source": {"table": "nums"}, "steps": [
+        {"step": "filter", "where": f"id in ({', '.join(str(k) for k, r in enumerate(NUMERIC_TEXT) if r[2] is not None)})"},
+        {"step": "select", "columns": ["id", "b"], "cast": {"b": "bigint"}, "safe_cast": False}]})
+    for e in ("duckdb", "spark"):
+        run_flow(con, flow, output=f"strict_{e}", engine=e, spark=spark if e == "spark" else None)
+    assert rows(con, "select * from strict_spark") == rows(con, "select * from strict_duckdb")
+    assert len(rows(con, "select * from strict_duckdb")) == sum(r[2] is not None for r in NUMERIC_TEXT)

@@ -144,21 +144,70 @@ def _spark_sql(sql: str, where: str, types: dict[str, str] | None = None) -> str
         raise FlowError(str(exc)) from None
 
 
+# Numeric text as DuckDB's casts read it, in DuckDB SQL over the column ``__c`` (to_spark_sql turns the
+# regexes into Java's): hexadecimal '0x1F' and binary '0b101' (no sign, no spaces, '_' between digits;
+# over 64 bits: a value no integer type holds), '_' between two digits ('1_000'), the fraction cut
+# after 9 digits (the decimal(38, 9) cast would round 1.4999999999 up to 1.5). A text DuckDB refuses
+# but Spark's parser takes (non-ASCII digits '١٢', a misplaced '_') is passed on as is or made
+# unparsable, so a cast fails (or try_cast gives null) on both engines.
+_INT_TEXT = r"""case
+    when regexp_matches(__c, '^0[xX][0-9a-fA-F]+(_[0-9a-fA-F]+)*$') then
+        case when length(regexp_replace(replace(substr(__c, 3), '_', ''), '^0+([0-9a-fA-F])', '\1', 'g')) > 16
+             then '1e30'
+             else conv(regexp_replace(replace(substr(__c, 3), '_', ''), '^0+([0-9a-fA-F])', '\1', 'g'), 16, 10) end
+    when regexp_matches(__c, '^0[bB][01]+(_[01]+)*$') then
+        case when length(regexp_replace(replace(substr(__c, 3), '_', ''), '^0+([01])', '\1', 'g')) > 64
+             then '1e30'
+             else conv(regexp_replace(replace(substr(__c, 3), '_', ''), '^0+([01])', '\1', 'g'), 2, 10) end
+    when octet_length(__c) <> length(__c) then '_' || __c
+    when regexp_matches(__c, '(^|[^0-9])_|_([^0-9]|$)') then __c
+    else regexp_replace(replace(__c, '_', ''), '(\.[0-9]{9})[0-9]+', '\1', 'g')
+end"""
+# ... and for a cast to DOUBLE: '_' between digits; Java's '1d' / '1f' suffixes (Spark reads 1.0) refused
+_DOUBLE_TEXT = r"""case
+    when octet_length(__c) <> length(__c) then '_' || __c
+    when regexp_matches(__c, '(^|[^0-9])_|_([^0-9]|$)|[0-9.][dDfF]\s*$') then '_' || __c
+    else replace(__c, '_', '')
+end"""
+
+
+def _text_expr(template: str, column):
+    """``template`` (DuckDB SQL over ``__c``) as a SQLGlot tree over ``column``."""
+    import sqlglot
+    from sqlglot import exp
+
+    tree = sqlglot.parse_one(template, read="duckdb")
+    for c in list(tree.find_all(exp.Column)):
+        if c.name == "__c":
+            c.replace(column.copy())
+    return tree
+
+
 def _int_casts(tree, types: dict[str, str]):
     """``cast(x as integer)`` (and bigint, try_cast) of a text or fractional column as DuckDB computes
     it: DuckDB rounds (text '2.5' and DECIMAL half away from zero to 3, DOUBLE half to even to 2);
     Spark rejects the text '2.5' and truncates 2.5 to 2. On Spark the value is rounded first: text
     through decimal(38, 9) (exact) with ``round``, DOUBLE / FLOAT with ``bround`` (half to even).
-    Left different: hexadecimal text ('0x10': 16 on DuckDB, null on Spark)."""
+    Text is read as DuckDB reads it (``_INT_TEXT``): hexadecimal '0x10' is 16, binary '0b101' 5,
+    '1_000' 1000 (Spark: null); a cast of text to DOUBLE likewise (``_DOUBLE_TEXT``). The table of
+    cases both engines agree on is in tests/test_spark_parity.py."""
     from sqlglot import exp
 
     ints = {exp.DataType.Type.INT, exp.DataType.Type.BIGINT, exp.DataType.Type.SMALLINT, exp.DataType.Type.TINYINT}
+    floats = {exp.DataType.Type.DOUBLE, exp.DataType.Type.FLOAT}
     for n in list(tree.find_all(exp.Cast)):  # TryCast included
-        if n.to.this not in ints or not isinstance(n.this, exp.Column):
+        if not isinstance(n.this, exp.Column):
             continue
         t = types.get(n.this.name, "")
+        if n.to.this in floats:
+            if t == "VARCHAR":
+                n.set("this", _text_expr(_DOUBLE_TEXT, n.this))
+            continue
+        if n.to.this not in ints:
+            continue
         if t == "VARCHAR":
             inner = n.copy()  # the same kind of cast (try_cast stays try_cast)
+            inner.set("this", _text_expr(_INT_TEXT, n.this))
             inner.set("to", exp.DataType.build("decimal(38, 9)"))
             n.set("this", exp.Round(this=inner))
         elif t in ("DOUBLE", "FLOAT"):  # DuckDB rounds these half to even (2.5 gives 2)
