@@ -146,8 +146,9 @@ def _spark_sql(sql: str, where: str, types: dict[str, str] | None = None) -> str
 
 # Numeric text as DuckDB's casts read it, in DuckDB SQL over the column ``__c`` (to_spark_sql turns the
 # regexes into Java's): hexadecimal '0x1F' and binary '0b101' (no sign, no spaces, '_' between digits;
-# over 64 bits: a value no integer type holds), '_' between two digits ('1_000'), the fraction cut
-# after 9 digits (the decimal(38, 9) cast would round 1.4999999999 up to 1.5). A text DuckDB refuses
+# over 64 bits: a value no integer type holds), '_' between two digits ('1_000'), the written fraction
+# cut after 9 digits (the decimal(38, 18) cast would round 1.4999999999999999999 up to 1.5; an
+# exponent down to e-9 then still leaves at most 18 fraction digits, so the value is exact). A text DuckDB refuses
 # but Spark's parser takes (non-ASCII digits '١٢', a misplaced '_') is passed on as is or made
 # unparsable, so a cast fails (or try_cast gives null) on both engines.
 _INT_TEXT = r"""case
@@ -187,7 +188,7 @@ def _int_casts(tree, types: dict[str, str]):
     """``cast(x as integer)`` (and bigint, try_cast) of a text or fractional column as DuckDB computes
     it: DuckDB rounds (text '2.5' and DECIMAL half away from zero to 3, DOUBLE half to even to 2);
     Spark rejects the text '2.5' and truncates 2.5 to 2. On Spark the value is rounded first: text
-    through decimal(38, 9) (exact) with ``round``, DOUBLE / FLOAT with ``bround`` (half to even).
+    through decimal(38, 18) (exact) with ``round``, DOUBLE / FLOAT with ``bround`` (half to even).
     Text is read as DuckDB reads it (``_INT_TEXT``): hexadecimal '0x10' is 16, binary '0b101' 5,
     '1_000' 1000 (Spark: null); a cast of text to DOUBLE likewise (``_DOUBLE_TEXT``). The table of
     cases both engines agree on is in tests/test_spark_parity.py."""
@@ -208,7 +209,7 @@ def _int_casts(tree, types: dict[str, str]):
         if t == "VARCHAR":
             inner = n.copy()  # the same kind of cast (try_cast stays try_cast)
             inner.set("this", _text_expr(_INT_TEXT, n.this))
-            inner.set("to", exp.DataType.build("decimal(38, 9)"))
+            inner.set("to", exp.DataType.build("decimal(38, 18)"))  # 20 integer digits: any 64-bit value
             n.set("this", exp.Round(this=inner))
         elif t in ("DOUBLE", "FLOAT"):  # DuckDB rounds these half to even (2.5 gives 2)
             n.set("this", exp.Anonymous(this="bround", expressions=[n.this.copy()]))
