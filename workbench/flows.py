@@ -376,10 +376,12 @@ def spark_target(spark=None) -> str | None:
         spark = spark or state["session"]
     if spark is None:
         return None
-    if wbspark._is_connect(spark):
-        url = getattr(spark.client._builder, "url", None)  # a parsed http:// form of the sc:// URL
-        return f"sc://{url.netloc}" if url is not None else "sc://"
-    return spark.sparkContext.master
+    try:
+        if wbspark._is_connect(spark):
+            return f"sc://{spark.client._builder.url.netloc}"  # pyspark keeps it parsed, as http://host:port
+        return spark.sparkContext.master
+    except Exception:  # a session of another make: the run is not to fail for its record
+        return "sc://?" if wbspark._is_connect(spark) else None
 
 
 def _indent(sql: str) -> str:
