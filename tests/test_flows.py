@@ -350,6 +350,8 @@ def test_flow_runs_of_an_older_workspace_gain_the_engine_columns(con):
     assert got == [("flow-old", 1, None, None), (res.run_id, 1, "duckdb", None)]
     run_flow(con, flow)  # the columns are there now: nothing to add
     assert con.execute("select count(*), count(engine) from flow_runs").fetchone() == (3, 2)
+    with pytest.raises(FlowError, match="engine 'pandas': use one of duckdb, spark"):
+        preview(con, flow, engine="pandas")
 
 
 def test_row_fates_follow_a_renamed_key_and_count_every_removed_row(con):

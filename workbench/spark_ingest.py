@@ -282,15 +282,15 @@ def _csv_spark(spark, path: Path, keep: list):
 
 def cr_line_ends(path: Path) -> bool:
     """True when the file's lines end with ``\\r`` alone (old Mac): it has a ``\\r`` and no ``\\n``.
-    Stops at the first ``\\n`` (the first block of a file with ``\\n`` line ends)."""
+    Stops at the first ``\\n``: a file with ``\\n`` line ends is decided by its first 64 KiB."""
     from .data import _CHUNK, _open_bytes
 
-    seen_cr = False
+    seen_cr, size = False, 1 << 16
     with _open_bytes(path) as f:
-        while chunk := f.read(_CHUNK):
+        while chunk := f.read(size):
             if b"\n" in chunk:
                 return False
-            seen_cr = seen_cr or b"\r" in chunk
+            seen_cr, size = seen_cr or b"\r" in chunk, _CHUNK
     return seen_cr
 
 
