@@ -122,7 +122,8 @@ def _connect(remote: str):
         from pyspark.sql.connect.utils import check_dependencies
         check_dependencies()
     except Exception as exc:  # ImportError, or pyspark's own error naming the missing package
-        raise SparkError(f"Spark Connect needs the client packages: pip install 'pyspark[connect]' ({exc})") from exc
+        raise SparkError(f"Spark Connect needs the client packages: pip install -e '.[spark]' "
+                         f"(pyspark[connect]==4.3.0) ({exc})") from exc
     from pyspark.sql import SparkSession
     return SparkSession.builder.remote(remote).getOrCreate()
 
@@ -148,7 +149,7 @@ def _classic(master: str, cfg: SparkConfig):
     try:
         from pyspark.sql import SparkSession
     except ImportError as exc:
-        raise SparkError(f"engine='spark' needs pyspark: pip install 'pyspark[connect]' ({exc})") from exc
+        raise SparkError(f"engine='spark' needs pyspark: pip install -e '.[spark]' (pyspark[connect]==4.3.0) ({exc})") from exc
     # pyspark would turn the builder into a Connect client; and its functions follow this mode flag
     os.environ.pop("SPARK_CONNECT_MODE_ENABLED", None)
     saved = os.environ.pop("SPARK_REMOTE", None)
