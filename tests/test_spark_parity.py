@@ -160,8 +160,9 @@ def test_numeric_text_casts_match_duckdb(con, spark):
     assert {k: list(v) for k, v in got["duckdb"].items()} == kept  # the table is DuckDB's
     assert got["spark"] == got["duckdb"]
 
+    readable = ", ".join(str(k) for k, r in enumerate(NUMERIC_TEXT) if r[2] is not None)
     flow = Flow.from_dict({"name": "strict", "source": {"table": "nums"}, "steps": [
-        {"step": "filter", "where": f"id in ({', '.join(str(k) for k, r in enumerate(NUMERIC_TEXT) if r[2] is not None)})"},
+        {"step": "filter", "where": f"id in ({readable})"},
         {"step": "select", "columns": ["id", "b"], "cast": {"b": "bigint"}, "safe_cast": False}]})
     for e in ("duckdb", "spark"):
         run_flow(con, flow, output=f"strict_{e}", engine=e, spark=spark if e == "spark" else None)

@@ -5,8 +5,9 @@
 ``workbench.data.ingest(..., engine="spark")`` validates its arguments and calls ``ingest_spark``: the
 same rows, rejects (file, line, reason, raw line), column names and ``source_row_id`` as DuckDB's
 ingest, on every edge case its tests cover (tests/test_spark_ingest.py): records over several lines,
-unterminated quotes, lines over 4 MiB, mixed line ends, lines ending with a lone CR, JSONL keys differing only in case, reserved
-column names. The limits left are in docs/spark.md.
+unterminated quotes, lines over 4 MiB, mixed line ends, lines ending with a lone CR
+(tests/test_spark_parity.py), JSONL keys differing only in case, reserved column names. The limits
+left are in docs/spark.md.
 """
 from __future__ import annotations
 
