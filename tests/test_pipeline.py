@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -154,3 +155,104 @@ def test_p_workspace_is_the_workspace_and_a_failed_sql_cell_says_why(tmp_path, w
     assert not (workspace / "runs").exists()
     with pytest.raises(pipeline.PipelineError, match="name different folders"):
         pipeline.run({"workspace": str(other)}, workspace=workspace, notebook_dir=nb_dir)
+
+
+def _tiny_notebooks(folder, cells: dict[str, str]):
+    """Notebooks NN_x.ipynb with a parameters cell (``x``, ``workspace``) and one code cell each."""
+    import nbformat
+
+    folder.mkdir()
+    for name, code in cells.items():
+        nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                               "display_name": "Python 3"}})
+        params = nbformat.v4.new_code_cell('x: int = 1  # x\nworkspace: str = ""  # workspace folder')
+        params.metadata["tags"] = ["parameters"]
+        nb.cells = [params, nbformat.v4.new_code_cell(code)]
+        nbformat.write(nb, folder / f"{name}.ipynb")
+    return folder
+
+
+def test_runs_are_recorded_and_a_failed_run_resumes_where_it_stopped(tmp_path, workspace):
+    nbdir = _tiny_notebooks(tmp_path / "nb", {
+        "01_a": "import workbench, workbench.runs\nc = workbench.connect(workspace)\n"
+                "workbench.runs.start_run(c, model='m', task='t', kind='k', config={})",
+        "02_b": "assert x == 5, f'x is {x}'",
+        "03_c": "pass"})
+    quiet = dict(workspace=workspace, notebook_dir=nbdir, progress=lambda *_: None)
+    with pytest.raises(pipeline.PipelineError, match=r"02_b failed at cell \d+: AssertionError: x is 1") as err:
+        pipeline.run({}, **quiet)
+    first = re.search(r"workbench run --resume (\S+)", str(err.value)).group(1)
+    assert pipeline.RUN_ENV not in os.environ  # the kernels' variable does not leak into this process
+    con = workbench.connect(workspace)
+    row = con.execute("select status, steps, failed_step, error, finished_at is not null, resumed_from "
+                      "from pipeline_runs where pipeline_run_id = ?", [first]).fetchone()
+    assert row[:3] == ("failed", ["01_a", "02_b", "03_c"], "02_b") and "x is 1" in row[3] and row[4]
+    assert row[5] is None
+    steps = con.execute("select position, step, status, seconds > 0, executed_notebook like ? from pipeline_steps "
+                        "where pipeline_run_id = ? order by position", [f"%{first}/%", first]).fetchall()
+    assert steps == [(1, "01_a", "completed", True, True), (2, "02_b", "failed", True, True)]
+    # the training run a notebook started carries the pipeline run's id
+    assert con.execute("select pipeline_run_id from runs").fetchall() == [(first,)]
+    con.close()
+
+    # resume: the failed step and the one after it, with the run's parameters and the fix given now
+    out = pipeline.run({"x": "5"}, resume="last", **quiet)
+    con = workbench.connect(workspace)
+    row = con.execute("select status, steps, params_json, resumed_from from pipeline_runs "
+                      "where pipeline_run_id = ?", [out.name]).fetchone()
+    assert row == ("completed", ["02_b", "03_c"], '{"x": "5"}', first)
+    assert sorted(p.name for p in out.glob("*.ipynb")) == ["02_b.ipynb", "03_c.ipynb"]
+    assert con.execute("select count(*) from pipeline_steps where pipeline_run_id = ? and status = 'completed'",
+                       [out.name]).fetchone()[0] == 2
+    con.close()
+    with pytest.raises(pipeline.PipelineError, match="that run completed; nothing to resume"):
+        pipeline.run({}, resume="last", **quiet)
+    with pytest.raises(pipeline.PipelineError, match="--resume nope: no such pipeline run"):
+        pipeline.run({}, resume="nope", **quiet)
+    with pytest.raises(pipeline.PipelineError, match="takes no --only"):
+        pipeline.run({}, resume=first, only=["01"], **quiet)
+
+
+def test_an_interrupted_run_is_recorded_and_a_live_run_is_not_resumed(tmp_path, workspace, monkeypatch):
+    import socket
+    import subprocess
+    import sys
+
+    nbdir = _tiny_notebooks(tmp_path / "nb", {"01_a": "pass", "02_b": "pass"})
+    quiet = dict(workspace=workspace, notebook_dir=nbdir, progress=lambda *_: None)
+    real = pipeline._execute
+
+    def ctrl_c_in_02(pm, step, *args):
+        if step.name == "02_b":
+            raise KeyboardInterrupt
+        return real(pm, step, *args)
+
+    monkeypatch.setattr(pipeline, "_execute", ctrl_c_in_02)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run({}, **quiet)
+    monkeypatch.setattr(pipeline, "_execute", real)
+    con = workbench.connect(workspace)
+    (run_id, status, failed), = con.execute("select pipeline_run_id, status, failed_step from pipeline_runs").fetchall()
+    assert (status, failed) == ("interrupted", "02_b")
+    # a run whose row says 'running' and whose process lives on this host is not resumed twice
+    con.execute("update pipeline_runs set status = 'running', pid = ?", [os.getpid()])
+    assert con.execute("select host from pipeline_runs").fetchone()[0] == socket.gethostname()
+    con.close()
+    with pytest.raises(pipeline.PipelineError, match=f"still running \\(pid {os.getpid()}"):
+        pipeline.run({}, resume=run_id, **quiet)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    con = workbench.connect(workspace)
+    con.execute("update pipeline_runs set pid = ?", [int(dead)])  # the process died without a word
+    con.close()
+    out = pipeline.run({}, resume=run_id, **quiet)
+    assert [p.name for p in out.glob("*.ipynb")] == ["02_b.ipynb"]
+
+
+def test_cli_resume_names_what_is_wrong(workspace, capsys):
+    from workbench.cli import main
+
+    assert main(["--workspace", str(workspace), "run", "--resume", "last"]) == 1
+    assert "--resume last: no pipeline run is recorded in" in capsys.readouterr().err
+    assert main(["--workspace", str(workspace), "run", "--resume", "nope", "--only", "01"]) == 1
+    assert "takes no --only" in capsys.readouterr().err

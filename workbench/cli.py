@@ -26,11 +26,12 @@ def _cmd_run(args) -> int:
 
     try:
         out = run(dict(args.param or []), only=args.only, with_=args.with_, workspace=args.workspace,
-                  log_output=args.log_output)
+                  log_output=args.log_output, resume=args.resume)
     except PipelineError as exc:
         print(f"workbench run: {exc}", file=sys.stderr)
         return 1
     print(f"executed notebooks: {out}")
+    print(f"pipeline run {out.name} completed (pipeline_runs, pipeline_steps)")
     return 0
 
 
@@ -479,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--only", action="append", metavar="STEP", help="run only this step (number or name)")
     r.add_argument("--with", dest="with_", action="append", metavar="STEP", help="also run an optional step")
     r.add_argument("--log-output", action="store_true", help="stream notebook output to the terminal")
+    r.add_argument("--resume", metavar="RUN_ID",
+                   help="run a recorded pipeline run's failed and remaining steps with its parameters "
+                        "(-p overrides them); 'last': the latest run (pipeline_runs)")
     r.set_defaults(func=_cmd_run)
 
     s = sub.add_parser("sql", help="run SQL on the workspace ('-' reads standard input)")

@@ -3,9 +3,13 @@
     workbench run                                  # every default step on the bundled sample data
     workbench run -p sample_rows 20000 --only 02   # one step, a parameter overridden
 
+    workbench run --resume last                    # the last run's failed and remaining steps, same parameters
+
 Each notebook gets only the parameters its ``parameters`` cell declares (an unknown ``-p`` name is
 an error before anything runs); executed copies land in ``<workspace>/runs/<run_id>/``; the first
-failing notebook stops the run with its name and error.
+failing notebook stops the run with its name and error. Every run is recorded in the workspace
+(``pipeline_runs``, ``pipeline_steps``), and training runs started by its notebooks carry its id
+(``runs.pipeline_run_id``).
 """
 from __future__ import annotations
 
@@ -14,19 +18,68 @@ import datetime as dt
 import json
 import os
 import secrets
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .workspace import home
+from .runs import PIPELINE_RUN_ENV
+from .workspace import connect, home, transaction
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 # Steps left out of a default run (run them with --only or --with): too slow for the default budget.
 OPTIONAL_STEPS: set[str] = {"12_tune_hyperparameters"}
 
 
+# the environment variable a pipeline run sets for its kernels: runs.start_run records it
+RUN_ENV = PIPELINE_RUN_ENV
+STATUSES = ("running", "completed", "failed", "interrupted")  # the words of runs.status
+
+_DDL = """
+create table if not exists pipeline_runs (
+    pipeline_run_id varchar,  -- '<UTC yyyymmddThhmmss>-<6 hex>': the folder <workspace>/runs/<id>/
+    started_at timestamp,
+    finished_at timestamp,
+    status varchar,           -- running | completed | failed | interrupted
+    steps varchar[],          -- the steps this run was to execute, in order
+    params_json varchar,      -- the -p values as given (text), a JSON object
+    resumed_from varchar,     -- the pipeline run this one resumed (workbench run --resume), else null
+    failed_step varchar,
+    error varchar,
+    output_dir varchar,       -- the executed notebooks
+    host varchar,
+    pid integer
+);
+create table if not exists pipeline_steps (
+    pipeline_run_id varchar,
+    position integer,         -- 1, 2, ... in the run's order
+    step varchar,             -- notebook name, e.g. '02_clean_dedup'
+    status varchar,           -- running | completed | failed | interrupted
+    started_at timestamp,
+    finished_at timestamp,
+    seconds double,
+    parameters_json varchar,  -- the values the notebook got (converted to its types), a JSON object
+    executed_notebook varchar,
+    error varchar
+);
+"""
+
+
 class PipelineError(RuntimeError):
     """A notebook of the pipeline failed; the message names it and the error."""
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _record(root: Path, sql: str, args: list, what: str) -> None:
+    """One write to the run history, on a connection of its own (the kernels hold theirs)."""
+    con = connect(root)
+    try:
+        transaction(con, lambda c: (c.execute(_DDL), c.execute(sql, args)), what=what)
+    finally:
+        con.close()
 
 
 @dataclass
@@ -137,15 +190,76 @@ def select(all_steps: list[Step], only: list[str] | None, with_: list[str] | Non
     return chosen
 
 
+def _alive(host: str | None, pid: int | None) -> bool:
+    if host != socket.gethostname() or not pid:
+        return False  # another machine's process cannot be checked from here: its row says 'running'
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _resume_plan(root: Path, which: str, all_steps: list[Step]) -> tuple[str, dict[str, str], list[Step]]:
+    """The pipeline run to resume (``which``: its id, or ``last``), its parameters, and its steps that
+    did not complete, in order."""
+    con = connect(root)
+    try:
+        con.execute(_DDL)
+        if which == "last":
+            row = con.execute("select pipeline_run_id from pipeline_runs order by started_at desc limit 1").fetchone()
+            if row is None:
+                raise PipelineError(f"--resume last: no pipeline run is recorded in {root}")
+            which = row[0]
+        row = con.execute("select status, steps, params_json, host, pid from pipeline_runs "
+                          "where pipeline_run_id = ?", [which]).fetchone()
+        if row is None:
+            raise PipelineError(f"--resume {which}: no such pipeline run in {root} "
+                                "(workbench sql \"select * from pipeline_runs\")")
+        status, names, params_json, host, pid = row
+        if status == "completed":
+            raise PipelineError(f"--resume {which}: that run completed; nothing to resume")
+        if status == "running" and _alive(host, pid):
+            raise PipelineError(f"--resume {which}: that run is still running (pid {pid} on {host})")
+        done = {r[0] for r in con.execute("select step from pipeline_steps where pipeline_run_id = ? "
+                                          "and status = 'completed'", [which]).fetchall()}
+    finally:
+        con.close()
+    by_name = {s.name: s for s in all_steps}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise PipelineError(f"--resume {which}: its step(s) {', '.join(missing)} are no longer in the notebooks folder")
+    return which, json.loads(params_json), [by_name[n] for n in names if n not in done]
+
+
 def run(params: Mapping[str, str] | None = None, *, only: list[str] | None = None,
         with_: list[str] | None = None, workspace: str | os.PathLike | None = None,
-        notebook_dir: Path = NOTEBOOK_DIR, log_output: bool = False, progress=print) -> Path:
-    """Execute the pipeline; returns the folder holding the executed notebooks."""
+        notebook_dir: Path = NOTEBOOK_DIR, log_output: bool = False, progress=print,
+        resume: str | None = None) -> Path:
+    """Execute the pipeline; returns the folder holding the executed notebooks.
+
+    ``resume``: a recorded pipeline run's id (or ``last``, the latest one): run its steps that did not
+    complete, with its parameters (``params`` override them), as a new pipeline run."""
     import papermill as pm
 
     all_steps = steps(notebook_dir)
-    chosen = select(all_steps, only, with_)
     raw = dict(params or {})
+    resumed_from = None
+    if resume:
+        if only or with_:
+            raise PipelineError("--resume runs the steps the resumed run left; it takes no --only / --with")
+        if raw.get("workspace") and workspace and Path(raw["workspace"]).resolve() != Path(workspace).resolve():
+            raise PipelineError(f"-p workspace {raw['workspace']!r} and --workspace {str(workspace)!r} "
+                                "name different folders")
+        resumed_from, before, chosen = _resume_plan(home(workspace or raw.get("workspace") or None), resume,
+                                                    all_steps)
+        raw = {**before, **raw}
+        if not chosen:
+            raise PipelineError(f"--resume {resumed_from}: every step of it completed; nothing to resume")
+    else:
+        chosen = select(all_steps, only, with_)
     declared = {k for s in all_steps for k in s.parameters}
     unknown = sorted(set(raw) - declared)
     if unknown:
@@ -181,23 +295,77 @@ def run(params: Mapping[str, str] | None = None, *, only: list[str] | None = Non
     run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
     out_dir = root / "runs" / run_id
     out_dir.mkdir(parents=True, exist_ok=True)
+    _record(root, "insert into pipeline_runs (pipeline_run_id, started_at, status, steps, params_json, "
+            "resumed_from, output_dir, host, pid) values (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+            [run_id, _now(), [s.name for s, _ in per_step], json.dumps(raw, sort_keys=True), resumed_from,
+             str(out_dir), socket.gethostname(), os.getpid()], "recording a pipeline run")
+    if resumed_from:
+        progress(f"resuming {resumed_from} as {run_id}: {', '.join(s.name for s, _ in per_step)}")
     os.environ["WORKBENCH_HOME"] = str(root)  # kernels inherit it: workbench.connect() finds the workspace
-    for step, mine in per_step:
-        progress(f"[{step.name}] running" + (f" with {mine}" if mine else ""))
-        started = dt.datetime.now()
+    saved_env = os.environ.get(RUN_ENV)
+    os.environ[RUN_ENV] = run_id  # kernels inherit it: their training runs record it
+    status, failed_step, error = "running", None, None
+    try:
+        for position, (step, mine) in enumerate(per_step, 1):
+            progress(f"[{step.name}] running" + (f" with {mine}" if mine else ""))
+            started = _now()
+            executed = out_dir / step.path.name
+            _record(root, "insert into pipeline_steps (pipeline_run_id, position, step, status, started_at, "
+                    "parameters_json, executed_notebook) values (?, ?, ?, 'running', ?, ?, ?)",
+                    [run_id, position, step.name, started, json.dumps(mine, sort_keys=True, default=str),
+                     str(executed)], "recording a pipeline step")
+            try:
+                _execute(pm, step, mine, executed, log_output)
+            except BaseException as exc:
+                status = "failed" if isinstance(exc, Exception) else "interrupted"  # Ctrl-C, SystemExit
+                failed_step, error = step.name, str(exc) or type(exc).__name__
+                _finish_step(root, run_id, step.name, started, status, error)
+                if isinstance(exc, PipelineError):
+                    raise PipelineError(f"{exc}\npipeline run {run_id} {status}; after a fix: "
+                                        f"workbench run --resume {run_id}") from None
+                raise
+            _finish_step(root, run_id, step.name, started, "completed", None)
+            progress(f"[{step.name}] done in {(_now() - started).total_seconds():.1f}s")
+        status = "completed"
+    finally:
+        if saved_env is None:
+            os.environ.pop(RUN_ENV, None)
+        else:
+            os.environ[RUN_ENV] = saved_env
+        if status == "running":  # an error outside a step (e.g. recording it): the run ends failed
+            status = "failed"
         try:
-            pm.execute_notebook(str(step.path), str(out_dir / step.path.name), parameters=mine,
-                                cwd=str(step.path.parent), log_output=log_output, progress_bar=False,
-                                kernel_name="python3")
-        except pm.PapermillExecutionError as exc:
-            why = str(exc.evalue).strip() or _cell_output(out_dir / step.path.name, exc.exec_count)
-            raise PipelineError(f"{step.name} failed at cell {exc.exec_count}: {exc.ename}: {why}\n"
-                                f"executed copy: {out_dir / step.path.name}") from None
-        except Exception as exc:  # the kernel died (memory, os._exit), a cell timed out, ...
-            raise PipelineError(f"{step.name} failed: {type(exc).__name__}: {str(exc).strip()}\n"
-                                f"executed copy: {out_dir / step.path.name}") from exc
-        progress(f"[{step.name}] done in {(dt.datetime.now() - started).total_seconds():.1f}s")
+            _record(root, "update pipeline_runs set status = ?, finished_at = ?, failed_step = ?, error = ? "
+                    "where pipeline_run_id = ?", [status, _now(), failed_step, error, run_id],
+                    "finishing a pipeline run")
+        except Exception as exc:  # never hide the step's own error behind the history's
+            progress(f"note: could not record the end of pipeline run {run_id}: {exc}")
     return out_dir
+
+
+def _execute(pm, step: Step, mine: dict[str, Any], executed: Path, log_output: bool) -> None:
+    try:
+        pm.execute_notebook(str(step.path), str(executed), parameters=mine, cwd=str(step.path.parent),
+                            log_output=log_output, progress_bar=False, kernel_name="python3")
+    except pm.PapermillExecutionError as exc:
+        why = str(exc.evalue).strip() or _cell_output(executed, exc.exec_count)
+        raise PipelineError(f"{step.name} failed at cell {exc.exec_count}: {exc.ename}: {why}\n"
+                            f"executed copy: {executed}") from None
+    except Exception as exc:  # the kernel died (memory, os._exit), a cell timed out, ...
+        raise PipelineError(f"{step.name} failed: {type(exc).__name__}: {str(exc).strip()}\n"
+                            f"executed copy: {executed}") from exc
+
+
+def _finish_step(root: Path, run_id: str, name: str, started: dt.datetime, status: str, error: str | None) -> None:
+    end = _now()
+    try:
+        _record(root, "update pipeline_steps set status = ?, finished_at = ?, seconds = ?, error = ? "
+                "where pipeline_run_id = ? and step = ?",
+                [status, end, (end - started).total_seconds(), error, run_id, name], "recording a pipeline step")
+    except Exception:
+        if status == "completed":
+            raise
+        # a failed or interrupted step: its own error is the one to report
 
 
 def _cell_output(path: Path, exec_count: int, lines: int = 8) -> str:

@@ -22,6 +22,7 @@ import pandas as pd
 from .workspace import home, snapshot_id, transaction, write_table
 
 RUN_STATUSES = ("running", "completed", "failed", "interrupted")
+PIPELINE_RUN_ENV = "WORKBENCH_PIPELINE_RUN_ID"  # set by `workbench run` for its kernels (pipeline.RUN_ENV)
 
 _DDL = """
 create table if not exists runs (
@@ -37,7 +38,8 @@ create table if not exists runs (
     sweep_id varchar,        -- set when the run is a trial of a sweep
     sweep_trial integer,     -- the trial number within that sweep (null otherwise)
     model_path varchar,      -- saved model + tokenizer (under <workspace>/models/<run_id>)
-    error varchar
+    error varchar,
+    pipeline_run_id varchar  -- the workbench run (pipeline_runs) whose notebook started it, else null
 );
 create table if not exists run_metrics (
     run_id varchar,
@@ -59,6 +61,7 @@ create table if not exists predictions (
 );
 -- workspaces made before runs.sweep_trial existed get the column (a no-op once it is there)
 alter table runs add column if not exists sweep_trial integer;
+alter table runs add column if not exists pipeline_run_id varchar;
 """
 
 
@@ -109,9 +112,10 @@ def start_run(con: duckdb.DuckDBPyConnection, *, model: str, task: str, kind: st
     cfg = json.dumps(dict(config), default=str, sort_keys=True)
     transaction(con, lambda c: c.execute(
         "insert into runs (run_id, started_at, model, task, kind, config_json, data_snapshot, status, sweep_id,"
-        " sweep_trial) values (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+        " sweep_trial, pipeline_run_id) values (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
         [run_id, _now(), str(model), task, kind, cfg, snap, sweep_id,
-         None if sweep_trial is None else int(sweep_trial)]), what="starting a run")
+         None if sweep_trial is None else int(sweep_trial), os.environ.get(PIPELINE_RUN_ENV) or None]),
+        what="starting a run")
     return run_id
 
 
