@@ -173,7 +173,7 @@ def _cmd_ingest(args) -> int:
 
 
 def _cmd_flow(args) -> int:
-    from .flows import compile_sql, load_flow, run_flow, spark_sql, validate
+    from .flows import compile_spark_sql, compile_sql, load_flow, run_flow, validate
     from .workspace import connect
 
     flow = load_flow(args.file)
@@ -182,8 +182,7 @@ def _cmd_flow(args) -> int:
         plan = validate(flow, con)
         print(f"{flow.where}: ok ({len(plan)} steps)")
     elif args.action == "compile":
-        sql = compile_sql(flow, con, output=args.output or "")
-        sql = spark_sql(sql) if args.spark else sql
+        sql = (compile_spark_sql if args.spark else compile_sql)(flow, con, output=args.output or "")
         if args.out:
             from pathlib import Path
 

@@ -46,7 +46,7 @@ FLOW_DIR = REPO / "flows"
 SOURCE_CTE = "source"
 ENGINES = ("duckdb", "spark")  # engine="spark": the same steps on Apache Spark (workbench.spark)
 
-__all__ = ["Flow", "FlowError", "FlowRun", "StepResult", "STEPS", "compile_sql", "load_flow", "preview",
+__all__ = ["Flow", "FlowError", "FlowRun", "StepResult", "STEPS", "compile_sql", "compile_spark_sql", "load_flow", "preview",
            "run_flow", "save_flow", "source_columns", "validate", "resolve_flow_path", "spark_sql"]
 
 
@@ -382,6 +382,30 @@ def spark_target(spark=None) -> str | None:
         return spark.sparkContext.master
     except Exception:  # a session of another make: the run is not to fail for its record
         return "sc://?" if wbspark._is_connect(spark) else None
+
+
+def compile_spark_sql(flow: Flow, con: duckdb.DuckDBPyConnection, *, output: str | None = "") -> str:
+    """``compile_sql`` in Spark's dialect (``workbench flow compile --spark``), each step's SQL transpiled
+    as ``run_flow(engine="spark")`` transpiles it: with the DuckDB types of the step's input columns,
+    so casts round and read numeric text ('2.5', '0x10', '1_000') as DuckDB does. Run it on a
+    ``workbench.spark.session()``; a construct whose result would differ on Spark is a FlowError."""
+    import sqlglot
+
+    from .spark_flows import _spark_sql
+
+    plan = validate(flow, con)
+    out = flow.output_table if output == "" else output
+    ctes = [(SOURCE_CTE, _spark_sql(f"select * from {source_sql(flow)}", f"{flow.where}: the source"))]
+    for p in plan:
+        types = {r[0]: r[1] for r in con.execute(f"describe {_query(flow, plan[:p.index - 1])}").fetchall()}
+        where = f"{flow.where}: step {p.index} ({p.kind})"
+        ctes += [(name, _spark_sql(sql, where, types)) for name, sql in p.compiled.ctes]
+    body = ",\n".join(f"{name} AS (\n{sql}\n)" for name, sql in ctes)
+    query = f"WITH {body}\nSELECT * FROM {ctes[-1][0]}"
+    name = "`" + out.replace("`", "``") + "`" if out else None  # Spark quotes names with backticks
+    stmt = f"CREATE OR REPLACE TABLE {name} AS\n{query}" if out else query
+    pretty = sqlglot.transpile(stmt, read="spark", write="spark", pretty=True)[0]
+    return "\n".join(_header(flow, plan, out)) + "\n\n" + pretty + ";\n"
 
 
 def _indent(sql: str) -> str:
