@@ -256,3 +256,43 @@ def test_cli_resume_names_what_is_wrong(workspace, capsys):
     assert "--resume last: no pipeline run is recorded in" in capsys.readouterr().err
     assert main(["--workspace", str(workspace), "run", "--resume", "nope", "--only", "01"]) == 1
     assert "takes no --only" in capsys.readouterr().err
+
+
+def test_sigterm_from_a_scheduler_ends_the_run_as_interrupted(tmp_path, workspace):
+    """A scheduler stops a job with SIGTERM: the run and its step are recorded as interrupted (not left
+    'running'), the process exits 143, and the run can be resumed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    nbdir = _tiny_notebooks(tmp_path / "nb", {"01_a": "pass", "02_b": "import time\ntime.sleep(120)"})
+    script = (f"from pathlib import Path\nfrom workbench import pipeline\n"
+              f"pipeline.run({{}}, workspace={str(workspace)!r}, notebook_dir=Path({str(nbdir)!r}))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until step 02 runs (its kernel sleeping)
+        time.sleep(1)
+        if (workspace / "wb.sqlite").exists():
+            con = workbench.connect(workspace)
+            try:
+                running = con.execute("select count(*) from pipeline_steps where step = '02_b' "
+                                      "and status = 'running'").fetchone()[0]
+            except Exception:
+                running = 0
+            con.close()
+            if running:
+                break
+    else:
+        proc.kill()
+        pytest.fail("step 02_b never started: " + (proc.communicate()[0] or ""))
+    time.sleep(2)  # inside the notebook's cell
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143, out
+    con = workbench.connect(workspace)
+    assert con.execute("select status, failed_step from pipeline_runs").fetchall() == [("interrupted", "02_b")]
+    assert con.execute("select step, status from pipeline_steps order by position").fetchall() == [
+        ("01_a", "completed"), ("02_b", "interrupted")]
+    con.close()

@@ -18,7 +18,9 @@ import datetime as dt
 import json
 import os
 import secrets
+import signal
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -302,6 +304,7 @@ def run(params: Mapping[str, str] | None = None, *, only: list[str] | None = Non
     if resumed_from:
         progress(f"resuming {resumed_from} as {run_id}: {', '.join(s.name for s, _ in per_step)}")
     os.environ["WORKBENCH_HOME"] = str(root)  # kernels inherit it: workbench.connect() finds the workspace
+    restore_term = _on_sigterm()
     saved_env = os.environ.get(RUN_ENV)
     os.environ[RUN_ENV] = run_id  # kernels inherit it: their training runs record it
     status, failed_step, error = "running", None, None
@@ -328,6 +331,7 @@ def run(params: Mapping[str, str] | None = None, *, only: list[str] | None = Non
             progress(f"[{step.name}] done in {(_now() - started).total_seconds():.1f}s")
         status = "completed"
     finally:
+        restore_term()
         if saved_env is None:
             os.environ.pop(RUN_ENV, None)
         else:
@@ -341,6 +345,22 @@ def run(params: Mapping[str, str] | None = None, *, only: list[str] | None = Non
         except Exception as exc:  # never hide the step's own error behind the history's
             progress(f"note: could not record the end of pipeline run {run_id}: {exc}")
     return out_dir
+
+
+def _on_sigterm():
+    """A scheduler stops a job with SIGTERM, which by default ends Python at once (no ``finally``:
+    the run would stay 'running' and the notebook's kernel be left behind). During a run it raises
+    SystemExit(143) instead: the step and the run are recorded as interrupted, papermill shuts the
+    kernel down. Returns the function that puts the previous handler back (off the main thread no
+    handler can be set: nothing is changed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    before = signal.signal(signal.SIGTERM, stop)
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
 
 
 def _execute(pm, step: Step, mine: dict[str, Any], executed: Path, log_output: bool) -> None:
