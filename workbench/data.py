@@ -137,6 +137,9 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
             text = (raw or "").lstrip("\r\n")
             entry = by_line.setdefault(int(line), [{}, text.rstrip("\r\n"), int(pos) - 1 + len(raw or "") - len(text)])
             entry[0].setdefault(etype.lower().replace("_", " "), msg)  # one reason per error type
+        if by_line and cr_line_ends(path):  # old Mac line ends: DuckDB's lines are no physical lines here
+            first = min(by_line)
+            raise cr_reject_error(path, first, "; ".join(f"{t}: {m}" for t, m in sorted(by_line[first][0].items())))
         n_lines, blanks = scan.result()  # blank lines are no rows
         n_rows = con.execute(f"select count(*) from {table}").fetchall()[0][0]
         cols = [r[0] for r in con.execute(f"describe {table}").fetchall()]
@@ -240,6 +243,25 @@ def _line_shifts(path: Path, rejects: list[tuple[int, int]], blanks: list[int],
     at, total = at[order], np.cumsum(np.concatenate((extra, np.asarray(add, "int64")))[order])
     last = np.flatnonzero(np.append(at[1:] != at[:-1], len(at) > 0))  # one shift per ordinal: its total
     return at[last], total[last]
+
+
+def cr_line_ends(path: Path) -> bool:
+    """True when the file's lines end with ``\\r`` alone (old Mac): it has a ``\\r`` and no ``\\n``.
+    Stops at the first ``\\n``: a file with ``\\n`` line ends is decided by its first 64 KiB."""
+    seen_cr, size = False, 1 << 16
+    with _open_bytes(path) as f:
+        while chunk := f.read(size):
+            if b"\n" in chunk:
+                return False
+            seen_cr, size = seen_cr or b"\r" in chunk, _CHUNK
+    return seen_cr
+
+
+def cr_reject_error(path: Path, line: int, reason: str) -> "IngestError":
+    """The refusal of a file with lone-CR line ends that holds a rejected record (both engines)."""
+    return IngestError(f"{path}: line {line}: {reason}: the file's lines end with \\r alone (old Mac), and the "
+                       "ingest cannot number the lines of such a file that holds a rejected record (DuckDB's "
+                       "reader counts lines by \\n); fix the record, or convert the line ends to \\n")
 
 
 def _mixed_line_ends(path: Path) -> bool:

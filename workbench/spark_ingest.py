@@ -184,7 +184,7 @@ def _csv_spark(spark, path: Path, keep: list):
 
     from pyspark.sql import functions as F
 
-    from .data import IngestError, _header_names, _mixed_line_ends
+    from .data import IngestError, _header_names, _mixed_line_ends, cr_line_ends
 
     delim = "\t" if path.name.lower().endswith((".tsv", ".tsv.gz")) else ","
     d = "\\t" if delim == "\t" else ","
@@ -281,20 +281,6 @@ def _csv_spark(spark, path: Path, keep: list):
     return rows, rejects
 
 
-def cr_line_ends(path: Path) -> bool:
-    """True when the file's lines end with ``\\r`` alone (old Mac): it has a ``\\r`` and no ``\\n``.
-    Stops at the first ``\\n``: a file with ``\\n`` line ends is decided by its first 64 KiB."""
-    from .data import _CHUNK, _open_bytes
-
-    seen_cr, size = False, 1 << 16
-    with _open_bytes(path) as f:
-        while chunk := f.read(size):
-            if b"\n" in chunk:
-                return False
-            seen_cr, size = seen_cr or b"\r" in chunk, _CHUNK
-    return seen_cr
-
-
 def _cr_numbering(rows, rejects, path: Path, *, renumber: bool):
     """The rows of a file whose lines end with ``\\r`` alone, numbered as DuckDB's ingest numbers them.
 
@@ -305,14 +291,11 @@ def _cr_numbering(rows, rejects, path: Path, *, renumber: bool):
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from .data import IngestError
+    from .data import cr_reject_error
 
     bad = rejects.orderBy("source_line").limit(1).collect()
     if bad:
-        raise IngestError(f"{path}: line {bad[0]['source_line']}: {bad[0]['reason']}: the file's lines end with "
-                          "\\r alone (old Mac), and the ingest cannot number the lines of such a file that holds a "
-                          "rejected record (DuckDB's ingest counts lines by \\n); fix the record, or convert "
-                          "the line ends to \\n")
+        raise cr_reject_error(path, bad[0]["source_line"], bad[0]["reason"])
     if not renumber:
         return rows
     ordinal = F.row_number().over(Window.orderBy("source_line")) + 1
