@@ -177,7 +177,8 @@ def test_runs_are_recorded_and_a_failed_run_resumes_where_it_stopped(tmp_path, w
         "01_a": "import workbench, workbench.runs\nc = workbench.connect(workspace)\n"
                 "workbench.runs.start_run(c, model='m', task='t', kind='k', config={})",
         "02_b": "assert x == 5, f'x is {x}'",
-        "03_c": "pass"})
+        # the kernel talks over Unix sockets, not a TCP port (pipeline._kernel_manager_class)
+        "03_c": "import json, ipykernel\nassert json.loads(ipykernel.get_connection_info())['transport'] == 'ipc'"})
     quiet = dict(workspace=workspace, notebook_dir=nbdir, progress=lambda *_: None)
     with pytest.raises(pipeline.PipelineError, match=r"02_b failed at cell \d+: AssertionError: x is 1") as err:
         pipeline.run({}, **quiet)

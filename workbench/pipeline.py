@@ -347,6 +347,21 @@ def run(params: Mapping[str, str] | None = None, *, only: list[str] | None = Non
     return out_dir
 
 
+def _kernel_manager_class():
+    """The kernels talk to this process over Unix sockets on POSIX (jupyter_client's ``ipc``
+    transport), not TCP ports on localhost: no port another user of the machine can reach, and no
+    "Kernel is running over TCP without encryption" warning printed by every step."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _transport_default(self):
+            return "ipc" if os.name == "posix" else "tcp"
+
+    return IPCKernelManager
+
+
 def _on_sigterm():
     """A scheduler stops a job with SIGTERM, which by default ends Python at once (no ``finally``:
     the run would stay 'running' and the notebook's kernel be left behind). During a run it raises
@@ -366,7 +381,8 @@ def _on_sigterm():
 def _execute(pm, step: Step, mine: dict[str, Any], executed: Path, log_output: bool) -> None:
     try:
         pm.execute_notebook(str(step.path), str(executed), parameters=mine, cwd=str(step.path.parent),
-                            log_output=log_output, progress_bar=False, kernel_name="python3")
+                            log_output=log_output, progress_bar=False, kernel_name="python3",
+                            kernel_manager_class=_kernel_manager_class())
     except pm.PapermillExecutionError as exc:
         why = str(exc.evalue).strip() or _cell_output(executed, exc.exec_count)
         raise PipelineError(f"{step.name} failed at cell {exc.exec_count}: {exc.ename}: {why}\n"
