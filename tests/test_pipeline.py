@@ -106,6 +106,7 @@ def test_unused_parameter_is_reported_and_a_dead_kernel_names_its_notebook(tmp_p
     out = pipeline.run({"x": "5", "y": "3"}, only=["01"], workspace=workspace, notebook_dir=nbdir,
                        progress=said.append)
     assert said[0] == "note: no step of this run declares y; ignored"
+    assert said[1] == f"pipeline run {out.name}: 1 step(s), executed copies in {out}"
     assert [p.name for p in out.glob("*.ipynb")] == ["01_a.ipynb"]
 
 

@@ -303,6 +303,8 @@ def run(params: Mapping[str, str] | None = None, *, only: list[str] | None = Non
              str(out_dir), socket.gethostname(), os.getpid()], "recording a pipeline run")
     if resumed_from:
         progress(f"resuming {resumed_from} as {run_id}: {', '.join(s.name for s, _ in per_step)}")
+    else:
+        progress(f"pipeline run {run_id}: {len(per_step)} step(s), executed copies in {out_dir}")
     os.environ["WORKBENCH_HOME"] = str(root)  # kernels inherit it: workbench.connect() finds the workspace
     restore_term = _on_sigterm()
     saved_env = os.environ.get(RUN_ENV)
