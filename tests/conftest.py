@@ -1,7 +1,8 @@
-"""Shared fixtures: a fresh workspace per test, and a small generated sample data set."""
+"""Shared fixtures: a fresh workspace per test, one thread for torch, and the one local Spark session."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,7 @@ def one_thread():
 SPARK_TEST_JAVA_OPTIONS = os.environ.setdefault("SPARK_TEST_JAVA_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
 os.environ.setdefault("PYSPARK_SUBMIT_ARGS", f"--driver-java-options '{SPARK_TEST_JAVA_OPTIONS}' pyspark-shell")
 
-needs_java = pytest.mark.skipif(__import__("shutil").which("java") is None and not os.environ.get("JAVA_HOME"),
+needs_java = pytest.mark.skipif(shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
                                 reason="Spark needs Java 17+ (apt-get install openjdk-17-jre-headless)")
 
 
