@@ -41,13 +41,6 @@ def one_thread():
 
 # ---------------------------------------------------------------------------------------- Spark
 
-# Spark's JVMs in tests run short jobs on few cores: the C1 compiler only and the serial collector halve
-# their CPU time (a local session building a 1,000-row spine: 47 -> 25 CPU s, 45 -> 26 s wall). Local
-# sessions started here and in notebook kernels take it from PYSPARK_SUBMIT_ARGS; test_spark's Connect
-# server from SPARK_TEST_JAVA_OPTIONS. Results do not depend on the JIT; set either variable to override.
-SPARK_TEST_JAVA_OPTIONS = os.environ.setdefault("SPARK_TEST_JAVA_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
-os.environ.setdefault("PYSPARK_SUBMIT_ARGS", f"--driver-java-options '{SPARK_TEST_JAVA_OPTIONS}' pyspark-shell")
-
 needs_java = pytest.mark.skipif(shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
                                 reason="Spark needs Java 17+ (apt-get install openjdk-17-jre-headless)")
 

@@ -348,9 +348,7 @@ def connect_server(tmp_path_factory):
     env = {**os.environ, "SPARK_HOME": str(home), "SPARK_PID_DIR": str(run_dir), "SPARK_LOG_DIR": str(run_dir),
            "SPARK_IDENT_STRING": f"wbtest{port}", "PYSPARK_PYTHON": sys.executable}
     env.pop("SPARK_REMOTE", None)
-    java_opts = os.environ.get("SPARK_TEST_JAVA_OPTIONS", "")  # conftest.py: the C1 JIT and the serial GC
     subprocess.run(["bash", str(script), "--master", "local[2]",
-                    *(["--driver-java-options", java_opts] if java_opts else []),
                     "--conf", f"spark.connect.grpc.binding.port={port}",
                     "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
                     "--conf", "spark.ui.enabled=false", "--conf", "spark.driver.memory=1g",
