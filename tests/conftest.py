@@ -1,7 +1,8 @@
-"""Shared fixtures: a fresh workspace per test, and a small generated sample data set."""
+"""Shared fixtures: a fresh workspace per test, one thread for torch, and the one local Spark session."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------------------- Spark
+
+needs_java = pytest.mark.skipif(shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
+                                reason="Spark needs Java 17+ (apt-get install openjdk-17-jre-headless)")
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """The one local Spark session (``local[2]``, 4 shuffle partitions) every Spark test file shares:
+    its JVM starts once per test run. Test files import ``needs_java`` (and may import ``spark``) from
+    tests/test_spark.py, which re-exports both."""
+    from workbench import spark as wbspark
+
+    s = wbspark.session(config=wbspark.SparkConfig(master="local[2]", shuffle_partitions=4))
+    yield s
+    wbspark.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests using a Spark Connect server run last: connecting stops this process's local Spark session
+    (one session per process), and every other Spark test shares that session (``spark``)."""
+    last = [item for item in items if "connect_server" in getattr(item, "fixturenames", ())]
+    if last:
+        items[:] = [item for item in items if item not in last] + last

@@ -415,9 +415,15 @@ def test_source_tables_resolve_ctes():
 
 
 @pytest.mark.slow
-def test_notebook_07_runs_headless_and_features_reach_training_data(workspace):
+def test_notebook_07_runs_headless_and_features_reach_training_data(workspace, tmp_path):
+    """Notebook 07 headless, checked against an independent point-in-time join; then its
+    examples_with_features is a training input: a template that reads customer_context, and notebook
+    09 on text_with_context (07 run before 05 and 09). One spine and one run of 07 serve both halves."""
     import workbench
-    from workbench import data, pipeline
+    from workbench import data, pipeline, templates
+    from workbench.template_sql import apply_templates
+
+    from test_classifier import build_tiny_model
 
     con = workbench.connect(workspace)
     data.build_spine(con, rows=300, seed=11)
@@ -442,3 +448,40 @@ def test_notebook_07_runs_headless_and_features_reach_training_data(workspace):
     ctx = con.execute("""select customer_context from examples_with_features join splits using (example_id)
                          where split = 'train' and plan is not null limit 1""").fetchone()[0]
     assert ctx.startswith("Customer plan: ") and "months" in ctx
+
+    # a template over examples_with_features reads customer_context
+    try:
+        [tpl] = templates.parse_templates({
+            "task": "intent_with_profile", "task_type": "classification", "table": "examples_with_features",
+            "key": "example_id", "answer_choices": ["billing", "refund", "shipping", "technical_issue",
+                                                    "account_access", "cancellation"],
+            "templates": [{"id": "iwp-1", "name": "intent_with_profile",
+                           "columns": ["customer_context", "text", "intent"],
+                           "prompt": "{{ customer_context }}\nMessage: {{ text }}\nIntent:",
+                           "completion": "{{ intent }}"}]})
+        apply_templates(con, ["intent_with_profile"], templates=[tpl])
+        want = dict(con.execute("select example_id, customer_context || chr(10) || 'Message: ' || text "
+                                "|| chr(10) || 'Intent:' from examples_with_features").fetchall())
+        got = dict(con.execute("select source_row_id, prompt from sft_examples "
+                               "where task = 'intent_with_profile'").fetchall())
+        assert got == want and any(p.startswith("Customer plan: ") for p in got.values())
+    finally:
+        con.close()
+
+    # notebook 09 trains on examples_with_features.text_with_context
+    tiny = build_tiny_model(tmp_path / "tiny")
+    params = {"classifier_model": str(tiny), "classifier_table": "examples_with_features",
+              "classifier_text_column": "text_with_context", "classifier_epochs": "1",
+              "classifier_batch_size": "16", "train_causal_lm": "false", "n_preview": "2"}
+    pipeline.run(params, only=["09"], workspace=workspace, progress=lambda msg: None)
+    con = workbench.connect(workspace)
+    try:
+        run_id, status = con.execute("select run_id, status from runs where kind = 'classifier'").fetchone()
+        assert status == "completed"
+        want = dict(con.execute("select example_id, text_with_context from examples_with_features "
+                                "join splits using (example_id) where split = 'test'").fetchall())
+        got = dict(con.execute("select example_id, prompt from predictions where run_id = ? and split = 'test'",
+                               [run_id]).fetchall())
+        assert got == want
+    finally:
+        con.close()

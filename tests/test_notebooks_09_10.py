@@ -2,6 +2,8 @@
 
 The spine's sample data (ingest, clean, split) fills the workspace; notebook 09 fine-tunes a tiny
 randomly initialised BERT (with the MiniLM tokenizer) so the test takes seconds, not minutes.
+Notebook 09 on step 07's examples_with_features is tested in tests/test_features.py (with notebook 07,
+on the same spine and run of 07).
 """
 from __future__ import annotations
 
@@ -72,51 +74,3 @@ def test_notebooks_09_and_10_train_record_and_report(workspace, tmp_path):
     text10 = _outputs(out / "10_evaluate.ipynb")
     assert f"classifier run {run_id}" in text10 and "precision" in text10
     assert _images(out / "10_evaluate.ipynb") >= 3  # runs, confusion matrix, one group column
-
-
-def test_features_feed_the_classifier_and_templates(workspace, tmp_path):
-    """Step 07's examples_with_features is a training input: notebook 09 on text_with_context, and a
-    template that reads customer_context (07 run before 05)."""
-    from workbench import templates
-    from workbench.template_sql import apply_templates
-
-    con = workbench.connect(workspace)
-    build_spine(con, rows=300, seed=7)
-    con.close()
-    pipeline.run({}, only=["07"], workspace=workspace, progress=lambda msg: None)
-
-    con = workbench.connect(workspace)
-    try:
-        [tpl] = templates.parse_templates({
-            "task": "intent_with_profile", "task_type": "classification", "table": "examples_with_features",
-            "key": "example_id", "answer_choices": ["billing", "refund", "shipping", "technical_issue",
-                                                    "account_access", "cancellation"],
-            "templates": [{"id": "iwp-1", "name": "intent_with_profile",
-                           "columns": ["customer_context", "text", "intent"],
-                           "prompt": "{{ customer_context }}\nMessage: {{ text }}\nIntent:",
-                           "completion": "{{ intent }}"}]})
-        apply_templates(con, ["intent_with_profile"], templates=[tpl])
-        want = dict(con.execute("select example_id, customer_context || chr(10) || 'Message: ' || text "
-                                "|| chr(10) || 'Intent:' from examples_with_features").fetchall())
-        got = dict(con.execute("select source_row_id, prompt from sft_examples "
-                               "where task = 'intent_with_profile'").fetchall())
-        assert got == want and any(p.startswith("Customer plan: ") for p in got.values())
-    finally:
-        con.close()
-
-    tiny = build_tiny_model(tmp_path / "tiny")
-    params = {"classifier_model": str(tiny), "classifier_table": "examples_with_features",
-              "classifier_text_column": "text_with_context", "classifier_epochs": "1",
-              "classifier_batch_size": "16", "train_causal_lm": "false", "n_preview": "2"}
-    pipeline.run(params, only=["09"], workspace=workspace, progress=lambda msg: None)
-    con = workbench.connect(workspace)
-    try:
-        run_id, status = con.execute("select run_id, status from runs where kind = 'classifier'").fetchone()
-        assert status == "completed"
-        want = dict(con.execute("select example_id, text_with_context from examples_with_features "
-                                "join splits using (example_id) where split = 'test'").fetchall())
-        got = dict(con.execute("select example_id, prompt from predictions where run_id = ? and split = 'test'",
-                               [run_id]).fetchall())
-        assert got == want
-    finally:
-        con.close()

@@ -1,15 +1,16 @@
 """The Spark engine gives DuckDB's results row for row: ingest, cleaning, dedup, splits, row_fate.
 
-One local Spark session (``local[2]``) serves the whole module; the 100,000-row comparison runs once.
-The Spark Connect test starts a real Connect server on 127.0.0.1 (pyspark's sbin script) and runs
-notebooks 01, 02 and 06 through it with ``-p engine spark``. Skipped only where Java is missing.
+One local Spark session (``local[2]``, tests/conftest.py's ``spark``) serves every Spark test file; the
+100,000-row comparison runs once. The Spark Connect test starts a real Connect server on 127.0.0.1
+(pyspark's sbin script) and runs notebooks 01, 02, 05, 06 and 11 through it with ``-p engine spark``; it
+runs last in the session (conftest.py), as connecting stops the local session. Skipped only where Java
+is missing.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -26,18 +27,10 @@ from workbench import spark as wbspark
 from workbench.sample import write_sample
 from workbench.workspace import _config, run_sql_file, workspace_root, write_table
 
-needs_java = pytest.mark.skipif(shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
-                                reason="Spark needs Java 17+ (apt-get install openjdk-17-jre-headless)")
+from conftest import needs_java, spark  # noqa: F401  (the shared local Spark; other test files import both from here)
+
 pytestmark = [pytest.mark.spark]
-CONFIG = wbspark.SparkConfig(master="local[2]", shuffle_partitions=4)
 COUNTS = re.compile(r"(missing columns|too many columns): [^;]*")
-
-
-@pytest.fixture(scope="session")
-def spark():
-    s = wbspark.session(config=CONFIG)
-    yield s
-    wbspark.stop()
 
 
 def attach_both(a: Path, b: Path) -> duckdb.DuckDBPyConnection:
@@ -129,10 +122,10 @@ def test_misconfigured_spark_fails_fast_naming_the_setting():
 
 @needs_java
 def test_line_numbers_are_exact_across_many_blocks(spark, tmp_path):
-    lines = [f"line {i} " + "x" * (i % 97) for i in range(1, 20_001)]
+    lines = [f"line {i} " + "x" * (i % 97) for i in range(1, 5_001)]
     f = tmp_path / "lines.txt"
-    f.write_text("\n".join(lines) + "\n")
-    spark.conf.set("spark.sql.files.maxPartitionBytes", str(64 * 1024))  # about 20 blocks
+    f.write_text("\n".join(lines) + "\n")  # 290 KB: the blocks, not the lines, are the point
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(16 * 1024))  # about 18 blocks
     try:
         got = sorted(tuple(r) for r in wbspark.numbered_lines(spark, f).collect())
         assert spark.read.text(str(f)).select("_metadata.file_block_start").distinct().count() > 10

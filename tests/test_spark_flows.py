@@ -17,7 +17,7 @@ from workbench.flow_steps import STEPS
 from workbench.flows import FLOW_DIR, Flow, FlowError, load_flow, run_flow
 from workbench.workspace import table_exists, workspace_root
 
-from test_spark import needs_java, spark  # noqa: F401  (the session-scoped local[2] Spark fixture)
+from test_spark import needs_java
 
 pytestmark = [pytest.mark.spark, needs_java]
 

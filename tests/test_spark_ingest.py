@@ -23,7 +23,7 @@ import pytest
 import workbench
 from workbench import data
 
-from test_spark import needs_java, spark  # noqa: F401  (test_spark's session fixture: one Spark per process)
+from test_spark import needs_java
 
 pytestmark = [pytest.mark.spark, needs_java]
 COUNTS = re.compile(r"(missing columns|too many columns): [^;(]*")  # DuckDB's 'Found: N' varies: the kind

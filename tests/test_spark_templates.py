@@ -1,17 +1,15 @@
 """Prompt templates applied on Spark give DuckDB's ``sft_examples`` row for row.
 
-One local Spark session (``local[2]``, reused per process) and one spine workspace serve the module:
-each test applies templates with ``engine="duckdb"`` into ``sft_examples_duckdb`` and with
-``engine="spark"`` into ``sft_examples``, then compares every column of every row (as multisets)
-and the column types. Skipped only where Java is missing.
+One local Spark session (``local[2]``: tests/conftest.py's ``spark``, shared by every Spark test file)
+and one spine workspace serve the module: each test applies templates with ``engine="duckdb"`` into
+``sft_examples_duckdb`` and with ``engine="spark"`` into ``sft_examples``, then compares every column
+of every row (as multisets) and the column types. Skipped only where Java is missing.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
-import shutil
 
 import pandas as pd
 import pytest
@@ -23,19 +21,11 @@ from workbench import templates as T
 from workbench.data import build_spine
 from workbench.workspace import snapshot_id, workspace_root, write_table
 
-pytestmark = [pytest.mark.spark, pytest.mark.skipif(
-    shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
-    reason="Spark needs Java 17+ (apt-get install openjdk-17-jre-headless)")]
-CONFIG = wbspark.SparkConfig(master="local[2]", shuffle_partitions=4)
+from test_spark import needs_java
+
+pytestmark = [pytest.mark.spark, needs_java]
 ALL_TASKS = ["intent_classification", "reply_generation", "contact_extraction", "article_title", "article_topic"]
 DUCK = "sft_examples_duckdb"
-
-
-@pytest.fixture(scope="session")
-def spark():
-    s = wbspark.session(config=CONFIG)
-    yield s
-    wbspark.stop()
 
 
 @pytest.fixture(scope="module")
