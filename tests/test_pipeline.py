@@ -47,6 +47,7 @@ def test_spine_notebooks_run_headless_and_write_their_tables(workspace):
                   "splits", "split_leakage"):
         assert workbench.table_exists(con, table), table
     assert con.execute("select count(*) from split_leakage").fetchone()[0] == 0
+    assert undocumented(con) == []  # every table and column these steps write is in docs/schema.md
     assert con.execute("select count(distinct seed) from splits").fetchone()[0] == 1
     assert con.execute("select min(seed) from splits").fetchone()[0] == 3
     # running the split step again assigns nothing new and moves nothing
@@ -206,6 +207,7 @@ def test_runs_are_recorded_and_a_failed_run_resumes_where_it_stopped(tmp_path, w
     assert sorted(p.name for p in out.glob("*.ipynb")) == ["02_b.ipynb", "03_c.ipynb"]
     assert con.execute("select count(*) from pipeline_steps where pipeline_run_id = ? and status = 'completed'",
                        [out.name]).fetchone()[0] == 2
+    assert undocumented(con) == []  # pipeline_runs, pipeline_steps, runs
     con.close()
     with pytest.raises(pipeline.PipelineError, match="that run completed; nothing to resume"):
         pipeline.run({}, resume="last", **quiet)
@@ -298,3 +300,49 @@ def test_sigterm_from_a_scheduler_ends_the_run_as_interrupted(tmp_path, workspac
     assert con.execute("select step, status from pipeline_steps order by position").fetchall() == [
         ("01_a", "completed"), ("02_b", "interrupted")]
     con.close()
+
+
+def undocumented(con) -> list[str]:
+    """The workspace tables (and their columns) that no table row of docs/schema.md names. A row's
+    first cell names its tables (`fs_<g>__v<N>`: a pattern, whose columns are the user's); its other
+    cells its columns; a row that says `every source column` or `likewise` (staging) lists none, and
+    `every `T` column` adds T's."""
+    from pathlib import Path
+
+    md = (Path(pipeline.NOTEBOOK_DIR).parent / "docs" / "schema.md").read_text()
+    rows: dict[str, tuple[set[str], str]] = {}
+    for line in md.splitlines():
+        if line.startswith("| `"):
+            first = line.split("|")[1]
+            words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", " ".join(re.findall(r"`([^`]*)`", line))))
+            for name in re.findall(r"`([^`]+)`", first):
+                rows[name] = (words, line)
+    def row(table):  # its own row, else the first pattern that matches it
+        if table in rows:
+            return rows[table]
+        for name, value in rows.items():
+            if "<" in name[1:] and re.fullmatch(re.sub(r"<[^>]+>", ".+", name), table):  # not '<flow output>' (any)
+                return value
+    out = []
+    for (table,) in con.execute("select table_name from information_schema.tables "
+                                "where table_catalog = 'wb' order by 1").fetchall():
+        found = row(table)
+        if found is None:
+            out.append(table)
+            continue
+        words, line = found
+        if table not in rows or "every source column" in line or "| likewise |" in line:
+            continue  # a pattern's columns are the user's (a feature group, a flow's output); staging's the file's
+        for inherited in re.findall(r"every `([a-z_]+)` column", line):
+            words = words | rows.get(inherited, (set(), ""))[0]
+        cols = [r[0] for r in con.execute("select column_name from information_schema.columns "
+                                          "where table_catalog = 'wb' and table_name = ?", [table]).fetchall()]
+        out += [f"{table}.{c}" for c in cols if c not in words]
+    return out
+
+
+def test_the_schema_doc_check_flags_what_the_doc_lacks(con):
+    con.execute("create table mystery (a integer)")
+    con.execute("create table split_leakage (text_norm varchar, n_splits bigint, surprise varchar)")
+    con.execute("create table fs_profile__v1 (customer_id varchar, anything double)")  # a pattern: the user's columns
+    assert undocumented(con) == ["mystery", "split_leakage.surprise"]
