@@ -139,7 +139,7 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
             entry[0].setdefault(etype.lower().replace("_", " "), msg)  # one reason per error type
         if by_line and cr_line_ends(path):  # old Mac line ends: DuckDB's lines are no physical lines here
             first = min(by_line)
-            raise cr_reject_error(path, first, "; ".join(f"{t}: {m}" for t, m in sorted(by_line[first][0].items())))
+            raise cr_reject_error(path, first, _reasons(by_line[first][0]))
         n_lines, blanks = scan.result()  # blank lines are no rows
         n_rows = con.execute(f"select count(*) from {table}").fetchall()[0][0]
         cols = [r[0] for r in con.execute(f"describe {table}").fetchall()]
@@ -147,7 +147,7 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
             spans, multi = {line: (line, 1) for line in by_line}, None
         else:  # a record over several lines (or the lines an unterminated quote swallows)
             spans, multi = _reject_spans(read_path, by_line), _record_lines(con, table, cols)
-    rejects = sorted((*spans[line], "; ".join(f"{t}: {m}" for t, m in sorted(reasons.items())), raw)
+    rejects = sorted((*spans[line], _reasons(reasons), raw)
                      for line, (reasons, raw, _) in by_line.items())  # (first line, lines, reason, raw)
     if multi is None:  # rejects and blank lines: the lines before a row on which no row starts
         shift, block = _shifts(con, f"wb_csv_shift{tag}", sorted({r[0] for r in rejects} | set(blanks)),
@@ -174,6 +174,11 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, tag: str = "") -> tuple[str
             "a quoted field runs across line ends; raw_line holds all of them)", raw)
            for first, n, reason, raw in rejects]
     return sql, out + swallowed
+
+
+def _reasons(by_type: dict[str, str]) -> str:
+    """A rejected record's reasons, one per error type: 'missing columns: ...; unquoted value: ...'."""
+    return "; ".join(f"{t}: {m}" for t, m in sorted(by_type.items()))
 
 
 def _reject_spans(path: Path, by_line: dict[int, list]) -> dict[int, tuple[int, int]]:

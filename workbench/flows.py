@@ -397,7 +397,7 @@ def compile_spark_sql(flow: Flow, con: duckdb.DuckDBPyConnection, *, output: str
     out = flow.output_table if output == "" else output
     ctes = [(SOURCE_CTE, _spark_sql(f"select * from {source_sql(flow)}", f"{flow.where}: the source"))]
     for p in plan:
-        types = {r[0]: r[1] for r in con.execute(f"describe {_query(flow, plan[:p.index - 1])}").fetchall()}
+        types = _types_after(con, flow, plan, p.index - 1)
         where = f"{flow.where}: step {p.index} ({p.kind})"
         ctes += [(name, _spark_sql(sql, where, types)) for name, sql in p.compiled.ctes]
     body = ",\n".join(f"{name} AS (\n{sql}\n)" for name, sql in ctes)
@@ -406,6 +406,11 @@ def compile_spark_sql(flow: Flow, con: duckdb.DuckDBPyConnection, *, output: str
     stmt = f"CREATE OR REPLACE TABLE {name} AS\n{query}" if out else query
     pretty = sqlglot.transpile(stmt, read="spark", write="spark", pretty=True)[0]
     return "\n".join(_header(flow, plan, out)) + "\n\n" + pretty + ";\n"
+
+
+def _types_after(con: duckdb.DuckDBPyConnection, flow: Flow, plan: list[PlannedStep], k: int) -> dict[str, str]:
+    """Column → DuckDB type after the first ``k`` steps of a validated plan (0: the source)."""
+    return {r[0]: r[1] for r in con.execute(f"describe {_query(flow, plan[:k])}").fetchall()}
 
 
 def _indent(sql: str) -> str:
@@ -504,7 +509,7 @@ def preview(con: duckdb.DuckDBPyConnection, flow: Flow, *, upto: int | None = No
     plan = validate(flow, con)[:upto]
     results, _, _, cleanup = execute_spark(
         con, flow, plan, run_id=f"preview-{secrets.token_hex(4)}", spark=spark, limit=limit, write=False,
-        types_at=lambda k: {r[0]: r[1] for r in con.execute(f"describe {_query(flow, plan[:k])}").fetchall()})
+        types_at=lambda k: _types_after(con, flow, plan, k))
     cleanup()
     return results
 
@@ -522,17 +527,10 @@ create table if not exists flow_runs (
     rows_in bigint, rows_out bigint, started_at timestamp, finished_at timestamp, flow_yaml varchar, sql varchar,
     engine varchar, spark_target varchar
 );
+-- columns flow_runs gained after its first version: an older workspace's table gets them (older rows: null)
+alter table flow_runs add column if not exists engine varchar;
+alter table flow_runs add column if not exists spark_target varchar;
 """
-# columns flow_runs gained after its first version: added to a workspace's older table on its next run
-# (its older rows keep null: the engine was not recorded then)
-RUNS_ADDED = {"engine": "varchar", "spark_target": "varchar"}
-
-
-def _upgrade_runs(c: duckdb.DuckDBPyConnection) -> None:
-    have = {r[0] for r in c.execute("describe flow_runs").fetchall()}
-    for col, typ in RUNS_ADDED.items():
-        if col not in have:
-            c.execute(f"alter table flow_runs add column {col} {typ}")
 
 
 def run_flow(con: duckdb.DuckDBPyConnection, flow: Flow | str | Path, *, output: str | None = None,
@@ -557,11 +555,8 @@ def run_flow(con: duckdb.DuckDBPyConnection, flow: Flow | str | Path, *, output:
     if engine == "spark":
         from .spark_flows import execute_spark
 
-        def types_at(k: int) -> dict[str, str]:  # DuckDB's column types after the first k steps
-            return {r[0]: r[1] for r in con.execute(f"describe {_query(flow, plan[:k])}").fetchall()}
-
-        results, staged, fates, cleanup = execute_spark(con, flow, plan, run_id=run_id, types_at=types_at,
-                                                        spark=spark)
+        results, staged, fates, cleanup = execute_spark(con, flow, plan, run_id=run_id, spark=spark,
+                                                        types_at=lambda k: _types_after(con, flow, plan, k))
         target = spark_target(spark)
     else:
         target = None
@@ -580,7 +575,6 @@ def run_flow(con: duckdb.DuckDBPyConnection, flow: Flow | str | Path, *, output:
         elif fates:
             c.executemany("insert into flow_row_fate values (?, ?, ?, ?, ?, ?)",
                           [(flow.name, run_id, *f) for f in fates])
-        _upgrade_runs(c)
         c.execute("insert into flow_runs by name select ? as run_id, ? as flow_name, ? as flow_file, ? as source, "
                   "? as output_table, ? as rows_in, ? as rows_out, ? as started_at, ? as finished_at, "
                   "? as flow_yaml, ? as sql, ? as engine, ? as spark_target",

@@ -35,14 +35,13 @@ OPTIONAL_STEPS: set[str] = {"12_tune_hyperparameters"}
 
 # the environment variable a pipeline run sets for its kernels: runs.start_run records it
 RUN_ENV = PIPELINE_RUN_ENV
-STATUSES = ("running", "completed", "failed", "interrupted")  # the words of runs.status
 
 _DDL = """
 create table if not exists pipeline_runs (
     pipeline_run_id varchar,  -- '<UTC yyyymmddThhmmss>-<6 hex>': the folder <workspace>/runs/<id>/
     started_at timestamp,
     finished_at timestamp,
-    status varchar,           -- running | completed | failed | interrupted
+    status varchar,           -- running | completed | failed | interrupted (runs.RUN_STATUSES)
     steps varchar[],          -- the steps this run was to execute, in order
     params_json varchar,      -- the -p values as given (text), a JSON object
     resumed_from varchar,     -- the pipeline run this one resumed (workbench run --resume), else null
@@ -248,15 +247,16 @@ def run(params: Mapping[str, str] | None = None, *, only: list[str] | None = Non
 
     all_steps = steps(notebook_dir)
     raw = dict(params or {})
+    # -p workspace DIR is the same as --workspace DIR (every notebook's workspace parameter is this folder)
+    given = raw.pop("workspace", None)
+    if given and workspace and Path(given).resolve() != Path(workspace).resolve():
+        raise PipelineError(f"-p workspace {given!r} and --workspace {str(workspace)!r} name different folders")
+    root = home(workspace or given or None)
     resumed_from = None
     if resume:
         if only or with_:
             raise PipelineError("--resume runs the steps the resumed run left; it takes no --only / --with")
-        if raw.get("workspace") and workspace and Path(raw["workspace"]).resolve() != Path(workspace).resolve():
-            raise PipelineError(f"-p workspace {raw['workspace']!r} and --workspace {str(workspace)!r} "
-                                "name different folders")
-        resumed_from, before, chosen = _resume_plan(home(workspace or raw.get("workspace") or None), resume,
-                                                    all_steps)
+        resumed_from, before, chosen = _resume_plan(root, resume, all_steps)
         raw = {**before, **raw}
         if not chosen:
             raise PipelineError(f"--resume {resumed_from}: every step of it completed; nothing to resume")
@@ -267,11 +267,6 @@ def run(params: Mapping[str, str] | None = None, *, only: list[str] | None = Non
     if unknown:
         raise PipelineError(f"unknown parameter(s) {', '.join(unknown)}; notebooks declare: "
                             + ", ".join(sorted(declared)))
-    # -p workspace DIR is the same as --workspace DIR (every notebook's workspace parameter is this folder)
-    given = raw.pop("workspace", None)
-    if given and workspace and Path(given).resolve() != Path(workspace).resolve():
-        raise PipelineError(f"-p workspace {given!r} and --workspace {str(workspace)!r} name different folders")
-    root = home(workspace or given or None)
     # Every value is converted for every chosen step first: a wrong type fails before anything runs.
     per_step = []
     for step in chosen:
