@@ -222,15 +222,18 @@ def prepare(w, device, dtype, *, compile_, backend="inductor", mode=None, mask_b
 
 
 def run_workbench(w, examples, device, *, model, steps, lr, budget, compile_, groups=None, prefetch=2,
-                  print_every=10, compile_loss=False):
-    """Throughput on the packing plan (``groups=None``), or one optimizer step per given example group."""
+                  print_every=10, compile_loss=False, profile_steps=0):
+    """Throughput on the packing plan (``groups=None``), or one optimizer step per given example group.
+
+    ``profile_steps``: that many more steps after the timed ones, under ``torch.profiler`` (not timed);
+    the kernels' own device time (CPU time on CPU) lands in the result's ``profile``."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=w.get("fused", True) or None)
     pad_to = w["token_budget"] if compile_ else None  # static shapes for the compiled graph
     rows_to = w["micro_batch"] if compile_ else None
     if groups is None:  # the routine's own plan: shuffled, packed rows, micro-batches of rows
         lengths = [len(e["input_ids"]) for e in examples]
         plan, epoch = [], 0
-        while len(plan) < steps:
+        while len(plan) < steps + profile_steps:
             mbs = plan_epoch(lengths, token_budget=w["token_budget"], micro_batch_size=w["micro_batch"], seed=0,
                              epoch=epoch)
             plan += [mbs[i:i + w.get("grad_accum", 1)] for i in range(0, len(mbs), w.get("grad_accum", 1))]
@@ -251,7 +254,7 @@ def run_workbench(w, examples, device, *, model, steps, lr, budget, compile_, gr
     graphs0 = graphs1 = graphs_compiled()
     t_start = time.perf_counter()
     done = 0
-    with Prefetcher(make, range(steps), ahead=prefetch) as batches_of:
+    with Prefetcher(make, range(steps + (profile_steps if groups is None else 0)), ahead=prefetch) as batches_of:
         for s in range(steps):
             if s == w["warmup"]:
                 sync(device)
@@ -276,16 +279,49 @@ def run_workbench(w, examples, device, *, model, steps, lr, budget, compile_, gr
             if budget.left() < 0:
                 print(f"    out of time budget after {done} steps", flush=True)
                 break
-    sync(device)
-    end = time.perf_counter()
+        sync(device)
+        end = time.perf_counter()
+        profile = None
+        if profile_steps and budget.left() > 0:
+            profile = profile_kernels(lambda i: train_step(model, batches_of.get(done + i), opt, max_grad_norm=1.0,
+                                                           loss_chunk=w["loss_chunk"], compile_loss=compile_loss),
+                                      profile_steps, device)
     secs = (end - t0) if t0 else None
     out = {"real_tok_s": real / secs if secs else None, "trained_tok_s": trained / secs if secs else None,
            "peak_gb": peak_gb(device), "losses": [float(x) for x in losses], "steps_done": done,
            "timed_steps": max(0, done - w["warmup"]), "padding_fraction": pads / max(1, real + pads),
            "first_step_s": t_first, "graphs_first_step": graphs1 - graphs0,
            "graphs_after_first_step": graphs_compiled() - graphs1}  # 0 expected: static shapes, no recompiles
+    if profile:
+        out["profile"] = profile
     del opt
     return out
+
+
+def profile_kernels(step, n: int, device, top: int = 30) -> dict:
+    """Runs ``step(i)`` for i < n under ``torch.profiler``; the kernels (operators on CPU) that took the most
+    self time per step, and their share of the profiled steps' wall time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    with profile(activities=acts) as prof:
+        t = time.perf_counter()
+        for i in range(n):
+            step(i)
+        sync(device)
+        wall_us = (time.perf_counter() - t) * 1e6
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+
+    def self_us(e):
+        return getattr(e, key, None) or getattr(e, key.replace("device", "cuda"), 0.0)
+
+    events = sorted((e for e in prof.key_averages() if self_us(e) > 0), key=self_us, reverse=True)
+    busy = sum(self_us(e) for e in events)
+    rows = [{"name": e.key[:160], "calls_per_step": e.count / n, "ms_per_step": round(self_us(e) / n / 1e3, 3),
+             "share_of_wall": round(self_us(e) / wall_us, 4)} for e in events[:top]]
+    return {"steps": n, "wall_ms_per_step": round(wall_us / n / 1e3, 2), "timer": key,
+            "busy_share_of_wall": round(busy / wall_us, 4), "top": rows}
 
 
 def isolation_check(model, examples, w, *, compile_, docs=4) -> dict:
@@ -346,6 +382,9 @@ def parse_args(argv=None):
     ap.add_argument("--prefetch", type=int, default=SFTConfig().prefetch, help="batches collated ahead in a thread")
     ap.add_argument("--threads", type=int, default=SFTConfig().threads,
                     help="torch intra-op threads for both sides (default: SFTConfig's, 1; 0: torch's choice)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="after the timed steps, N more steps under torch.profiler: the kernels with the most device "
+                         "time per step go into the JSON's workbench.profile (not timed)")
     ap.add_argument("--out", help="write the figures as JSON here (rewritten after every phase)")
     return ap.parse_args(argv)
 
@@ -448,7 +487,8 @@ def main(argv=None) -> dict:
             state["model"] = model
             state["init"] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             wb = run_workbench(w, examples, device, model=model, steps=w["steps"], lr=w["lr"], budget=budget,
-                               compile_=compile_, prefetch=args.prefetch, compile_loss=compile_loss)
+                               compile_=compile_, prefetch=args.prefetch, compile_loss=compile_loss,
+                               profile_steps=args.profile)
             res["workbench"] = {k: v for k, v in wb.items() if k != "losses"}
             res["workbench"]["mfu"] = mfu(wb["real_tok_s"])
             res["workbench"]["tokens_per_step"] = w["token_budget"] * w["micro_batch"] * w["grad_accum"]
@@ -457,6 +497,13 @@ def main(argv=None) -> dict:
             except Exception as exc:
                 res["workbench"]["isolation"] = {"error": f"{type(exc).__name__}: {exc}"[:1000]}
             print(f"    isolation: {res['workbench']['isolation']}", flush=True)
+            if wb.get("profile"):
+                prof = wb["profile"]
+                print(f"    profile of {prof['steps']} steps, {prof['wall_ms_per_step']} ms each, kernels busy "
+                      f"{prof['busy_share_of_wall']:.0%} of it; top by self time:", flush=True)
+                for r in prof["top"][:12]:
+                    print(f"      {r['ms_per_step']:8.2f} ms  {r['share_of_wall']:6.1%}  x{r['calls_per_step']:g}  "
+                          f"{r['name'][:90]}", flush=True)
             print(f"(b) workbench packed rows of {w['token_budget']} x {w['micro_batch']}: "
                   f"{wb['real_tok_s'] or 0:,.0f} real tokens/s, padding {wb['padding_fraction']:.1%}, "
                   f"peak {wb['peak_gb']} GiB, graphs compiled at step 1: {wb['graphs_first_step']}, "

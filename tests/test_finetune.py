@@ -450,7 +450,7 @@ def test_throughput_benchmark_gpu_config_smoke_runs_every_phase_on_cpu(tmp_path)
 
     bench = _throughput_benchmark()
     out = tmp_path / "smoke.json"
-    res = bench.main(["--device", "cpu", "--gpu-config-smoke", "--out", str(out)])
+    res = bench.main(["--device", "cpu", "--gpu-config-smoke", "--profile", "2", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved["workbench_config"] == res["workbench_config"]
     assert res["workbench_config"] | {"attn": "flex_attention", "dtype": "bf16", "compile": True,
@@ -460,6 +460,10 @@ def test_throughput_benchmark_gpu_config_smoke_runs_every_phase_on_cpu(tmp_path)
     assert saved["workbench"]["graphs_after_first_step"] == 0 and saved["workbench"]["padding_fraction"] < 0.1
     assert saved["trainer"]["padding_fraction"] > 0.3 and saved["ratio"] > 0
     assert saved["workbench"]["isolation"]["isolated"], saved["workbench"]["isolation"]  # packed == alone
+    prof = saved["workbench"]["profile"]  # 2 more steps under torch.profiler, after (and not in) the timed ones
+    assert prof["steps"] == 2 and prof["wall_ms_per_step"] > 0 and 0 < prof["busy_share_of_wall"]
+    assert prof["top"] and all(r["ms_per_step"] > 0 and r["calls_per_step"] > 0 for r in prof["top"])
+    assert any("mm" in r["name"] for r in prof["top"]), prof["top"]  # the matmuls show up among the top operators
     check = saved["losscheck"]
     assert check["steps"] == saved["workload"]["check_steps"] and check["within_1pct"], check
     bench.main(["--device", "cpu", "--gpu-config-smoke", "--only", "trainer", "--max-seconds", "1e-6",
