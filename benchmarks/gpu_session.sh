@@ -1,0 +1,37 @@
+#!/bin/bash
+# One device call of a GPU session (docs/benchmarks.md, "GPU session runbook"): run on the device machine in
+# the repository root, with the DuckDB wheels carried in .whl/, as `bash benchmarks/gpu_session.sh [SECONDS]`.
+# Writes card.txt, *.json and *.log to $OUT (default ./gpu-out), in order of priority, each bounded by the time
+# left of SECONDS (default 570):
+#   1. train_throughput.py, all phases (Trainer, workbench step, loss curves), 32k-token steps, with a kernel
+#      profile of 3 more steps                                              -> throughput.json / .log
+#   2. train_sft_gpu.py: train_sft end to end on the 0.5B-shaped model     -> sft.json / .log
+#   3. the workbench step again with --compile-mode max-autotune-no-cudagraphs (tuned kernels; long compile)
+#                                                                           -> autotune.json / .log
+T0=$(date +%s)
+BUDGET=${1:-570}
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__)"
+} 2>&1 | tee "$OUT/card.txt"
+
+step() {  # step NAME MIN_SECONDS command...: runs the command if MIN_SECONDS are left, bounded by the time left
+  local name=$1 need=$2; shift 2
+  local l; l=$(left)
+  if [ "$l" -lt "$need" ]; then echo "[$name] skipped: $l s left, needs $need"; return; fi
+  echo "[$name] starting with $l s left"
+  timeout "$l" "$@" > "$OUT/$name.log" 2>&1
+  echo "[$name] rc $? after $(( $(date +%s) - T0 )) s"
+  grep -v -e "^{'" -e "warn" -e "USDT" "$OUT/$name.log" | tail -30
+}
+
+step throughput 200 python3 benchmarks/train_throughput.py --device cuda --micro-batch 8 --profile 3 \
+  --max-seconds $(( $(left) - 30 < 300 ? $(left) - 30 : 300 )) --out "$OUT/throughput.json"
+step sft 150 python3 benchmarks/train_sft_gpu.py --device cuda --out "$OUT/sft.json"
+step autotune 150 python3 benchmarks/train_throughput.py --device cuda --only workbench --micro-batch 8 \
+  --compile-mode max-autotune-no-cudagraphs --max-seconds $(( $(left) - 20 )) --out "$OUT/autotune.json"
+echo "total $(( $(date +%s) - T0 )) s"
