@@ -149,7 +149,7 @@ def main(argv=None) -> dict:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="wb-sft-gpu-"))
     res: dict = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.machine(),
                  "torch": torch.__version__, "transformers": transformers.__version__,
-                 "python": platform.python_version(), "size": {k: v for k, v in size.items() if k != "model"},
+                 "python": platform.python_version(), "cpu_count": os.cpu_count(), "size": {k: v for k, v in size.items() if k != "model"},
                  "model_config": size["model"]}
 
     def save():

@@ -120,6 +120,16 @@ def flops_per_token(w: dict, seq: float) -> float:
     return 6 * n_params(w) + 12 * c["num_hidden_layers"] * c["hidden_size"] * seq
 
 
+def host_cpu() -> str:
+    """The host's CPU model and core count: the Trainer's padded eager step is host-bound, so its figure
+    follows the machine (docs/benchmarks.md)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+    return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -414,7 +424,8 @@ def main(argv=None) -> dict:
 
     res = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or platform.machine(),
            "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__,
-           "python": platform.python_version(), "workload": {k: v for k, v in w.items() if k != "model"},
+           "python": platform.python_version(), "host_cpu": host_cpu(),
+           "workload": {k: v for k, v in w.items() if k != "model"},
            "model": w["model"], "load_average": os.getloadavg(), "phases": phases, "max_seconds": max_seconds,
            "workbench_config": {"compile": compile_, "compile_backend": backend, "compile_mode": args.compile_mode,
                                 "attn": w["attn"], "dtype": w["dtype"], "mask_builder": args.mask_builder,

@@ -456,7 +456,7 @@ def test_throughput_benchmark_gpu_config_smoke_runs_every_phase_on_cpu(tmp_path)
     out = tmp_path / "smoke.json"
     res = bench.main(["--device", "cpu", "--gpu-config-smoke", "--profile", "2", "--out", str(out)])
     saved = json.loads(out.read_text())
-    assert saved["workbench_config"] == res["workbench_config"]
+    assert saved["workbench_config"] == res["workbench_config"] and saved["host_cpu"]
     assert res["workbench_config"] | {"attn": "flex_attention", "dtype": "bf16", "compile": True,
                                       "compile_backend": "aot_eager", "compile_loss": True} == res["workbench_config"]
     for side in ("trainer", "workbench"):
