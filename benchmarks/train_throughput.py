@@ -312,6 +312,7 @@ def run_workbench(w, examples, device, *, model, steps, lr, budget, compile_, gr
 def profile_kernels(step, n: int, device, top: int = 30) -> dict:
     """Runs ``step(i)`` for i < n under ``torch.profiler``; the kernels (operators on CPU) that took the most
     self time per step, and their share of the profiled steps' wall time."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -327,7 +328,11 @@ def profile_kernels(step, n: int, device, top: int = 30) -> dict:
     def self_us(e):
         return getattr(e, key, None) or getattr(e, key.replace("device", "cuda"), 0.0)
 
-    events = sorted((e for e in prof.key_averages() if self_us(e) > 0), key=self_us, reverse=True)
+    def counted(e):  # on CUDA the kernels themselves (an operator's row repeats its kernels' time)
+        return self_us(e) > 0 and (device.type != "cuda" or getattr(e, "device_type", None) == DeviceType.CUDA)
+
+    events = [e for e in prof.key_averages() if counted(e)] or [e for e in prof.key_averages() if self_us(e) > 0]
+    events.sort(key=self_us, reverse=True)
     busy = sum(self_us(e) for e in events)
     rows = [{"name": e.key[:160], "calls_per_step": e.count / n, "ms_per_step": round(self_us(e) / n / 1e3, 3),
              "share_of_wall": round(self_us(e) / wall_us, 4)} for e in events[:top]]
