@@ -74,3 +74,28 @@ def test_notebooks_09_and_10_train_record_and_report(workspace, tmp_path):
     text10 = _outputs(out / "10_evaluate.ipynb")
     assert f"classifier run {run_id}" in text10 and "precision" in text10
     assert _images(out / "10_evaluate.ipynb") >= 3  # runs, confusion matrix, one group column
+
+
+def test_notebook_09_trains_the_causal_lm_and_shows_its_throughput(workspace):
+    """The causal-LM part of notebook 09 (classifier off) on the spine's sample and step 05's sft_examples:
+    it trains, and the throughput table (per evaluation window, from run_metrics) shows the run's figures."""
+    con = workbench.connect(workspace)
+    build_spine(con, rows=300, seed=7)
+    con.close()
+    params = {"train_classifier_model": "false", "n_preview": "2",
+              "causal_config": '{"epochs": 1, "max_length": 48, "token_budget": 128, "eval_at_start": false, '
+                               '"max_eval_examples": 4, "max_new_tokens": 4, "evaluate_test": false}'}
+    out = pipeline.run(params, only=["05", "09"], workspace=workspace, progress=lambda msg: None)
+    con = workbench.connect(workspace)
+    try:
+        run_id, status, kind = con.execute("select run_id, status, kind from runs").fetchone()
+        tps = con.execute("select value from run_metrics where run_id = ? and metric = 'real_tokens_per_s'",
+                          [run_id]).fetchone()[0]
+    finally:
+        con.close()
+    assert (status, kind) == ("completed", "sft")
+    text09 = _outputs(out / "09_finetune.ipynb")
+    assert re.search(r"step\s*\|\s*real_tok_s\s*\|\s*trained_tok_s\s*\|\s*padding\s*\|\s*mfu\s*\|\s*peak_gb"
+                     r"\s*\|\s*first_step_s", text09), text09[-3000:]
+    assert f"{round(tps):.0f}" in text09  # the window's figure as the table shows it
+    assert "the test split was not scored" in text09  # evaluate_test false: no test accuracy to print
