@@ -41,7 +41,7 @@ QWEN05 = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hi
               num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True)
 SIZES = {
     "gpu": dict(model=QWEN05, n_examples=4096, median=260, sigma=0.8, min_len=32, max_len=1024, lexicon=3000,
-                tokenizer_vocab=8192, token_budget=4096, micro_batch=8, epochs=2, evals_per_epoch=3, lr=1e-4,
+                tokenizer_vocab=8192, token_budget=4096, micro_batch=8, epochs=1, evals_per_epoch=3, lr=1e-4,
                 max_eval_examples=32, max_new_tokens=4),
     "tiny": dict(model=dict(QWEN05, vocab_size=2048, hidden_size=112, intermediate_size=224, num_hidden_layers=2,
                             max_position_embeddings=1024),
