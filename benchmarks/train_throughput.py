@@ -12,7 +12,9 @@ per-document mask (flex attention + torch.compile on CUDA, SDPA block-diagonal o
 chunked lm_head + cross-entropy over loss-bearing tokens only, batches collated ahead in a
 background thread. Throughput counts real (non-pad) tokens per second after warm-up steps. A third
 phase (``losscheck``) feeds the SAME examples per optimizer step to both (Trainer with a sequential
-sampler) and compares the loss curves step by step.
+sampler) and compares the loss curves step by step; its examples have the same lengths but token ids
+drawn from a Zipf law (``check_zipf``) at a higher learning rate (``check_lr``), so the curves fall
+(optimizer steps that matter) instead of sitting at ln(vocabulary) as uniform ids leave them.
 
 Made for a single GPU session: ``--max-seconds`` bounds the whole run (step loops stop early and
 report what they measured), each phase's figures are printed and written to ``--out`` as soon as
@@ -53,21 +55,21 @@ WORKLOADS = {
     # 4 rows x 4096 tokens per step: the reference's 16,384 tokens per optimizer step
     "cuda": dict(model=QWEN05, n_examples=4096, median=260, sigma=0.8, min_len=32, max_len=1024, batch=16,
                  token_budget=4096, micro_batch=4, steps=40, warmup=8, check_steps=20, lr=1e-5,
-                 dtype="bf16", attn="flex_attention", compile=True, loss_chunk=4096),
+                 check_lr=3e-4, check_zipf=1.2, dtype="bf16", attn="flex_attention", compile=True, loss_chunk=4096),
     # CPU: the same family at the offline tiny-llama's size and vocabulary, lengths scaled down 4x
     "cpu": dict(model=dict(vocab_size=30523, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                            tie_word_embeddings=True),
                 n_examples=1024, median=65, sigma=0.8, min_len=8, max_len=256, batch=16,
                 token_budget=512, micro_batch=3, steps=24, warmup=4, check_steps=8, lr=2e-3,
-                dtype="fp32", attn="sdpa", compile=False, loss_chunk=4096),
+                check_lr=2e-3, check_zipf=1.2, dtype="fp32", attn="sdpa", compile=False, loss_chunk=4096),
     # --gpu-config-smoke: the CUDA configuration (0.5B architecture: 14 heads / 2 KV heads, tied embeddings,
     # bf16, flex + compile + fused AdamW) at a tiny width, vocabulary and length; seconds on CPU
     "smoke": dict(model=dict(QWEN05, vocab_size=4096, hidden_size=112, intermediate_size=224, num_hidden_layers=2,
                              max_position_embeddings=1024),
                   n_examples=128, median=40, sigma=0.8, min_len=8, max_len=128, batch=8,
                   token_budget=256, micro_batch=2, steps=6, warmup=2, check_steps=3, lr=1e-3,
-                  dtype="bf16", attn="flex_attention", compile=True, loss_chunk=512),
+                  check_lr=1e-3, check_zipf=1.2, dtype="bf16", attn="flex_attention", compile=True, loss_chunk=512),
 }
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 PHASES = ("trainer", "workbench", "losscheck")
@@ -86,12 +88,20 @@ class Budget:
         return time.perf_counter() - self.t0
 
 
-def make_examples(w: dict, seed: int = 0) -> list[dict]:
+def make_examples(w: dict, seed: int = 0, zipf: float | None = None) -> list[dict]:
+    """Token ids uniform over the vocabulary (the throughput workload, as the reference's), or with
+    ``zipf`` drawn from a Zipf law (a skewed, learnable unigram distribution like text's: the loss check's
+    curves then fall instead of sitting at ln(vocabulary)). Lengths are the same for the same seed."""
     rng = np.random.default_rng(seed)
     lens = np.clip(rng.lognormal(math.log(w["median"]), w["sigma"], w["n_examples"]), w["min_len"], w["max_len"])
+    ids_rng = np.random.default_rng(seed + 1)
+    hi = w["model"]["vocab_size"] - 100
     out = []
     for n in lens.astype(int):
-        ids = rng.integers(100, w["model"]["vocab_size"] - 100, n).tolist()
+        if zipf:
+            ids = np.minimum(100 + ids_rng.zipf(zipf, n) - 1, hi - 1).tolist()
+        else:
+            ids = rng.integers(100, hi, n).tolist()
         p = int(n * 0.4)
         out.append({"input_ids": ids, "labels": [IGNORE] * p + ids[p:]})
     return out
@@ -384,6 +394,10 @@ def parse_args(argv=None):
                     help="wall-clock budget of the whole run; step loops stop early and report (CUDA default 540)")
     ap.add_argument("--steps", type=int, help="timed + warm-up optimizer steps per side (default per device)")
     ap.add_argument("--check-steps", type=int, help="optimizer steps of the loss-curve comparison")
+    ap.add_argument("--check-lr", type=float, help="learning rate of the loss-curve comparison (default per device)")
+    ap.add_argument("--check-zipf", type=float,
+                    help="Zipf exponent of the loss check's token ids (default per device; 0: uniform ids, as the "
+                         "throughput phases)")
     ap.add_argument("--token-budget", type=int, help="tokens per packed row (CUDA default 4096)")
     ap.add_argument("--micro-batch", type=int, help="packed rows per forward pass (CUDA default 4)")
     ap.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (throughput phase)")
@@ -412,9 +426,11 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     w = dict(WORKLOADS["smoke" if args.gpu_config_smoke else args.device])
     for key, val in (("steps", args.steps), ("check_steps", args.check_steps), ("token_budget", args.token_budget),
-                     ("micro_batch", args.micro_batch)):
+                     ("micro_batch", args.micro_batch), ("check_lr", args.check_lr)):
         if val:
             w[key] = val
+    if args.check_zipf is not None:
+        w["check_zipf"] = args.check_zipf
     w["grad_accum"] = args.grad_accum
     phases = args.only or list(PHASES)
     max_seconds = args.max_seconds if args.max_seconds is not None else (540 if device.type == "cuda" else None)
@@ -544,9 +560,10 @@ def main(argv=None) -> dict:
                 print("[losscheck] skipped: the workbench phase failed", flush=True)
                 return
             n = w["check_steps"]
-            ordered = [examples[i] for i in range(n * w["batch"])]
+            pool = make_examples(w, zipf=w["check_zipf"]) if w.get("check_zipf") else examples
+            ordered = [pool[i] for i in range(n * w["batch"])]
             groups = [list(range(i * w["batch"], (i + 1) * w["batch"])) for i in range(n)]
-            hf_c = run_trainer(w, ordered, device, dtype, steps=n, lr=w["lr"], budget=budget, sequential=True,
+            hf_c = run_trainer(w, ordered, device, dtype, steps=n, lr=w["check_lr"], budget=budget, sequential=True,
                                log_every_step=True)
             print(f"    trainer : {' '.join(f'{x:.4f}' for x in hf_c['losses'])}", flush=True)
             model = state.get("model")
@@ -557,7 +574,7 @@ def main(argv=None) -> dict:
             else:
                 model = prepare(w, device, dtype, compile_=compile_, backend=backend, mode=mode,
                                 mask_builder=args.mask_builder)
-            wb_c = run_workbench(w, ordered, device, model=model, steps=min(n, len(hf_c["losses"])), lr=w["lr"],
+            wb_c = run_workbench(w, ordered, device, model=model, steps=min(n, len(hf_c["losses"])), lr=w["check_lr"],
                                  budget=budget, compile_=compile_, groups=groups, prefetch=args.prefetch,
                                  print_every=0, compile_loss=compile_loss)
             print(f"    workbench: {' '.join(f'{x:.4f}' for x in wb_c['losses'])}", flush=True)

@@ -470,6 +470,7 @@ def test_throughput_benchmark_gpu_config_smoke_runs_every_phase_on_cpu(tmp_path)
     assert any("mm" in r["name"] for r in prof["top"]), prof["top"]  # the matmuls show up among the top operators
     check = saved["losscheck"]
     assert check["steps"] == saved["workload"]["check_steps"] and check["within_1pct"], check
+    assert check["trainer"][-1] < check["trainer"][0] - 0.2, check  # Zipf ids: a curve that falls, not a flat line
     bench.main(["--device", "cpu", "--gpu-config-smoke", "--only", "trainer", "--max-seconds", "1e-6",
                 "--out", str(out)])
     assert json.loads(out.read_text())["trainer"] == {"skipped": "out of time budget"}
