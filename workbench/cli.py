@@ -469,7 +469,10 @@ def _cmd_cpt(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="workbench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="workbench", description="SQL-first data preparation and fine-tuning over a workspace "
+        "(DuckDB + DuckLake). Start with 'workbench run' (the whole pipeline on the sample data), then "
+        "'workbench sql'. Docs: README.md and docs/.")
     p.add_argument("--workspace", help="workspace folder (default: $WORKBENCH_HOME or ./workspace)")
     sub = p.add_subparsers(dest="command", required=True)
 
