@@ -2,6 +2,8 @@
 
     python benchmarks/train_sft_gpu.py --device cuda --out sft.json    # 0.5B-shaped Qwen2, 4,096 examples
     python benchmarks/train_sft_gpu.py --device cpu --tiny             # the same flow at a tiny size (tests)
+    python benchmarks/train_sft_gpu.py --model ~/models/my-model --set lora=true --set micro_batch_size=4
+                                                                       # your model and settings on your GPU
 
 ``benchmarks/train_throughput.py`` times ``finetune.train_step`` against the Trainer; this script runs
 what a user runs: a workspace with ``sft_examples`` and ``splits`` tables, a model folder (a Qwen2.5-0.5B-
@@ -124,6 +126,10 @@ def parse_args(argv=None):
     ap.add_argument("--micro-batch", type=int, help="packed rows per forward pass (GPU default 8)")
     ap.add_argument("--token-budget", type=int, help="tokens per packed row (GPU default 4096)")
     ap.add_argument("--compile-mode", default="default", help="SFTConfig.compile_mode")
+    ap.add_argument("--model", help="train this model folder or Hugging Face id instead of the generated 0.5B-shaped "
+                                    "one (its own tokenizer reads the generated text)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="SFTConfig field for the run, repeatable (e.g. lora=true, precision=bf16, micro_batch_size=4)")
     ap.add_argument("--workdir", help="folder for the workspace and model (default: a temporary folder)")
     ap.add_argument("--out", help="write the figures as JSON here")
     return ap.parse_args(argv)
@@ -136,7 +142,7 @@ def main(argv=None) -> dict:
     transformers.utils.logging.disable_progress_bar()  # model save/load bars: not figures
 
     import workbench
-    from workbench.finetune import SFTConfig, train_sft
+    from workbench.finetune import SFTConfig, config_from_strings, train_sft
     from workbench.packing import flex_reference_backward
     from workbench.workspace import write_table
 
@@ -161,20 +167,24 @@ def main(argv=None) -> dict:
     examples = make_examples(size)
     write_table(con, "sft_examples", examples)
     write_table(con, "splits", make_splits(examples))
-    res["model"] = make_model_folder(size, (examples["prompt"] + " " + examples["completion"]).tolist(),
-                                     work / "model")
+    if args.model:
+        res["model"] = {"path": args.model}
+    else:
+        res["model"] = make_model_folder(size, (examples["prompt"] + " " + examples["completion"]).tolist(),
+                                         work / "model")
     res["setup_s"] = round(time.perf_counter() - t, 1)
     n_train = int((make_splits(examples)["split"] == "train").sum())
     cuda_like = dict(attn_implementation="flex_attention", compile="on", precision="bf16-mixed", fused_optimizer="on",
                      compile_loss="on", compile_backend="aot_eager", peak_tflops=1.0) if args.tiny else {}
     steps_per_epoch = max(1, round(n_train * float(np.mean([len(p.split()) + len(c.split()) for p, c in zip(
         examples["prompt"], examples["completion"])])) / (size["token_budget"] * size["micro_batch"])))
-    cfg = SFTConfig(model=str(work / "model"), task=TASK, device=args.device, max_length=size["max_len"] + 16,
+    cfg = SFTConfig(model=args.model or str(work / "model"), task=TASK, device=args.device, max_length=size["max_len"] + 16,
                     overlength="truncate", token_budget=size["token_budget"], micro_batch_size=size["micro_batch"],
                     epochs=size["epochs"], lr=size["lr"], warmup_steps=2, eval_at_start=False,
                     eval_every=max(2, steps_per_epoch // size["evals_per_epoch"]), metric="loss", patience=0,
                     max_eval_examples=size["max_eval_examples"], max_new_tokens=size["max_new_tokens"],
                     checkpoint_every=10 ** 6, compile_mode=args.compile_mode, **cuda_like)
+    cfg = config_from_strings(args.set, cfg)
     res["config"] = {k: v for k, v in vars(cfg).items() if k != "model"}
     save()
     graphs0 = graphs_compiled()
@@ -197,9 +207,10 @@ def main(argv=None) -> dict:
                test={r.metric: r.value for r in m[m.split == "test"].itertuples()},
                train_loss_first_last=[float(train[train.metric == "loss"]["value"].iloc[i]) for i in (0, -1)])
     save()
-    print(f"device {res['device']}, torch {res['torch']}, transformers {res['transformers']}; model "
-          f"{res['model']['parameters']:,} parameters (vocabulary {res['model']['model_vocab']:,}, tokenizer "
-          f"{res['model']['tokenizer_vocab']:,}); {len(examples):,} examples, setup {res['setup_s']} s", flush=True)
+    about = (f"{res['model']['parameters']:,} parameters (vocabulary {res['model']['model_vocab']:,}, tokenizer "
+             f"{res['model']['tokenizer_vocab']:,})" if "parameters" in res["model"] else res["model"]["path"])
+    print(f"device {res['device']}, torch {res['torch']}, transformers {res['transformers']}; model {about}; "
+          f"{len(examples):,} examples, setup {res['setup_s']} s", flush=True)
     print(f"train_sft: {out.status}, {out.steps} steps in {res['train_sft_s']} s (first step {res['first_step_s']:.1f} s), "
           f"graphs compiled {res['graphs_compiled']}, train loss {res['train_loss_first_last'][0]:.3f} -> "
           f"{res['train_loss_first_last'][1]:.3f}", flush=True)

@@ -494,7 +494,9 @@ def test_train_sft_gpu_benchmark_runs_the_routine_end_to_end_tiny_on_cpu(tmp_pat
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "sft.json"
-    res = bench.main(["--device", "cpu", "--tiny", "--workdir", str(tmp_path / "work"), "--out", str(out)])
+    res = bench.main(["--device", "cpu", "--tiny", "--set", "warmup_steps=3", "--workdir", str(tmp_path / "work"),
+                      "--out", str(out)])
+    assert res["config"]["warmup_steps"] == 3  # --set reaches the SFTConfig
     assert json.loads(out.read_text())["run_id"] == res["run_id"]
     assert res["status"] == "completed" and res["graphs_compiled"] == 2, res
     assert len(res["windows"]) >= 2 and all(w["real_tokens_per_s"] > w["trained_tokens_per_s"] > 0
