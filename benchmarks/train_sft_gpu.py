@@ -38,9 +38,10 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-QWEN05 = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-              num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True)
+from train_throughput import QWEN05, graphs_compiled  # noqa: E402  (the same model shape; dynamo's graph count)
+
 SIZES = {
     "gpu": dict(model=QWEN05, n_examples=4096, median=260, sigma=0.8, min_len=32, max_len=1024, lexicon=3000,
                 tokenizer_vocab=8192, token_budget=4096, micro_batch=8, epochs=1, evals_per_epoch=3, lr=1e-4,
@@ -111,12 +112,6 @@ def make_model_folder(size: dict, texts: list[str], folder: Path) -> dict:
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
-def graphs_compiled() -> int:
-    from torch._dynamo.utils import counters
-
-    return int(counters["stats"]["unique_graphs"])
-
-
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
@@ -166,14 +161,15 @@ def main(argv=None) -> dict:
     con = workbench.connect(work / "workspace")
     examples = make_examples(size)
     write_table(con, "sft_examples", examples)
-    write_table(con, "splits", make_splits(examples))
+    splits = make_splits(examples)
+    write_table(con, "splits", splits)
     if args.model:
         res["model"] = {"path": args.model}
     else:
         res["model"] = make_model_folder(size, (examples["prompt"] + " " + examples["completion"]).tolist(),
                                          work / "model")
     res["setup_s"] = round(time.perf_counter() - t, 1)
-    n_train = int((make_splits(examples)["split"] == "train").sum())
+    n_train = int((splits["split"] == "train").sum())
     cuda_like = dict(attn_implementation="flex_attention", compile="on", precision="bf16-mixed", fused_optimizer="on",
                      compile_loss="on", compile_backend="aot_eager", peak_tflops=1.0) if args.tiny else {}
     steps_per_epoch = max(1, round(n_train * float(np.mean([len(p.split()) + len(c.split()) for p, c in zip(

@@ -722,12 +722,16 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    def new_window() -> dict:
+        """A throughput window from now: wall time and the tokens of its steps (checkpoint time excluded)."""
+        return {"t0": time.perf_counter(), "excluded": 0.0, "real": 0, "trained": 0, "pad": 0}
+
     prefetch = Prefetcher(make_batches, range(state["step"] + 1, total_steps + 1), ahead=config.prefetch)
     try:
         if state["step"] == 0 and config.eval_at_start and resume_ckpt is None:
             run_eval(0, 0.0)
         sync()
-        win = {"t0": time.perf_counter(), "excluded": 0.0, "real": 0, "trained": 0, "pad": 0}
+        win = new_window()
         first_step = state["step"] + 1
         for step in range(state["step"] + 1, total_steps + 1):
             epoch, idx, _, n_in_epoch = schedule[step - 1]
@@ -745,7 +749,7 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
                 log.add({"first_step_seconds": time.perf_counter() - t_first}, step=step, epoch=frac_epoch,
                         split="train")
             if first and compile_on:
-                win = {"t0": time.perf_counter(), "excluded": 0.0, "real": 0, "trained": 0, "pad": 0}
+                win = new_window()
             else:
                 win["real"] += sum(b.n_real for b in batches)
                 win["trained"] += sum(b.n_trained for b in batches)
@@ -771,7 +775,7 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
                 if config.patience and state["bad_evals"] >= config.patience:
                     state["stopped_early"] = True
                 sync()
-                win = {"t0": time.perf_counter(), "excluded": 0.0, "real": 0, "trained": 0, "pad": 0}
+                win = new_window()
             if checkpointing or state["stopped_early"]:
                 t_ck = time.perf_counter()
                 save_checkpoint(step)
