@@ -2,9 +2,11 @@
 # One device call of a GPU session (docs/benchmarks.md, "GPU session runbook"): run on the device machine in
 # the repository root, with the DuckDB wheels carried in .whl/, as `bash benchmarks/gpu_session.sh [SECONDS]`.
 # Writes card.txt, *.json and *.log to $OUT (default ./gpu-out), in order of priority, each bounded by the time
-# left of SECONDS (default 570):
+# left of SECONDS (default 570); STEPS="..." runs a subset:
 #   1. train_throughput.py, all phases (Trainer, workbench step, loss curves), 32k-token steps, with a kernel
 #      profile of 3 more steps                                              -> throughput.json / .log
+#   flex / tuned (only when named in STEPS): benchmarks/flex_configs.py times flex attention's kernel configurations
+#      on the workload's masks (-> flex.json), then train_throughput.py runs all phases with the best of them
 #   2. train_sft_gpu.py: train_sft end to end on the 0.5B-shaped model     -> sft.json / .log
 #   3. the workbench step with --compile-mode max-autotune-no-cudagraphs (tuned kernels; a compile of unknown
 #      length, so last, with whatever time is left; compare with step 1's Trainer) -> autotune.json / .log
@@ -19,8 +21,10 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
   python3 -c "import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__)"
 } 2>&1 | tee "$OUT/card.txt"
 
+STEPS=${STEPS:-throughput sft autotune}  # also: flex tuned  # which steps to run (a subset, in this order), e.g. STEPS="throughput autotune"
 step() {  # step NAME MIN_SECONDS command...: runs the command if MIN_SECONDS are left, bounded by the time left
   local name=$1 need=$2; shift 2
+  case " $STEPS " in *" $name "*) ;; *) echo "[$name] not in STEPS"; return ;; esac
   local l; l=$(left)
   if [ "$l" -lt "$need" ]; then echo "[$name] skipped: $l s left, needs $need"; return; fi
   echo "[$name] starting with $l s left"
@@ -31,7 +35,10 @@ step() {  # step NAME MIN_SECONDS command...: runs the command if MIN_SECONDS ar
 
 step throughput 200 python3 benchmarks/train_throughput.py --device cuda --micro-batch 8 --profile 3 \
   --max-seconds $(( $(left) - 30 < 300 ? $(left) - 30 : 300 )) --out "$OUT/throughput.json"
+step flex 60 python3 benchmarks/flex_configs.py --device cuda --max-seconds ${FLEX_SECONDS:-100} --out "$OUT/flex.json"
+step tuned 200 python3 benchmarks/train_throughput.py --device cuda --micro-batch 8 --flex-kernel-options "$OUT/flex.json" \
+  --profile 3 --max-seconds $(( $(left) - 15 )) --out "$OUT/tuned.json"
 step sft 150 python3 benchmarks/train_sft_gpu.py --device cuda --out "$OUT/sft.json"
 step autotune 120 python3 benchmarks/train_throughput.py --device cuda --only workbench --micro-batch 8 \
-  --compile-mode max-autotune-no-cudagraphs --max-seconds $(( $(left) - 20 )) --out "$OUT/autotune.json"
+  --compile-mode max-autotune-no-cudagraphs --profile 3 --max-seconds $(( $(left) - 20 )) --out "$OUT/autotune.json"
 echo "total $(( $(date +%s) - T0 )) s"

@@ -93,6 +93,7 @@ class SFTConfig:
     compile_loss: str = "auto"  # fuse each loss chunk's softmax + gradient with torch.compile: "auto" (with an inductor-compiled decoder) | "on" | "off"
     fused_optimizer: str = "auto"  # AdamW fused kernel: "auto" (on CUDA) | "on" (CPU too) | "off" (foreach)
     flex_mask_builder: str = "blocks"  # flex BlockMask from per-block document ranges ("blocks") or torch's create_block_mask (T x T)
+    flex_kernel_options: dict | None = None  # flex attention's Triton kernel options, fwd_*/bwd_* keys (benchmarks/flex_configs.py finds them per card); None: torch's defaults
     prefetch: int = 2  # optimizer steps whose batches a background thread collates (and pins) ahead; 0 = inline
     sync_every: int = 10  # optimizer steps between host syncs (train loss / grad norm read back, progress bar); 1 = every step
     loss_chunk: int = 4096  # trained tokens per lm_head + cross-entropy chunk; bounds logits memory to chunk x vocab
@@ -116,6 +117,10 @@ class SFTConfig:
                   ("fused_optimizer", self.fused_optimizer in ("auto", "on", "off")),
                   ("compile_loss", self.compile_loss in ("auto", "on", "off")),
                   ("flex_mask_builder", self.flex_mask_builder in ("blocks", "create_block_mask")),
+                  ("flex_kernel_options", self.flex_kernel_options is None or (
+                      isinstance(self.flex_kernel_options, dict)
+                      and all(isinstance(k, str) and k.startswith(("fwd_", "bwd_")) and isinstance(v, (int, bool))
+                              for k, v in self.flex_kernel_options.items()))),
                   ("prefetch", self.prefetch >= 0), ("sync_every", self.sync_every >= 1),
                   ("checkpoint_every", self.checkpoint_every >= 1), ("eval_every", self.eval_every >= 0),
                   ("max_train_examples", self.max_train_examples is None or self.max_train_examples >= 1),
@@ -595,6 +600,7 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
     model.to(device)
     model._wb_autocast = precision == "bf16-mixed"
     model._wb_mask_builder = config.flex_mask_builder
+    model._wb_flex_kernel_options = config.flex_kernel_options
     compile_on = config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
     if compile_on:  # static shapes: rows padded to token_budget, micro-batches to micro_batch_size rows
         model.get_decoder().compile(dynamic=False, backend=config.compile_backend,

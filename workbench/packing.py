@@ -329,16 +329,20 @@ def hidden_states(model, batch: PackedBatch) -> torch.Tensor:
     """Last hidden states ``[rows, T, d]`` of a packed batch, each example isolated by the mask.
 
     Runs the decoder only (``get_decoder()``; LoRA layers injected by peft live inside it), so no
-    logits are computed here.
+    logits are computed here. ``model._wb_flex_kernel_options`` (a dict, e.g. from
+    ``SFTConfig.flex_kernel_options``) reaches flex attention's kernels as ``kernel_options``.
     """
     impl = model.config._attn_implementation
     decoder = model.get_decoder()
+    kw = {}
     if impl == "flex_attention":
         mask = flex_document_mask(batch.doc_ids, builder=getattr(model, "_wb_mask_builder", "blocks"))
+        if getattr(model, "_wb_flex_kernel_options", None):  # Triton tiles of flex's kernels (fwd_*/bwd_* keys)
+            kw["kernel_options"] = dict(model._wb_flex_kernel_options)
     else:
         mask = document_mask(batch.doc_ids, impl, dtype=next(model.parameters()).dtype)
     out = decoder(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
-                  use_cache=False)
+                  use_cache=False, **kw)
     return out.last_hidden_state
 
 
