@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from workbench.finetune import SFTConfig, train_step  # noqa: E402
 from workbench.packing import (IGNORE, Prefetcher, collate_packed, flex_reference_backward, pack_rows,  # noqa: E402
                                plan_epoch)
+from workbench.packing import flex_kernel_options as packing_kernel_options  # noqa: E402
 
 QWEN05 = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
               num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True)
@@ -384,11 +385,15 @@ def isolation_check(model, examples, w, *, compile_, docs=4) -> dict:
 
 # --------------------------------------------------------------------------- main
 
-def flex_kernel_options(arg: str | None) -> dict | None:
-    """``--flex-kernel-options``: a JSON object, or a benchmarks/flex_configs.py result file (its
-    ``best_kernel_options``; empty there means torch's defaults won)."""
-    if not arg:
-        return None
+def flex_kernel_options(arg: str, w: dict, device, dtype) -> dict | None:
+    """``--flex-kernel-options``: "auto" (the routine's default, ``SFTConfig.flex_kernel_options``), "none"
+    (torch's defaults), a JSON object, or a benchmarks/flex_configs.py result file (its ``best_kernel_options``;
+    empty there means torch's defaults won)."""
+    if arg in ("auto", "none"):
+        c = w["model"]
+        return packing_kernel_options(None if arg == "none" else "auto", device=device,
+                                      head_dim=c["hidden_size"] // c["num_attention_heads"],
+                                      half_precision=dtype in (torch.bfloat16, torch.float16))
     p = Path(arg)
     if not p.is_file() and not arg.lstrip().startswith("{"):
         print(f"--flex-kernel-options: no file {arg}: torch's defaults", flush=True)
@@ -418,8 +423,10 @@ def parse_args(argv=None):
     ap.add_argument("--micro-batch", type=int, help="packed rows per forward pass (CUDA default 4)")
     ap.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (throughput phase)")
     ap.add_argument("--no-compile", action="store_true", help="run the workbench step eagerly")
-    ap.add_argument("--flex-kernel-options", help="flex attention kernel options of the workbench step: a JSON object "
-                    "(fwd_*/bwd_* keys) or a benchmarks/flex_configs.py result file")
+    ap.add_argument("--flex-kernel-options", default="auto",
+                    help="flex attention kernel options of the workbench step: auto (the routine's default: measured "
+                         "tiles on H100/H200), none (torch's defaults), a JSON object (fwd_*/bwd_* keys) or a "
+                         "benchmarks/flex_configs.py result file")
     ap.add_argument("--compile-mode", default="default",
                     help="torch.compile mode of the decoder: default | max-autotune-no-cudagraphs | max-autotune")
     ap.add_argument("--compile-backend", help="inductor (CUDA default) | aot_eager (CPU smoke default)")
@@ -459,7 +466,8 @@ def main(argv=None) -> dict:
     backend = args.compile_backend or ("aot_eager" if cpu_flex else "inductor")
     mode = None if args.compile_mode == "default" or backend != "inductor" else args.compile_mode
     compile_loss = args.compile_loss == "on" or (args.compile_loss == "auto" and compile_)
-    kernel_options = flex_kernel_options(args.flex_kernel_options)
+    kernel_options = flex_kernel_options(args.flex_kernel_options, w, device, dtype) if w["attn"] == "flex_attention" \
+        else None
     examples = make_examples(w)
     import transformers
 

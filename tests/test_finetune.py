@@ -480,6 +480,62 @@ def test_throughput_benchmark_gpu_config_smoke_runs_every_phase_on_cpu(tmp_path)
     saved = json.loads(out.read_text())
     assert "token_budget=16" in saved["workbench"]["error"] and "Traceback" in saved["workbench"]["traceback"]
     assert "skipped" in saved["losscheck"] and saved["wall_s"] > 0
+    # tuned flex tiles whose kernel fails (on a GPU: out of shared memory) -> measured with torch's defaults
+    real_prepare = bench.prepare
+
+    def prepare(*a, kernel_options=None, **kw):
+        if kernel_options:
+            raise RuntimeError("out of resource: shared memory")
+        return real_prepare(*a, kernel_options=kernel_options, **kw)
+
+    bench.prepare = prepare
+    bench.main(["--device", "cpu", "--gpu-config-smoke", "--only", "workbench", "--steps", "3",
+                "--flex-kernel-options", '{"fwd_BLOCK_M": 64}', "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert "shared memory" in saved["workbench_failed_with_kernel_options"]["error"]
+    assert saved["workbench_config"]["flex_kernel_options"] is None and saved["workbench"]["real_tok_s"] > 0
+
+
+def test_flex_configs_benchmark_smoke_on_cpu(tmp_path):
+    """benchmarks/flex_configs.py --smoke: times torch's default flex kernels and candidates on the workload's
+    packed document masks, checks each candidate's output and gradients against the default, and writes the
+    winner as kernel options that train_throughput.py (and SFTConfig) take."""
+    import importlib.util
+    import json
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "flex_configs.py"
+    spec = importlib.util.spec_from_file_location("flex_configs", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "flex.json"
+    res = bench.main(["--device", "cpu", "--smoke", "--reps", "2", "--out", str(out)])
+    assert json.loads(out.read_text()) == res
+    assert res["default"]["fwd_ms"] > 0 and res["default"]["bwd_ms"] > 0
+    assert {c["kind"] for c in res["candidates"]} == {"fwd", "bwd"}
+    assert all(c["ok"] and c["max_rel_diff"] < 1e-4 for c in res["candidates"])  # same math, other tiles
+    assert all(k.startswith(("fwd_", "bwd_")) for k in res["best_kernel_options"])
+    assert res["best_ms"]["best_total"] <= res["best_ms"]["default_total"]
+    tt = _throughput_benchmark()
+    opts = tt.flex_kernel_options(str(out), {}, torch.device("cpu"), torch.bfloat16)
+    assert opts == (res["best_kernel_options"] or None)
+    assert tt.flex_kernel_options("auto", tt.WORKLOADS["cuda"], torch.device("cpu"), torch.bfloat16) is None  # not sm90
+
+
+def test_flex_kernel_options_config_field():
+    """SFTConfig.flex_kernel_options: "auto" by default; None or a dict of fwd_/bwd_ integer options; --set takes JSON."""
+    from workbench.finetune import config_from_strings
+
+    assert SFTConfig().flex_kernel_options == "auto"
+    SFTConfig(flex_kernel_options=None).validate()
+    SFTConfig(flex_kernel_options={"fwd_BLOCK_M": 64, "bwd_num_warps": 4}).validate()
+    for bad in ({"BLOCK_M": 64}, {"fwd_BLOCK_M": "64"}, "fast", ["fwd_BLOCK_M"]):
+        with pytest.raises(ValueError, match="flex_kernel_options"):
+            SFTConfig(flex_kernel_options=bad).validate()
+    cfg = config_from_strings(['flex_kernel_options={"fwd_BLOCK_M": 64}'])
+    assert cfg.flex_kernel_options == {"fwd_BLOCK_M": 64}
+    assert config_from_strings(["flex_kernel_options=none"]).flex_kernel_options is None
+    with pytest.raises(ValueError, match="JSON"):
+        config_from_strings(['flex_kernel_options={"fwd_BLOCK_M": }'])
 
 
 def test_train_sft_gpu_benchmark_runs_the_routine_end_to_end_tiny_on_cpu(tmp_path):

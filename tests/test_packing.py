@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from workbench.finetune import train_step
-from workbench.packing import (IGNORE, Prefetcher, collate_packed, document_logprobs, document_mask,
-                               flex_document_mask, flex_reference_backward, hidden_states, linear_cross_entropy,
-                               pack_rows, plan_epoch, shift_targets, tokenize_example)
+from workbench.packing import (FLEX_KERNEL_OPTIONS_SM90_D64, IGNORE, Prefetcher, collate_packed, document_logprobs,
+                               document_mask, flex_document_mask, flex_kernel_options, flex_reference_backward,
+                               hidden_states, linear_cross_entropy, pack_rows, plan_epoch, shift_targets,
+                               tokenize_example)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -210,6 +211,32 @@ def test_flex_block_tables_equal_create_block_mask(T):
     assert torch.equal(full(a), full(b))  # blocks computed without evaluating the mask
     with pytest.raises(ValueError, match="builder"):
         flex_document_mask(doc, builder="dense")
+
+
+def test_flex_kernel_options_resolve_and_reach_flex_attention(monkeypatch):
+    """``SFTConfig.flex_kernel_options``: "auto" means torch's defaults off Hopper (here: CPU), a dict is used as
+    given, and whatever is resolved reaches ``flex_attention(kernel_options=...)`` in every layer."""
+    import torch.nn.attention.flex_attention as fa
+
+    assert flex_kernel_options("auto", device="cpu", head_dim=64, half_precision=True) is None
+    assert flex_kernel_options(None, device="cpu", head_dim=64, half_precision=True) is None
+    given = {"fwd_BLOCK_M": 64}
+    got = flex_kernel_options(given, device="cpu", head_dim=8, half_precision=False)
+    assert got == given and got is not given
+    with pytest.raises(ValueError, match="flex_kernel_options"):
+        flex_kernel_options("fast", device="cpu", head_dim=64, half_precision=True)
+    # the measured Hopper tiles divide flex's 128-token sparse blocks (torch requires it) and name both kernels
+    assert all(128 % v == 0 for k, v in FLEX_KERNEL_OPTIONS_SM90_D64.items() if "BLOCK" in k)
+    assert {k[:4] for k in FLEX_KERNEL_OPTIONS_SM90_D64} == {"fwd_", "bwd_"}
+
+    model = tiny_model("flex_attention").eval()
+    model._wb_flex_kernel_options = dict(FLEX_KERNEL_OPTIONS_SM90_D64)
+    seen, real = [], fa.flex_attention
+    monkeypatch.setattr(fa, "flex_attention", lambda *a, **kw: seen.append(kw.get("kernel_options")) or real(*a, **kw))
+    b = collate_packed(random_examples(2, seed=3), [[0, 1]], pad_id=0)
+    with flex_reference_backward(), torch.no_grad():
+        hidden_states(model, b)
+    assert seen == [FLEX_KERNEL_OPTIONS_SM90_D64] * model.config.num_hidden_layers
 
 
 @pytest.mark.slow

@@ -31,7 +31,7 @@ import torch
 
 from . import runs
 from .evaluate import normalize_answer  # noqa: F401  (one exact-match rule for training, reports, sweeps)
-from .packing import (PackedBatch, Prefetcher, collate_packed, document_logprobs, hidden_states,
+from .packing import (PackedBatch, Prefetcher, collate_packed, document_logprobs, flex_kernel_options, hidden_states,
                       linear_cross_entropy, plan_epoch, tokenize_example)
 from .sft_data import (SFTDataError, _systems, audit_training_masks, check_frame, is_classification,  # noqa: F401
                        load_sft_frame, majority_baseline, sft_layout, shown_prompts, tokenize_split,
@@ -93,7 +93,7 @@ class SFTConfig:
     compile_loss: str = "auto"  # fuse each loss chunk's softmax + gradient with torch.compile: "auto" (with an inductor-compiled decoder) | "on" | "off"
     fused_optimizer: str = "auto"  # AdamW fused kernel: "auto" (on CUDA) | "on" (CPU too) | "off" (foreach)
     flex_mask_builder: str = "blocks"  # flex BlockMask from per-block document ranges ("blocks") or torch's create_block_mask (T x T)
-    flex_kernel_options: dict | None = None  # flex attention's Triton kernel options, fwd_*/bwd_* keys (benchmarks/flex_configs.py finds them per card); None: torch's defaults
+    flex_kernel_options: dict | str | None = "auto"  # flex attention's Triton tiles: "auto" (measured 64x64 tiles on H100/H200 at head dim 64, bf16; else torch's) | None (torch's) | a dict of fwd_*/bwd_* keys (benchmarks/flex_configs.py)
     prefetch: int = 2  # optimizer steps whose batches a background thread collates (and pins) ahead; 0 = inline
     sync_every: int = 10  # optimizer steps between host syncs (train loss / grad norm read back, progress bar); 1 = every step
     loss_chunk: int = 4096  # trained tokens per lm_head + cross-entropy chunk; bounds logits memory to chunk x vocab
@@ -117,7 +117,7 @@ class SFTConfig:
                   ("fused_optimizer", self.fused_optimizer in ("auto", "on", "off")),
                   ("compile_loss", self.compile_loss in ("auto", "on", "off")),
                   ("flex_mask_builder", self.flex_mask_builder in ("blocks", "create_block_mask")),
-                  ("flex_kernel_options", self.flex_kernel_options is None or (
+                  ("flex_kernel_options", self.flex_kernel_options in (None, "auto") or (
                       isinstance(self.flex_kernel_options, dict)
                       and all(isinstance(k, str) and k.startswith(("fwd_", "bwd_")) and isinstance(v, (int, bool))
                               for k, v in self.flex_kernel_options.items()))),
@@ -152,6 +152,11 @@ def config_from_strings(pairs: Sequence[str], base: SFTConfig | None = None) -> 
             changes[key] = int(raw)
         elif isinstance(default, float) or key == "peak_tflops":
             changes[key] = float(raw)
+        elif key == "flex_kernel_options" and raw.lstrip().startswith("{"):
+            try:
+                changes[key] = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"--set {key}: not a JSON object ({exc})") from None
         else:
             changes[key] = raw
     return dataclasses.replace(cfg, **changes)
@@ -526,7 +531,7 @@ class _Metrics:
 
 
 def _config_diff(a: dict, b: dict) -> list[str]:
-    free = {"stop_at_step", "keep_checkpoints", "checkpoint_every", "layout_resolved"}
+    free = {"stop_at_step", "keep_checkpoints", "checkpoint_every", "layout_resolved", "flex_kernel_options_resolved"}
     return sorted(k for k in set(a) | set(b) if k not in free and a.get(k) != b.get(k))
 
 
@@ -600,7 +605,10 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
     model.to(device)
     model._wb_autocast = precision == "bf16-mixed"
     model._wb_mask_builder = config.flex_mask_builder
-    model._wb_flex_kernel_options = config.flex_kernel_options
+    cfg_m = model.config
+    model._wb_flex_kernel_options = flex_kernel_options(
+        config.flex_kernel_options, device=device, half_precision=precision in ("bf16", "bf16-mixed"),
+        head_dim=getattr(cfg_m, "head_dim", None) or cfg_m.hidden_size // cfg_m.num_attention_heads)
     compile_on = config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
     if compile_on:  # static shapes: rows padded to token_budget, micro-batches to micro_batch_size rows
         model.get_decoder().compile(dynamic=False, backend=config.compile_backend,
@@ -627,6 +635,7 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
     # ---------------------------------------------------------------- run record
     cfg_dict = json.loads(json.dumps(dataclasses.asdict(config), default=str))
     cfg_dict["layout_resolved"] = layout  # what "auto" meant for this model: later evaluations use it
+    cfg_dict["flex_kernel_options_resolved"] = model._wb_flex_kernel_options if attn == "flex_attention" else None
     if resume_from is None:
         run_id = runs.start_run(con, model=config.model, task=config.task, kind="sft", config=cfg_dict,
                                 sweep_id=sweep[0], sweep_trial=sweep[1])  # a sweep's trial, or (None, None)

@@ -293,6 +293,29 @@ def flex_document_mask(doc_ids: torch.Tensor, *, builder: str = "blocks"):
         return create_block_mask(same_doc_causal, rows, None, T, T, device=doc_ids.device)
 
 
+# Flex attention's Triton tiles for head dim 64 in bf16 on Hopper (sm90: H100, H200), measured on one H100
+# on 2026-11-26 with benchmarks/flex_configs.py on packed rows of short documents (docs/benchmarks.md):
+# 64 x 64 tiles waste less work on the many partial blocks of a document mask than torch's defaults
+# (forward 128 x 128, backward 64/128): attention 1.63 -> 1.28 ms per layer call, the whole step 227 -> 222 ms.
+FLEX_KERNEL_OPTIONS_SM90_D64 = {"fwd_BLOCK_M": 64, "fwd_BLOCK_N": 64, "fwd_num_stages": 3, "fwd_num_warps": 4,
+                                "bwd_BLOCK_M1": 64, "bwd_BLOCK_N1": 64, "bwd_BLOCK_M2": 64, "bwd_BLOCK_N2": 64,
+                                "bwd_num_stages": 3, "bwd_num_warps": 4}
+
+
+def flex_kernel_options(setting, *, device, head_dim: int, half_precision: bool) -> dict | None:
+    """The ``kernel_options`` flex attention gets: ``setting`` is a dict (used as given), ``None`` (torch's
+    defaults) or ``"auto"``: the measured tiles above on an sm90 GPU with head dim 64 and bf16/fp16
+    attention, torch's defaults everywhere else (unmeasured there: a tile choice is per card and shape)."""
+    if setting is None or isinstance(setting, dict):
+        return dict(setting) if setting else None
+    if setting != "auto":
+        raise ValueError(f"flex_kernel_options must be 'auto', None or a dict, not {setting!r}")
+    device = torch.device(device)
+    if device.type != "cuda" or not half_precision or head_dim != 64:
+        return None
+    return dict(FLEX_KERNEL_OPTIONS_SM90_D64) if torch.cuda.get_device_capability(device) == (9, 0) else None
+
+
 @contextlib.contextmanager
 def flex_reference_backward():
     """Let flex attention TRAIN on CPU, through the math reference of the same operator.
