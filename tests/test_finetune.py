@@ -411,14 +411,19 @@ def test_train_sft_with_the_cuda_configuration_on_cpu(con):
     bf16-mixed autocast, fused AdamW, batches prefetched in a thread, host sync every 2 steps), on CPU:
     flex trains through its math reference and the decoder compiles with aot_eager. Every step's loss and
     the throughput figures the issue asks for land in run_metrics."""
+    import json
+
     from workbench.packing import flex_reference_backward
 
     make_intent_tables(con, n=36)
     cfg = small(epochs=1, token_budget=64, attn_implementation="flex_attention", compile="on", compile_backend="aot_eager",
                 precision="bf16-mixed", fused_optimizer="on", compile_loss="on", prefetch=2, sync_every=2, peak_tflops=1.0,
-                evaluate_test=False, keep_best=False, max_eval_examples=3, max_new_tokens=3)
+                evaluate_test=False, keep_best=False, max_eval_examples=3, max_new_tokens=3,
+                flex_kernel_options={"fwd_BLOCK_M": 64, "bwd_num_warps": 4})  # CPU's math reference ignores tiles
     with flex_reference_backward():
         res = train_sft(con, cfg, progress=False)
+    stored = json.loads(con.execute("select config_json from runs where run_id = ?", [res.run_id]).fetchone()[0])
+    assert stored["flex_kernel_options_resolved"] == {"fwd_BLOCK_M": 64, "bwd_num_warps": 4}  # what the kernels got
     m = con.execute("select metric, step, value from run_metrics where run_id = ? and split = 'train'",
                     [res.run_id]).df()
     losses = m[m.metric == "loss"].sort_values("step")
