@@ -225,6 +225,12 @@ def test_flex_kernel_options_resolve_and_reach_flex_attention(monkeypatch):
     assert got == given and got is not given
     with pytest.raises(ValueError, match="flex_kernel_options"):
         flex_kernel_options("fast", device="cpu", head_dim=64, half_precision=True)
+    # "auto" on CUDA: the measured tiles only where they were measured (sm90, head dim 64, bf16/fp16)
+    for cap, head_dim, half, want in [((9, 0), 64, True, FLEX_KERNEL_OPTIONS_SM90_D64), ((8, 0), 64, True, None),
+                                      ((10, 0), 64, True, None), ((9, 0), 128, True, None), ((9, 0), 64, False, None)]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, cap=cap: cap)
+        assert flex_kernel_options("auto", device="cuda", head_dim=head_dim, half_precision=half) == want, cap
+    monkeypatch.undo()
     # the measured Hopper tiles divide flex's 128-token sparse blocks (torch requires it) and name both kernels
     assert all(128 % v == 0 for k, v in FLEX_KERNEL_OPTIONS_SM90_D64.items() if "BLOCK" in k)
     assert {k[:4] for k in FLEX_KERNEL_OPTIONS_SM90_D64} == {"fwd_", "bwd_"}
