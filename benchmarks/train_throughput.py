@@ -23,6 +23,9 @@ and ``--only`` runs phases separately. ``--gpu-config-smoke`` runs the CUDA conf
 architecture, bf16 weights, flex attention with the document BlockMask, the compiled decoder with
 static shapes, fused AdamW) at a tiny width: on CPU flex attention trains through its math
 reference (``packing.flex_reference_backward``) and the decoder compiles with ``aot_eager``.
+Flex attention's kernel tiles follow the routine's default (``SFTConfig.flex_kernel_options="auto"``:
+tiles measured on an H100) unless ``--flex-kernel-options`` names others (``benchmarks/flex_configs.py``
+finds them for a card); tiles whose kernel fails are replaced by torch's defaults and the run goes on.
 """
 from __future__ import annotations
 
