@@ -9,7 +9,10 @@ under each candidate of ``FWD`` and ``BWD`` (Triton tile sizes, stages, warps: f
 with ``fwd_`` / ``bwd_`` prefixes), and checks each candidate's output and gradients against the default.
 Forward and backward are separate kernels, so the best of each combine; the winner is written to
 ``--out`` as ``best_kernel_options``, ready for ``train_throughput.py --flex-kernel-options`` and for
-``SFTConfig(flex_kernel_options=...)``.
+``SFTConfig(flex_kernel_options=...)``. Then two whole setups are timed the same way: inductor's own search
+over flex tiles (``max_autotune`` with GEMMs left to ATen) at 128-token blocks and at 64-token blocks
+(``SFTConfig(flex_block_size=64, compile_options=...)``): smaller blocks compute fewer masked-out scores on
+short documents, but torch's default backward tiles need 128.
 
     python benchmarks/flex_configs.py --device cuda --out flex.json       # seconds per candidate (compile)
     python benchmarks/flex_configs.py --device cpu --smoke                # the harness itself, on CPU
@@ -32,6 +35,7 @@ from train_throughput import WORKLOADS, make_examples  # noqa: E402
 
 from workbench.packing import collate_packed, flex_document_mask, flex_reference_backward, plan_epoch  # noqa: E402
 
+AUTOTUNE = {"max_autotune": True, "max_autotune_gemm_backends": "ATEN"}
 # candidates (sparse block 128: every tile size must divide it; backward needs N1 % M1 == 0 and M2 % N2 == 0)
 FWD = [dict(BLOCK_M=m, BLOCK_N=n, num_stages=s, num_warps=w) for m, n, s, w in
        [(128, 64, 3, 4), (128, 128, 2, 8), (64, 128, 3, 4), (64, 64, 3, 4), (128, 64, 4, 8), (128, 128, 4, 4)]]
@@ -44,14 +48,14 @@ def prefixed(opts: dict, prefix: str) -> dict:
     return {f"{prefix}_{k}": v for k, v in opts.items()}
 
 
-def masks_of(w: dict, device, n: int) -> list:
+def masks_of(w: dict, device, n: int, block: int = 128) -> list:
     examples = make_examples(w)
     lengths = [len(e["input_ids"]) for e in examples]
     mbs = plan_epoch(lengths, token_budget=w["token_budget"], micro_batch_size=w["micro_batch"], seed=0, epoch=0)
     out = []
     for rows in mbs[:n]:
         b = collate_packed(examples, rows, pad_id=0, pad_to=w["token_budget"], rows_to=w["micro_batch"])
-        out.append(flex_document_mask(b.doc_ids.to(device)))
+        out.append(flex_document_mask(b.doc_ids.to(device), block_size=block))
     return out
 
 
@@ -69,6 +73,8 @@ def parse_args(argv=None):
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--reps", type=int, default=8, help="timed forward+backward passes per candidate")
     ap.add_argument("--max-seconds", type=float, default=150, help="stop trying candidates after this long")
+    ap.add_argument("--setup-seconds", type=float, default=120,
+                    help="more seconds for the autotuned setups (block 128 and 64) after the candidates")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, two candidates (checks the harness)")
     ap.add_argument("--out")
     return ap.parse_args(argv)
@@ -83,7 +89,7 @@ def run(args) -> dict:
     c = w["model"]
     hq, hkv, d = c["num_attention_heads"], c["num_key_value_heads"], c["hidden_size"] // c["num_attention_heads"]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    masks = masks_of(w, device, args.reps)
+    mask_sets = {128: masks_of(w, device, args.reps)}
     rows, T = w["micro_batch"], w["token_budget"]
     g = torch.Generator(device=device).manual_seed(0)
     q = torch.randn(rows, hq, T, d, device=device, dtype=dtype, generator=g)
@@ -93,9 +99,13 @@ def run(args) -> dict:
     backend = "inductor" if device.type == "cuda" else "aot_eager"
     fwd_c, bwd_c = (FWD[:1], BWD[:1]) if args.smoke else (FWD, BWD)
 
-    def timed(opts: dict):
+    def timed(opts: dict, block: int = 128, options: dict | None = None):
         torch._dynamo.reset()  # one compiled graph per candidate (kernel options are compile-time constants)
-        fn = torch.compile(flex_attention, dynamic=False, backend=backend)
+        if block not in mask_sets:
+            mask_sets[block] = masks_of(w, device, args.reps, block)
+        masks = mask_sets[block]
+        extra = {"options": options} if options and backend == "inductor" else {}
+        fn = torch.compile(flex_attention, dynamic=False, backend=backend, **extra)
         qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
 
         def once(m):
@@ -133,7 +143,7 @@ def run(args) -> dict:
 
     res = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "torch": torch.__version__,
            "shape": {"rows": rows, "T": T, "q_heads": hq, "kv_heads": hkv, "head_dim": d, "dtype": str(dtype)},
-           "masks": len(masks), "candidates": []}
+           "masks": len(mask_sets[128]), "candidates": []}
     ref_out, ref_grads, base = timed({})
     res["default"] = base
     print(f"default: fwd {base['fwd_ms']:.3f} ms, bwd {base['bwd_ms']:.3f} ms (compile {base['compile_s']} s)", flush=True)
@@ -160,6 +170,27 @@ def run(args) -> dict:
             row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
             print(f"{kind} {opts}: failed ({row['error']})", flush=True)
         res["candidates"].append(row)
+    # whole setups: inductor's own search over flex tiles (max_autotune; GEMMs left to ATen: nothing to tune
+    # here) at torch's 128-token blocks and at 64-token blocks (fewer masked-out scores on short documents;
+    # torch's default backward tiles need 128, the search includes smaller ones). Fwd and bwd are tuned together.
+    res["setups"] = []
+    for block in ((128, 64) if not args.smoke else (64,)):
+        name = f"block {block}, flex autotune"
+        if time.perf_counter() - t_start > args.max_seconds + args.setup_seconds:
+            print(f"{name}: skipped (time budget)", flush=True)
+            continue
+        row = {"name": name, "flex_block": block, "compile_options": AUTOTUNE}
+        try:
+            out, grads, t = timed({}, block=block, options=AUTOTUNE)
+            err = max(float((a.float() - b.float()).abs().max()) / max(1.0, float(b.float().abs().max()))
+                      for a, b in zip([out] + grads, [ref_out] + ref_grads))
+            row.update(t, max_rel_diff=err, ok=err <= tol, total_ms=t["fwd_ms"] + t["bwd_ms"])
+            print(f"{name}: fwd {t['fwd_ms']:.3f} ms, bwd {t['bwd_ms']:.3f} ms (compile {t['compile_s']} s), "
+                  f"max diff {err:.2e}{'' if row['ok'] else ' (WRONG)'}", flush=True)
+        except Exception as exc:
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+            print(f"{name}: failed ({row['error']})", flush=True)
+        res["setups"].append(row)
     res["best_kernel_options"] = {**prefixed(best["fwd"][0], "fwd"), **prefixed(best["bwd"][0], "bwd")}
     res["best_ms"] = {"fwd": best["fwd"][1], "bwd": best["bwd"][1],
                       "default_total": base["fwd_ms"] + base["bwd_ms"], "best_total": best["fwd"][1] + best["bwd"][1]}

@@ -8,6 +8,8 @@
 #              routine's default flex tiles, a kernel profile of 3 more steps             -> throughput.json / .log
 #   flex       flex_configs.py: flex attention's kernel tiles on this card, on the workload's masks -> flex.json
 #   tuned      train_throughput.py, all phases, with flex.json's best tiles               -> tuned.json / .log
+#   block64    the workbench step with 64-token BlockMask blocks and inductor's search over flex tiles
+#              (GEMMs left to ATen); compare with throughput's Trainer                   -> block64.json / .log
 #   autotune   the workbench step with --compile-mode max-autotune-no-cudagraphs (did not finish compiling
 #              in 150 s on an H100, 2026-11-26)                                            -> autotune.json / .log
 T0=$(date +%s)
@@ -39,6 +41,9 @@ step throughput 200 python3 benchmarks/train_throughput.py --device cuda --micro
 step flex 60 python3 benchmarks/flex_configs.py --device cuda --max-seconds "${FLEX_SECONDS:-100}" --out "$OUT/flex.json"
 step tuned 200 python3 benchmarks/train_throughput.py --device cuda --micro-batch 8 --flex-kernel-options "$OUT/flex.json" \
   --profile 3 --max-seconds $(( $(left) - 15 )) --out "$OUT/tuned.json"
+step block64 150 python3 benchmarks/train_throughput.py --device cuda --only workbench --micro-batch 8 --flex-block 64 \
+  --flex-kernel-options none --compile-options '{"max_autotune": true, "max_autotune_gemm_backends": "ATEN"}' \
+  --profile 3 --max-seconds $(( $(left) - 15 )) --out "$OUT/block64.json"
 step autotune 120 python3 benchmarks/train_throughput.py --device cuda --only workbench --micro-batch 8 \
   --compile-mode max-autotune-no-cudagraphs --profile 3 --max-seconds $(( $(left) - 20 )) --out "$OUT/autotune.json"
 echo "total $(( $(date +%s) - T0 )) s"

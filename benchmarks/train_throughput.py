@@ -237,12 +237,15 @@ def run_trainer(w, examples, device, dtype, *, steps, lr, budget, sequential=Fal
 
 # --------------------------------------------------------------------------- (b) the workbench step
 
-def prepare(w, device, dtype, *, compile_, backend="inductor", mode=None, mask_builder="blocks", kernel_options=None):
+def prepare(w, device, dtype, *, compile_, backend="inductor", mode=None, mask_builder="blocks", kernel_options=None,
+            flex_block=128, compile_options=None):
     model = make_model(w, device, dtype, w["attn"])
     model._wb_mask_builder = mask_builder
     model._wb_flex_kernel_options = kernel_options
+    model._wb_flex_block = flex_block
     if compile_:
-        model.get_decoder().compile(dynamic=False, backend=backend, mode=mode)
+        opts = {"options": dict(compile_options)} if compile_options and backend == "inductor" else {}
+        model.get_decoder().compile(dynamic=False, backend=backend, mode=None if opts else mode, **opts)
     return model
 
 
@@ -426,6 +429,11 @@ def parse_args(argv=None):
     ap.add_argument("--micro-batch", type=int, help="packed rows per forward pass (CUDA default 4)")
     ap.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (throughput phase)")
     ap.add_argument("--no-compile", action="store_true", help="run the workbench step eagerly")
+    ap.add_argument("--flex-block", type=int, default=128, choices=[32, 64, 128, 256],
+                    help="flex BlockMask block size (64: fewer masked-out scores; needs tiles that divide it, e.g. "
+                         "--compile-options with max_autotune)")
+    ap.add_argument("--compile-options", help='inductor options of the decoder compile, a JSON object, e.g. '
+                    '\'{"max_autotune": true, "max_autotune_gemm_backends": "ATEN"}\' (flex tiles tuned, GEMMs not)')
     ap.add_argument("--flex-kernel-options", default="auto",
                     help="flex attention kernel options of the workbench step: auto (the routine's default: measured "
                          "tiles on H100/H200), none (torch's defaults), a JSON object (fwd_*/bwd_* keys) or a "
@@ -469,6 +477,9 @@ def main(argv=None) -> dict:
     backend = args.compile_backend or ("aot_eager" if cpu_flex else "inductor")
     mode = None if args.compile_mode == "default" or backend != "inductor" else args.compile_mode
     compile_loss = args.compile_loss == "on" or (args.compile_loss == "auto" and compile_)
+    compile_options = json.loads(args.compile_options) if args.compile_options else None
+    if compile_options is not None and not isinstance(compile_options, dict):
+        raise SystemExit(f"--compile-options: expected a JSON object, got {args.compile_options!r}")
     kernel_options = flex_kernel_options(args.flex_kernel_options, w, device, dtype) if w["attn"] == "flex_attention" \
         else None
     examples = make_examples(w)
@@ -481,7 +492,8 @@ def main(argv=None) -> dict:
            "model": w["model"], "load_average": os.getloadavg(), "phases": phases, "max_seconds": max_seconds,
            "workbench_config": {"compile": compile_, "compile_backend": backend, "compile_mode": args.compile_mode,
                                 "attn": w["attn"], "dtype": w["dtype"], "mask_builder": args.mask_builder,
-                                "flex_kernel_options": kernel_options,
+                                "flex_kernel_options": kernel_options, "flex_block": args.flex_block,
+                                "compile_options": compile_options,
                                 "prefetch": args.prefetch, "fused_adamw": True, "compile_loss": compile_loss}}
     if device.type == "cuda":
         with contextlib.suppress(Exception):
@@ -547,7 +559,8 @@ def main(argv=None) -> dict:
         # --- (b) throughput of the workbench step, packed rows
         def workbench_phase():
             model = prepare(w, device, dtype, compile_=compile_, backend=backend, mode=mode,
-                            mask_builder=args.mask_builder, kernel_options=kernel_options)
+                            mask_builder=args.mask_builder, kernel_options=kernel_options,
+                            flex_block=args.flex_block, compile_options=compile_options)
             state["model"] = model
             state["init"] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             wb = run_workbench(w, examples, device, model=model, steps=w["steps"], lr=w["lr"], budget=budget,
@@ -575,10 +588,14 @@ def main(argv=None) -> dict:
             return wb
 
         wb = phase("workbench", workbench_phase)
-        if "workbench" in failed and kernel_options and budget.left() > 0:
-            # tiles that fit flex alone can exceed a kernel with fused prologues: measure torch's defaults instead
+        if "workbench" in failed and (kernel_options or compile_options or args.flex_block != 128) \
+                and budget.left() > 0:
+            # tiles that fit flex alone can exceed a kernel with fused prologues, a block size can lack
+            # tiles: measure torch's defaults instead (128-token blocks, default tiles, plain compile)
             res["workbench_failed_with_kernel_options"] = res.pop("workbench")
-            res["workbench_config"]["flex_kernel_options"] = kernel_options = None
+            res["workbench_config"].update(flex_kernel_options=None, flex_block=128, compile_options=None)
+            kernel_options = compile_options = None
+            args.flex_block = 128
             failed.discard("workbench")
             print("[workbench] retrying with torch's default flex kernel options", flush=True)
             wb = phase("workbench", workbench_phase)
@@ -611,7 +628,8 @@ def main(argv=None) -> dict:
                 model.zero_grad(set_to_none=True)
             else:
                 model = prepare(w, device, dtype, compile_=compile_, backend=backend, mode=mode,
-                                mask_builder=args.mask_builder, kernel_options=kernel_options)
+                                mask_builder=args.mask_builder, kernel_options=kernel_options,
+                            flex_block=args.flex_block, compile_options=compile_options)
             wb_c = run_workbench(w, ordered, device, model=model, steps=min(n, len(hf_c["losses"])), lr=w["check_lr"],
                                  budget=budget, compile_=compile_, groups=groups, prefetch=args.prefetch,
                                  print_every=0, compile_loss=compile_loss)

@@ -419,7 +419,8 @@ def test_train_sft_with_the_cuda_configuration_on_cpu(con):
     cfg = small(epochs=1, token_budget=64, attn_implementation="flex_attention", compile="on", compile_backend="aot_eager",
                 precision="bf16-mixed", fused_optimizer="on", compile_loss="on", prefetch=2, sync_every=2, peak_tflops=1.0,
                 evaluate_test=False, keep_best=False, max_eval_examples=3, max_new_tokens=3,
-                flex_kernel_options={"fwd_BLOCK_M": 64, "bwd_num_warps": 4})  # CPU's math reference ignores tiles
+                flex_kernel_options={"fwd_BLOCK_M": 64, "bwd_num_warps": 4},  # CPU's math reference ignores tiles
+                flex_block_size=64)  # 64-token BlockMask blocks (the default 128 runs in the train_sft_gpu test)
     with flex_reference_backward():
         res = train_sft(con, cfg, progress=False)
     stored = json.loads(con.execute("select config_json from runs where run_id = ?", [res.run_id]).fetchone()[0])
@@ -520,6 +521,8 @@ def test_flex_configs_benchmark_smoke_on_cpu(tmp_path):
     assert all(c["ok"] and c["max_rel_diff"] < 1e-4 for c in res["candidates"])  # same math, other tiles
     assert all(k.startswith(("fwd_", "bwd_")) for k in res["best_kernel_options"])
     assert res["best_ms"]["best_total"] <= res["best_ms"]["default_total"]
+    assert [(x["flex_block"], x["ok"]) for x in res["setups"]] == [(64, True)]  # 64-token blocks, same results
+    assert res["setups"][0]["compile_options"]["max_autotune"] is True
     tt = _throughput_benchmark()
     opts = tt.flex_kernel_options(str(out), {}, torch.device("cpu"), torch.bfloat16)
     assert opts == (res["best_kernel_options"] or None)
@@ -532,6 +535,12 @@ def test_flex_kernel_options_config_field():
 
     assert SFTConfig().flex_kernel_options == "auto"
     SFTConfig(flex_kernel_options=None).validate()
+    SFTConfig(flex_block_size=64, compile_options={"max_autotune": True}).validate()
+    for bad in (dict(flex_block_size=100), dict(compile_options={"max_autotune": True}, compile_mode="max-autotune"),
+                dict(compile_options="fast")):
+        with pytest.raises(ValueError, match="flex_block_size|compile_options"):
+            SFTConfig(**bad).validate()
+    assert config_from_strings(['compile_options={"max_autotune": true}']).compile_options == {"max_autotune": True}
     SFTConfig(flex_kernel_options={"fwd_BLOCK_M": 64, "bwd_num_warps": 4}).validate()
     for bad in ({"BLOCK_M": 64}, {"fwd_BLOCK_M": "64"}, "fast", ["fwd_BLOCK_M"]):
         with pytest.raises(ValueError, match="flex_kernel_options"):

@@ -192,11 +192,13 @@ def random_doc_ids(rows, T, seed):
     return out
 
 
-@pytest.mark.parametrize("T", [77, 256, 300, 1024])
-def test_flex_block_tables_equal_create_block_mask(T):
+@pytest.mark.parametrize("T,block", [(77, 128), (256, 128), (300, 128), (1024, 128), (300, 64), (1024, 64)])
+def test_flex_block_tables_equal_create_block_mask(T, block):
     """The per-block builder gives torch's block tables exactly: same partial and same full blocks."""
     doc = random_doc_ids(3, T, seed=T)
-    a, b = flex_document_mask(doc), flex_document_mask(doc, builder="create_block_mask")
+    a = flex_document_mask(doc, block_size=block)
+    b = flex_document_mask(doc, builder="create_block_mask", block_size=block)
+    assert a.BLOCK_SIZE == b.BLOCK_SIZE == (block, block)
     assert a.shape == b.shape
     assert torch.equal(a.to_dense(), b.to_dense())  # every block that needs computing
 

@@ -93,6 +93,8 @@ class SFTConfig:
     compile_loss: str = "auto"  # fuse each loss chunk's softmax + gradient with torch.compile: "auto" (with an inductor-compiled decoder) | "on" | "off"
     fused_optimizer: str = "auto"  # AdamW fused kernel: "auto" (on CUDA) | "on" (CPU too) | "off" (foreach)
     flex_mask_builder: str = "blocks"  # flex BlockMask from per-block document ranges ("blocks") or torch's create_block_mask (T x T)
+    flex_block_size: int = 128  # flex BlockMask block (tokens): 64 computes fewer masked-out scores on short examples, but torch's default backward tiles need 128 (use with compile_options max_autotune)
+    compile_options: dict | None = None  # inductor options for the decoder's compile, e.g. {"max_autotune": true, "max_autotune_gemm_backends": "ATEN"} (tunes flex tiles only)
     flex_kernel_options: dict | str | None = "auto"  # flex attention's Triton tiles: "auto" (measured 64x64 tiles on H100/H200 at head dim 64, bf16; else torch's) | None (torch's) | a dict of fwd_*/bwd_* keys (benchmarks/flex_configs.py)
     prefetch: int = 2  # optimizer steps whose batches a background thread collates (and pins) ahead; 0 = inline
     sync_every: int = 10  # optimizer steps between host syncs (train loss / grad norm read back, progress bar); 1 = every step
@@ -117,6 +119,10 @@ class SFTConfig:
                   ("fused_optimizer", self.fused_optimizer in ("auto", "on", "off")),
                   ("compile_loss", self.compile_loss in ("auto", "on", "off")),
                   ("flex_mask_builder", self.flex_mask_builder in ("blocks", "create_block_mask")),
+                  ("flex_block_size", self.flex_block_size in (32, 64, 128, 256)),
+                  ("compile_options", self.compile_options is None or (  # torch.compile takes a mode or options
+                      isinstance(self.compile_options, dict) and all(isinstance(k, str) for k in self.compile_options)
+                      and self.compile_mode == "default")),
                   ("flex_kernel_options", self.flex_kernel_options in (None, "auto") or (
                       isinstance(self.flex_kernel_options, dict)
                       and all(isinstance(k, str) and k.startswith(("fwd_", "bwd_")) and isinstance(v, (int, bool))
@@ -152,7 +158,7 @@ def config_from_strings(pairs: Sequence[str], base: SFTConfig | None = None) -> 
             changes[key] = int(raw)
         elif isinstance(default, float) or key == "peak_tflops":
             changes[key] = float(raw)
-        elif key == "flex_kernel_options" and raw.lstrip().startswith("{"):
+        elif key in ("flex_kernel_options", "compile_options") and raw.lstrip().startswith("{"):
             try:
                 changes[key] = json.loads(raw)
             except json.JSONDecodeError as exc:
@@ -605,15 +611,18 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
     model.to(device)
     model._wb_autocast = precision == "bf16-mixed"
     model._wb_mask_builder = config.flex_mask_builder
+    model._wb_flex_block = config.flex_block_size
     cfg_m = model.config
     model._wb_flex_kernel_options = flex_kernel_options(
         config.flex_kernel_options, device=device, half_precision=precision in ("bf16", "bf16-mixed"),
         head_dim=getattr(cfg_m, "head_dim", None) or cfg_m.hidden_size // cfg_m.num_attention_heads)
     compile_on = config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
     if compile_on:  # static shapes: rows padded to token_budget, micro-batches to micro_batch_size rows
+        inductor = config.compile_backend == "inductor"
         model.get_decoder().compile(dynamic=False, backend=config.compile_backend,
-                                    mode=None if config.compile_mode == "default" or config.compile_backend != "inductor"
-                                    else config.compile_mode)
+                                    mode=None if config.compile_mode == "default" or not inductor else config.compile_mode,
+                                    **({"options": dict(config.compile_options)} if config.compile_options and inductor
+                                       else {}))
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]

@@ -244,31 +244,33 @@ def document_mask(doc_ids: torch.Tensor, attn_implementation: str, dtype: torch.
 FLEX_BLOCK = 128  # flex attention's sparse block size (torch's default)
 
 
-def flex_document_mask(doc_ids: torch.Tensor, *, builder: str = "blocks"):
+def flex_document_mask(doc_ids: torch.Tensor, *, builder: str = "blocks", block_size: int = FLEX_BLOCK):
     """Per-document causal flex-attention ``BlockMask`` of ``doc_ids`` ``[rows, T]``.
 
-    ``builder="blocks"`` derives the block tables from each 128-token block's smallest and largest
-    document id, ``O(rows * (T/128)^2)`` work in a few device ops, no host sync; a block pair is
+    ``builder="blocks"`` derives the block tables from each ``block_size``-token block's smallest and
+    largest document id, ``O(rows * (T/block)^2)`` work in a few device ops, no host sync; a block pair is
     *full* (no mask evaluation in the kernel) when both blocks lie in one document and the key
     block is strictly before the query block. ``"create_block_mask"`` evaluates the mask function
     on every ``T x T`` position (torch's generic way; same mask, more work and memory per step).
-    Both are tested equal on CPU.
+    Both are tested equal on CPU. Smaller blocks (64) compute fewer masked-out scores on short
+    documents; torch's default backward tiles need 128 (``SFTConfig.flex_block_size``).
     """
     from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
     rows, T = doc_ids.shape
+    B = block_size
 
     def same_doc_causal(b, h, q, k):
         return (doc_ids[b, q] == doc_ids[b, k]) & (q >= k)
 
     if builder == "create_block_mask":
-        return create_block_mask(same_doc_causal, rows, None, T, T, device=doc_ids.device)
+        return create_block_mask(same_doc_causal, rows, None, T, T, device=doc_ids.device, BLOCK_SIZE=B)
     if builder != "blocks":
         raise ValueError(f"flex_document_mask: builder must be 'blocks' or 'create_block_mask', not {builder!r}")
-    nb = -(-T // FLEX_BLOCK)
-    d = F.pad(doc_ids[:, None].float(), (0, nb * FLEX_BLOCK - T), mode="replicate")[:, 0] if nb * FLEX_BLOCK > T \
+    nb = -(-T // B)
+    d = F.pad(doc_ids[:, None].float(), (0, nb * B - T), mode="replicate")[:, 0] if nb * B > T \
         else doc_ids
-    d = d.view(rows, nb, FLEX_BLOCK)
+    d = d.view(rows, nb, B)
     lo, hi = d.amin(-1), d.amax(-1)  # [rows, nb]
     blk = torch.arange(nb, device=doc_ids.device)
     below = blk[None, :, None] > blk[None, None, :]  # key block strictly before query block
@@ -276,7 +278,7 @@ def flex_document_mask(doc_ids: torch.Tensor, *, builder: str = "blocks"):
     overlap = (lo[:, None, :] <= hi[:, :, None]) & (lo[:, :, None] <= hi[:, None, :])
     single = lo == hi
     full = below & single[:, :, None] & single[:, None, :] & (lo[:, :, None] == lo[:, None, :])
-    if nb * FLEX_BLOCK > T:  # the last, partial query block is never full
+    if nb * B > T:  # the last, partial query block is never full
         full[:, -1, :] = False
     partial = causal & overlap & ~full
 
@@ -287,10 +289,10 @@ def flex_document_mask(doc_ids: torch.Tensor, *, builder: str = "blocks"):
 
     (kv_num, kv_idx), (full_num, full_idx) = tables(partial), tables(full)
     try:
-        return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=FLEX_BLOCK,
+        return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=B,
                                         mask_mod=same_doc_causal, seq_lengths=(T, T))
     except TypeError:  # a torch whose from_kv_blocks lacks these arguments: torch's generic builder
-        return create_block_mask(same_doc_causal, rows, None, T, T, device=doc_ids.device)
+        return create_block_mask(same_doc_causal, rows, None, T, T, device=doc_ids.device, BLOCK_SIZE=B)
 
 
 # Flex attention's Triton tiles for head dim 64 in bf16 on Hopper (sm90: H100, H200), measured on one H100
@@ -359,7 +361,8 @@ def hidden_states(model, batch: PackedBatch) -> torch.Tensor:
     decoder = model.get_decoder()
     kw = {}
     if impl == "flex_attention":
-        mask = flex_document_mask(batch.doc_ids, builder=getattr(model, "_wb_mask_builder", "blocks"))
+        mask = flex_document_mask(batch.doc_ids, builder=getattr(model, "_wb_mask_builder", "blocks"),
+                                  block_size=getattr(model, "_wb_flex_block", FLEX_BLOCK))
         if getattr(model, "_wb_flex_kernel_options", None):  # Triton tiles of flex's kernels (fwd_*/bwd_* keys)
             kw["kernel_options"] = dict(model._wb_flex_kernel_options)
     else:
