@@ -144,6 +144,12 @@ def run(args) -> dict:
     res = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "torch": torch.__version__,
            "shape": {"rows": rows, "T": T, "q_heads": hq, "kv_heads": hkv, "head_dim": d, "dtype": str(dtype)},
            "masks": len(mask_sets[128]), "candidates": []}
+
+    def save():  # after every candidate: a run cut short by the session's clock keeps what it measured
+        if args.out:
+            res["best_kernel_options"] = {**prefixed(best["fwd"][0], "fwd"), **prefixed(best["bwd"][0], "bwd")}
+            Path(args.out).write_text(json.dumps(res, indent=1))
+
     ref_out, ref_grads, base = timed({})
     res["default"] = base
     print(f"default: fwd {base['fwd_ms']:.3f} ms, bwd {base['bwd_ms']:.3f} ms (compile {base['compile_s']} s)", flush=True)
@@ -170,6 +176,7 @@ def run(args) -> dict:
             row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
             print(f"{kind} {opts}: failed ({row['error']})", flush=True)
         res["candidates"].append(row)
+        save()
     # whole setups: inductor's own search over flex tiles (max_autotune; GEMMs left to ATen: nothing to tune
     # here) at torch's 128-token blocks and at 64-token blocks (fewer masked-out scores on short documents;
     # torch's default backward tiles need 128, the search includes smaller ones). Fwd and bwd are tuned together.
@@ -191,6 +198,7 @@ def run(args) -> dict:
             row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
             print(f"{name}: failed ({row['error']})", flush=True)
         res["setups"].append(row)
+        save()
     res["best_kernel_options"] = {**prefixed(best["fwd"][0], "fwd"), **prefixed(best["bwd"][0], "bwd")}
     res["best_ms"] = {"fwd": best["fwd"][1], "bwd": best["bwd"][1],
                       "default_total": base["fwd_ms"] + base["bwd_ms"], "best_total": best["fwd"][1] + best["bwd"][1]}
