@@ -391,7 +391,7 @@ def isolation_check(model, examples, w, *, compile_, docs=4) -> dict:
 
 # --------------------------------------------------------------------------- main
 
-def flex_kernel_options(arg: str, w: dict, device, dtype) -> dict | None:
+def flex_kernel_options(arg: str, w: dict, device, dtype, mean_length: float | None = None) -> dict | None:
     """``--flex-kernel-options``: "auto" (the routine's default, ``SFTConfig.flex_kernel_options``), "none"
     (torch's defaults), a JSON object, or a benchmarks/flex_configs.py result file (its ``best_kernel_options``;
     empty there means torch's defaults won)."""
@@ -399,7 +399,7 @@ def flex_kernel_options(arg: str, w: dict, device, dtype) -> dict | None:
         c = w["model"]
         return packing_kernel_options(None if arg == "none" else "auto", device=device,
                                       head_dim=c["hidden_size"] // c["num_attention_heads"],
-                                      half_precision=dtype in (torch.bfloat16, torch.float16))
+                                      half_precision=dtype in (torch.bfloat16, torch.float16), mean_length=mean_length)
     p = Path(arg)
     if not p.is_file() and not arg.lstrip().startswith("{"):
         print(f"--flex-kernel-options: no file {arg}: torch's defaults", flush=True)
@@ -480,9 +480,10 @@ def main(argv=None) -> dict:
     compile_options = json.loads(args.compile_options) if args.compile_options else None
     if compile_options is not None and not isinstance(compile_options, dict):
         raise SystemExit(f"--compile-options: expected a JSON object, got {args.compile_options!r}")
-    kernel_options = flex_kernel_options(args.flex_kernel_options, w, device, dtype) if w["attn"] == "flex_attention" \
-        else None
     examples = make_examples(w)
+    kernel_options = flex_kernel_options(args.flex_kernel_options, w, device, dtype,
+                                         mean_length=float(np.mean([len(e["input_ids"]) for e in examples]))) \
+        if w["attn"] == "flex_attention" else None
     import transformers
 
     res = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or platform.machine(),

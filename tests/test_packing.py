@@ -232,6 +232,11 @@ def test_flex_kernel_options_resolve_and_reach_flex_attention(monkeypatch):
                                       ((10, 0), 64, True, None), ((9, 0), 128, True, None), ((9, 0), 64, False, None)]:
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, cap=cap: cap)
         assert flex_kernel_options("auto", device="cuda", head_dim=head_dim, half_precision=half) == want, cap
+        assert flex_kernel_options("auto", device="cuda", head_dim=head_dim, half_precision=half,
+                                   mean_length=334) == want, cap
+        # long examples fill torch's large tiles: the measured small ones are not applied there
+        assert flex_kernel_options("auto", device="cuda", head_dim=head_dim, half_precision=half,
+                                   mean_length=2000) is None
     monkeypatch.undo()
     # the measured Hopper tiles divide flex's 128-token sparse blocks (torch requires it) and name both kernels
     assert all(128 % v == 0 for k, v in FLEX_KERNEL_OPTIONS_SM90_D64.items() if "BLOCK" in k)

@@ -95,7 +95,7 @@ class SFTConfig:
     flex_mask_builder: str = "blocks"  # flex BlockMask from per-block document ranges ("blocks") or torch's create_block_mask (T x T)
     flex_block_size: int = 128  # flex BlockMask block (tokens): 64 computes fewer masked-out scores on short examples, but torch's default backward tiles need 128 (use with compile_options max_autotune)
     compile_options: dict | None = None  # inductor options for the decoder's compile, e.g. {"max_autotune": true, "max_autotune_gemm_backends": "ATEN"} (tunes flex tiles only)
-    flex_kernel_options: dict | str | None = "auto"  # flex attention's Triton tiles: "auto" (measured 64x64 tiles on H100/H200 at head dim 64, bf16; else torch's) | None (torch's) | a dict of fwd_*/bwd_* keys (benchmarks/flex_configs.py)
+    flex_kernel_options: dict | str | None = "auto"  # flex attention's Triton tiles: "auto" (measured 64x64 tiles on H100/H200 at head dim 64, bf16, mean example length <= 1024; else torch's) | None (torch's) | a dict of fwd_*/bwd_* keys (benchmarks/flex_configs.py)
     prefetch: int = 2  # optimizer steps whose batches a background thread collates (and pins) ahead; 0 = inline
     sync_every: int = 10  # optimizer steps between host syncs (train loss / grad norm read back, progress bar); 1 = every step
     loss_chunk: int = 4096  # trained tokens per lm_head + cross-entropy chunk; bounds logits memory to chunk x vocab
@@ -615,7 +615,8 @@ def _train_sft(con, config: SFTConfig, *, resume_from: str | None, progress: boo
     cfg_m = model.config
     model._wb_flex_kernel_options = flex_kernel_options(
         config.flex_kernel_options, device=device, half_precision=precision in ("bf16", "bf16-mixed"),
-        head_dim=getattr(cfg_m, "head_dim", None) or cfg_m.hidden_size // cfg_m.num_attention_heads)
+        head_dim=getattr(cfg_m, "head_dim", None) or cfg_m.hidden_size // cfg_m.num_attention_heads,
+        mean_length=float(np.mean(lengths)) if lengths else None)
     compile_on = config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
     if compile_on:  # static shapes: rows padded to token_budget, micro-batches to micro_batch_size rows
         inductor = config.compile_backend == "inductor"

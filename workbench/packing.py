@@ -304,16 +304,24 @@ FLEX_KERNEL_OPTIONS_SM90_D64 = {"fwd_BLOCK_M": 64, "fwd_BLOCK_N": 64, "fwd_num_s
                                 "bwd_num_stages": 3, "bwd_num_warps": 4}
 
 
-def flex_kernel_options(setting, *, device, head_dim: int, half_precision: bool) -> dict | None:
+AUTO_TILES_MAX_MEAN_LENGTH = 1024  # the tiles were measured on examples of mean length 334 in 4,096-token rows
+
+
+def flex_kernel_options(setting, *, device, head_dim: int, half_precision: bool,
+                        mean_length: float | None = None) -> dict | None:
     """The ``kernel_options`` flex attention gets: ``setting`` is a dict (used as given), ``None`` (torch's
     defaults) or ``"auto"``: the measured tiles above on an sm90 GPU with head dim 64 and bf16/fp16
-    attention, torch's defaults everywhere else (unmeasured there: a tile choice is per card and shape)."""
+    attention for short examples (mean length up to ``AUTO_TILES_MAX_MEAN_LENGTH``, or unknown), torch's
+    defaults everywhere else (unmeasured there: a tile choice is per card and shape, and long documents
+    fill large tiles)."""
     if setting is None or isinstance(setting, dict):
         return dict(setting) if setting else None
     if setting != "auto":
         raise ValueError(f"flex_kernel_options must be 'auto', None or a dict, not {setting!r}")
     device = torch.device(device)
     if device.type != "cuda" or not half_precision or head_dim != 64:
+        return None
+    if mean_length is not None and mean_length > AUTO_TILES_MAX_MEAN_LENGTH:
         return None
     return dict(FLEX_KERNEL_OPTIONS_SM90_D64) if torch.cuda.get_device_capability(device) == (9, 0) else None
 
