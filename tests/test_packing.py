@@ -347,12 +347,18 @@ def _token_losses_alone(model, ex):
     return out
 
 
-def test_flex_packed_training_gives_the_losses_and_gradients_of_unpacked_sdpa():
+@pytest.mark.parametrize("block", [128, 64])
+def test_flex_packed_training_gives_the_losses_and_gradients_of_unpacked_sdpa(block):
     """Flex attention with the document BlockMask, trained packed (CPU: the operator's math reference),
-    equals each example trained alone with SDPA: per-example losses and the accumulated gradients."""
-    ex = random_examples(6, seed=11, hi=40)
+    equals each example trained alone with SDPA: per-example losses and the accumulated gradients, at
+    torch's 128-token blocks and at 64 (``SFTConfig.flex_block_size``, where some block pairs are full:
+    computed without the mask)."""
+    ex = random_examples(6, seed=13, lo=20, hi=150)  # 44-136 tokens: documents span and straddle blocks
     flex, ref = tiny_qwen("flex_attention"), tiny_qwen("sdpa")
-    packed = collate_packed(ex, [[0, 1, 2], [3, 4, 5]], pad_id=0, pad_to=128)  # padded like the compiled path
+    flex._wb_flex_block = block
+    packed = collate_packed(ex, [[0, 1, 2], [3, 4, 5]], pad_id=0, pad_to=384)  # padded like the compiled path
+    m = flex_document_mask(packed.doc_ids, block_size=block)
+    assert m.kv_num_blocks.sum() > 2 * 2 and (block == 128 or m.full_kv_num_blocks.sum() > 0)
     with flex_reference_backward():
         lp, n = document_logprobs(hidden_states(flex, packed), flex.get_output_embeddings(), packed)
         alone = _token_losses_alone(ref, ex)
