@@ -108,8 +108,11 @@ def run(args) -> dict:
         fn = torch.compile(flex_attention, dynamic=False, backend=backend, **extra)
         qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
 
+        def call(m):
+            return fn(qq, kk, vv, block_mask=m, enable_gqa=True, kernel_options=opts or None)
+
         def once(m):
-            out = fn(qq, kk, vv, block_mask=m, enable_gqa=True, kernel_options=opts or None)
+            out = call(m)
             out.backward(go)
             return out
 
@@ -124,7 +127,7 @@ def run(args) -> dict:
             if device.type == "cuda":
                 e = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
                 e[0].record()
-                out = fn(qq, kk, vv, block_mask=m, enable_gqa=True, kernel_options=opts or None)
+                out = call(m)
                 e[1].record()
                 out.backward(go)
                 e[2].record()
@@ -133,7 +136,7 @@ def run(args) -> dict:
                 bwd_ms.append(e[1].elapsed_time(e[2]))
             else:
                 t0 = time.perf_counter()
-                out = fn(qq, kk, vv, block_mask=m, enable_gqa=True, kernel_options=opts or None)
+                out = call(m)
                 t1 = time.perf_counter()
                 out.backward(go)
                 fwd_ms.append((t1 - t0) * 1e3)
@@ -146,9 +149,13 @@ def run(args) -> dict:
            "masks": len(mask_sets[128]), "candidates": []}
 
     def save():  # after every candidate: a run cut short by the session's clock keeps what it measured
+        res["best_kernel_options"] = {**prefixed(best["fwd"][0], "fwd"), **prefixed(best["bwd"][0], "bwd")}
         if args.out:
-            res["best_kernel_options"] = {**prefixed(best["fwd"][0], "fwd"), **prefixed(best["bwd"][0], "bwd")}
             Path(args.out).write_text(json.dumps(res, indent=1))
+
+    def rel_diff(out, grads) -> float:  # output, dq, dk, dv against torch's default configuration
+        return max(float((a.float() - b.float()).abs().max()) / max(1.0, float(b.float().abs().max()))
+                   for a, b in zip([out] + grads, [ref_out] + ref_grads))
 
     ref_out, ref_grads, base = timed({})
     res["default"] = base
@@ -165,8 +172,7 @@ def run(args) -> dict:
         row = {"kind": kind, "options": opts}
         try:
             out, grads, t = timed(prefixed(opts, kind))
-            err = max(float((a.float() - b.float()).abs().max()) / max(1.0, float(b.float().abs().max()))
-                      for a, b in zip([out] + grads, [ref_out] + ref_grads))  # output, dq, dk, dv vs default
+            err = rel_diff(out, grads)
             row.update(t, max_rel_diff=err, ok=err <= tol)
             print(f"{kind} {opts}: fwd {t['fwd_ms']:.3f} ms, bwd {t['bwd_ms']:.3f} ms, "
                   f"max diff {err:.2e}{'' if row['ok'] else ' (WRONG: not used)'}", flush=True)
@@ -189,8 +195,7 @@ def run(args) -> dict:
         row = {"name": name, "flex_block": block, "compile_options": AUTOTUNE}
         try:
             out, grads, t = timed({}, block=block, options=AUTOTUNE)
-            err = max(float((a.float() - b.float()).abs().max()) / max(1.0, float(b.float().abs().max()))
-                      for a, b in zip([out] + grads, [ref_out] + ref_grads))
+            err = rel_diff(out, grads)
             row.update(t, max_rel_diff=err, ok=err <= tol, total_ms=t["fwd_ms"] + t["bwd_ms"])
             print(f"{name}: fwd {t['fwd_ms']:.3f} ms, bwd {t['bwd_ms']:.3f} ms (compile {t['compile_s']} s), "
                   f"max diff {err:.2e}{'' if row['ok'] else ' (WRONG)'}", flush=True)
@@ -199,14 +204,12 @@ def run(args) -> dict:
             print(f"{name}: failed ({row['error']})", flush=True)
         res["setups"].append(row)
         save()
-    res["best_kernel_options"] = {**prefixed(best["fwd"][0], "fwd"), **prefixed(best["bwd"][0], "bwd")}
     res["best_ms"] = {"fwd": best["fwd"][1], "bwd": best["bwd"][1],
                       "default_total": base["fwd_ms"] + base["bwd_ms"], "best_total": best["fwd"][1] + best["bwd"][1]}
     res["wall_s"] = round(time.perf_counter() - t_start, 1)
+    save()
     print(f"best: {res['best_kernel_options'] or 'torch default'}: fwd+bwd {res['best_ms']['best_total']:.3f} ms "
           f"per layer-call vs default {res['best_ms']['default_total']:.3f} ms", flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=1))
     return res
 
 
