@@ -443,11 +443,12 @@ def test_train_sft_with_the_cuda_configuration_on_cpu(con):
         SFTConfig(compile_backend="tvm").validate()
 
 
-def _throughput_benchmark():
+def _benchmark(name: str = "train_throughput"):
+    """A fresh module of ``benchmarks/<name>.py`` (monkeypatching it leaks into no other test)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "train_throughput.py"
-    spec = importlib.util.spec_from_file_location("train_throughput", path)
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -458,7 +459,7 @@ def test_throughput_benchmark_gpu_config_smoke_runs_every_phase_on_cpu(tmp_path)
     the JSON holds every figure the GPU session must report, and a spent budget skips phases cleanly."""
     import json
 
-    bench = _throughput_benchmark()
+    bench = _benchmark()
     out = tmp_path / "smoke.json"
     res = bench.main(["--device", "cpu", "--gpu-config-smoke", "--profile", "2", "--out", str(out)])
     saved = json.loads(out.read_text())
@@ -506,13 +507,9 @@ def test_flex_configs_benchmark_smoke_on_cpu(tmp_path):
     """benchmarks/flex_configs.py --smoke: times torch's default flex kernels and candidates on the workload's
     packed document masks, checks each candidate's output and gradients against the default, and writes the
     winner as kernel options that train_throughput.py (and SFTConfig) take."""
-    import importlib.util
     import json
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "flex_configs.py"
-    spec = importlib.util.spec_from_file_location("flex_configs", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark("flex_configs")
     out = tmp_path / "flex.json"
     res = bench.main(["--device", "cpu", "--smoke", "--reps", "2", "--out", str(out)])
     assert json.loads(out.read_text()) == res
@@ -523,7 +520,7 @@ def test_flex_configs_benchmark_smoke_on_cpu(tmp_path):
     assert res["best_ms"]["best_total"] <= res["best_ms"]["default_total"]
     assert [(x["flex_block"], x["ok"]) for x in res["setups"]] == [(64, True)]  # 64-token blocks, same results
     assert res["setups"][0]["compile_options"]["max_autotune"] is True
-    tt = _throughput_benchmark()
+    tt = _benchmark()
     opts = tt.flex_kernel_options(str(out), {}, torch.device("cpu"), torch.bfloat16)
     assert opts == (res["best_kernel_options"] or None)
     assert tt.flex_kernel_options("auto", tt.WORKLOADS["cuda"], torch.device("cpu"), torch.bfloat16) is None  # not sm90
@@ -556,13 +553,9 @@ def test_train_sft_gpu_benchmark_runs_the_routine_end_to_end_tiny_on_cpu(tmp_pat
     """benchmarks/train_sft_gpu.py --tiny: train_sft itself with the CUDA configuration (flex + document mask,
     compiled decoder, bf16 autocast, fused AdamW), evaluations between throughput windows, test split and
     saved model; nothing recompiles after an evaluation (2 graphs: the decoder and the loss chunk)."""
-    import importlib.util
     import json
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "train_sft_gpu.py"
-    spec = importlib.util.spec_from_file_location("train_sft_gpu", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark("train_sft_gpu")
     out = tmp_path / "sft.json"
     res = bench.main(["--device", "cpu", "--tiny", "--set", "warmup_steps=3", "--workdir", str(tmp_path / "work"),
                       "--out", str(out)])
